@@ -3,8 +3,16 @@
 //! Dependencies point one way: `generate` -> `engine` -> `backend`, `model`
 //! -> `gguf`, `quant`. See `../shared/DESIGN.md` for the architecture.
 
+pub mod backend;
+pub mod engine;
 pub mod error;
+pub mod generate;
 pub mod gguf;
+pub mod kv_cache;
+pub mod model;
+pub mod pipeline;
 pub mod quant;
+pub mod sampler;
+pub mod tokenizer;
 
 pub use error::{Error, ErrorKind, Result};

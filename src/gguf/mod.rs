@@ -2,8 +2,10 @@
 //! over a memory map. See `read.rs` for the parser.
 
 mod read;
+mod write;
 
 pub use read::GgufFile;
+pub use write::GgufWriter;
 
 use crate::quant::GgmlType;
 use std::fmt;

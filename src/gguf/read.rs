@@ -84,7 +84,9 @@ impl GgufFile {
             let ty = ValueType::from_id(type_id).ok_or_else(|| {
                 r.error_at(
                     type_offset,
-                    &format!("key {key:?}: unknown metadata value type {type_id} (expected 0..=12)"),
+                    &format!(
+                        "key {key:?}: unknown metadata value type {type_id} (expected 0..=12)"
+                    ),
                 )
             })?;
             let value = r.value(ty, &key, 0)?;
@@ -134,6 +136,14 @@ impl GgufFile {
                 )
             })?;
             let offset = r.u64("tensor data offset")?;
+            if ggml_type.block_layout().is_none() {
+                return Err(r.error_at(
+                    type_offset,
+                    &format!(
+                        "tensor {name:?}: unsupported {ggml_type} (supported: F32, F16, BF16, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K)"
+                    ),
+                ));
+            }
             let size_bytes = tensor_size(&dims, ggml_type).ok_or_else(|| {
                 r.error_at(
                     entry_offset,
@@ -210,6 +220,12 @@ impl GgufFile {
         &self.map[start..start + t.size_bytes as usize]
     }
 
+    /// Bytes at an absolute file range. Panics when out of bounds: ranges
+    /// come from the tensor table, which was checked at open.
+    pub fn bytes_at(&self, range: std::ops::Range<u64>) -> &[u8] {
+        &self.map[range.start as usize..range.end as usize]
+    }
+
     /// File offset where a tensor's bytes start.
     pub fn tensor_file_offset(&self, t: &TensorInfo) -> u64 {
         self.data_offset + t.offset
@@ -267,7 +283,8 @@ impl GgufFile {
 
     pub fn require_str(&self, key: &str) -> Result<&str> {
         let v = self.get(key).ok_or_else(|| self.missing(key, "a string"))?;
-        v.as_str().ok_or_else(|| self.wrong_type(key, "a string", v))
+        v.as_str()
+            .ok_or_else(|| self.wrong_type(key, "a string", v))
     }
 
     pub fn optional_bool(&self, key: &str) -> Result<Option<bool>> {

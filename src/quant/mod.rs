@@ -10,6 +10,7 @@
 //! llama.cpp's 8-bit activation quantization adds.
 
 pub mod bf16;
+mod blocks;
 pub mod f16;
 pub mod f32;
 pub mod q3_k;
@@ -131,7 +132,7 @@ impl GgmlType {
     /// Bytes taken by a row of `n` weights, if `n` is a whole number of blocks.
     pub fn row_bytes(self, n: usize) -> Option<usize> {
         let (per_block, bytes) = self.block_layout()?;
-        if n % per_block != 0 {
+        if !n.is_multiple_of(per_block) {
             return None;
         }
         Some(n / per_block * bytes)
@@ -156,7 +157,29 @@ impl fmt::Display for GgmlType {
             GgmlType::Q6K => "Q6_K",
             GgmlType::Q8K => "Q8_K",
             GgmlType::BF16 => "BF16",
-            GgmlType::Other(id) => return write!(f, "ggml type {id}"),
+            GgmlType::Other(id) => {
+                let known = match id {
+                    16 => "IQ2_XXS",
+                    17 => "IQ2_XS",
+                    18 => "IQ3_XXS",
+                    19 => "IQ1_S",
+                    20 => "IQ4_NL",
+                    21 => "IQ3_S",
+                    22 => "IQ2_S",
+                    23 => "IQ4_XS",
+                    24 => "I8",
+                    25 => "I16",
+                    26 => "I32",
+                    27 => "I64",
+                    28 => "F64",
+                    29 => "IQ1_M",
+                    34 => "TQ1_0",
+                    35 => "TQ2_0",
+                    39 => "MXFP4",
+                    _ => "retired",
+                };
+                return write!(f, "ggml type {id} ({known})");
+            }
         };
         f.write_str(name)
     }

@@ -1,0 +1,615 @@
+//! Text <-> token ids for llama-style SentencePiece (SPM) vocabularies,
+//! built from GGUF metadata.
+//!
+//! The goal is to give exactly the ids llama.cpp gives, so that prompts fed
+//! to the model match reference runs token for token. The rules followed
+//! here (with llama.cpp's defaults when a key is absent):
+//!
+//! * encoding: user-defined tokens found in the text are split out first;
+//!   each remaining text fragment gets one leading space if
+//!   `add_space_prefix` is set and it is the first fragment or follows a
+//!   user-defined token; spaces become U+2581; then the merge loop in
+//!   [`spm`] runs. Control tokens written in the text (such as `<s>`) are
+//!   *not* recognised: user text cannot inject BOS/EOS.
+//! * decoding: the pieces of the tokens are concatenated; control, unknown,
+//!   unused and undefined tokens contribute nothing, byte tokens their byte,
+//!   normal tokens their text with U+2581 turned back into a space. If
+//!   `add_space_prefix` is set, one leading space is stripped from the
+//!   *first token only* — which undoes the prefix added by encoding when the
+//!   sequence has no BOS. With a BOS first (which renders as nothing) the
+//!   space is kept, exactly as in llama.cpp.
+
+mod spm;
+
+use crate::error::{Error, Result};
+use crate::gguf::{GgufFile, Value};
+use std::collections::HashMap;
+
+const KEY_MODEL: &str = "tokenizer.ggml.model";
+const KEY_TOKENS: &str = "tokenizer.ggml.tokens";
+const KEY_SCORES: &str = "tokenizer.ggml.scores";
+const KEY_TOKEN_TYPE: &str = "tokenizer.ggml.token_type";
+const KEY_BOS: &str = "tokenizer.ggml.bos_token_id";
+const KEY_EOS: &str = "tokenizer.ggml.eos_token_id";
+const KEY_UNK: &str = "tokenizer.ggml.unknown_token_id";
+const KEY_ADD_BOS: &str = "tokenizer.ggml.add_bos_token";
+const KEY_ADD_SPACE_PREFIX: &str = "tokenizer.ggml.add_space_prefix";
+
+/// The only `tokenizer.ggml.model` value this module implements.
+const SPM_MODEL: &str = "llama";
+
+/// SentencePiece's visible stand-in for a space.
+const SPACE_MARK: char = '\u{2581}';
+
+/// What a token is, from `tokenizer.ggml.token_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenType {
+    /// 0 or any id outside 1..=6; llama.cpp treats these like unused.
+    Undefined,
+    Normal,
+    Unknown,
+    Control,
+    UserDefined,
+    Unused,
+    Byte,
+}
+
+impl TokenType {
+    pub fn from_id(id: i64) -> TokenType {
+        match id {
+            1 => TokenType::Normal,
+            2 => TokenType::Unknown,
+            3 => TokenType::Control,
+            4 => TokenType::UserDefined,
+            5 => TokenType::Unused,
+            6 => TokenType::Byte,
+            _ => TokenType::Undefined,
+        }
+    }
+}
+
+/// The raw vocabulary as stored in the metadata, before validation. `None`
+/// means the key was absent; [`Tokenizer::from_parts`] then applies
+/// llama.cpp's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct TokenizerParts {
+    /// `tokenizer.ggml.model`; must be `"llama"`.
+    pub model: String,
+    pub tokens: Vec<String>,
+    /// Missing scores are all 0, as in llama.cpp.
+    pub scores: Option<Vec<f32>>,
+    /// Raw `token_type` ids; missing means every token is normal.
+    pub token_types: Option<Vec<i64>>,
+    pub bos: Option<u64>,
+    pub eos: Option<u64>,
+    pub unk: Option<u64>,
+    pub add_bos: Option<bool>,
+    pub add_space_prefix: Option<bool>,
+}
+
+/// An SPM vocabulary ready to encode and decode.
+#[derive(Debug, Clone)]
+pub struct Tokenizer {
+    texts: Vec<String>,
+    scores: Vec<f32>,
+    types: Vec<TokenType>,
+    /// What each token prints as (see the module docs), computed once so
+    /// that streaming output is a lookup.
+    pieces: Vec<Vec<u8>>,
+    piece_to_id: HashMap<String, u32>,
+    byte_tokens: [Option<u32>; 256],
+    /// User-defined tokens, longest text first, matched in the raw text
+    /// before the merge loop.
+    user_defined: Vec<u32>,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    unk: Option<u32>,
+    add_bos: bool,
+    add_space_prefix: bool,
+}
+
+/// A piece of the input after user-defined tokens are split out.
+enum Fragment<'a> {
+    Text(&'a str),
+    Token(u32),
+}
+
+impl Tokenizer {
+    /// Build the tokenizer from a GGUF file's `tokenizer.ggml.*` keys.
+    pub fn from_gguf(file: &GgufFile) -> Result<Tokenizer> {
+        let source = file.path.display().to_string();
+        // Check the model first so that a BPE file is reported as such rather
+        // than tripping over whichever SPM key it lacks.
+        check_model(file.require_str(KEY_MODEL)?, &source)?;
+
+        let tokens = file
+            .require_array(KEY_TOKENS)?
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| bad_element(&source, KEY_TOKENS, i, "a string", v))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let scores = match file.get(KEY_SCORES) {
+            None => None,
+            Some(_) => Some(
+                file.require_array(KEY_SCORES)?
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        v.as_f32()
+                            .ok_or_else(|| bad_element(&source, KEY_SCORES, i, "a float", v))
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+        };
+        let token_types = match file.get(KEY_TOKEN_TYPE) {
+            None => None,
+            Some(_) => Some(
+                file.require_array(KEY_TOKEN_TYPE)?
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        v.as_i64()
+                            .ok_or_else(|| bad_element(&source, KEY_TOKEN_TYPE, i, "an integer", v))
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+        };
+
+        let parts = TokenizerParts {
+            model: SPM_MODEL.to_owned(),
+            tokens,
+            scores,
+            token_types,
+            bos: file.optional_u64(KEY_BOS)?,
+            eos: file.optional_u64(KEY_EOS)?,
+            unk: file.optional_u64(KEY_UNK)?,
+            add_bos: file.optional_bool(KEY_ADD_BOS)?,
+            add_space_prefix: file.optional_bool(KEY_ADD_SPACE_PREFIX)?,
+        };
+        Self::from_parts(parts, &source)
+    }
+
+    /// Build the tokenizer from already-extracted metadata. `source` names
+    /// where it came from (a file path) for error messages.
+    pub fn from_parts(parts: TokenizerParts, source: &str) -> Result<Tokenizer> {
+        check_model(&parts.model, source)?;
+        let n = parts.tokens.len();
+        if n == 0 {
+            return Err(Error::model(format!(
+                "{source}: key {KEY_TOKENS}: the vocabulary is empty"
+            )));
+        }
+        if u32::try_from(n).is_err() {
+            return Err(Error::model(format!(
+                "{source}: key {KEY_TOKENS}: {n} tokens do not fit 32-bit token ids"
+            )));
+        }
+
+        let scores = match parts.scores {
+            None => vec![0.0; n],
+            Some(s) => {
+                check_len(source, KEY_SCORES, n, s.len())?;
+                // Adding 0.0 turns -0.0 into 0.0 so that the merge queue's
+                // total order ties them, as C++ `<` does.
+                s.into_iter().map(|x| x + 0.0).collect()
+            }
+        };
+        let types = match parts.token_types {
+            None => vec![TokenType::Normal; n],
+            Some(t) => {
+                check_len(source, KEY_TOKEN_TYPE, n, t.len())?;
+                t.into_iter().map(TokenType::from_id).collect()
+            }
+        };
+
+        // llama.cpp renames empty texts so they cannot match anything, and
+        // lets a later duplicate text win the lookup; both kept for parity.
+        let texts: Vec<String> = parts
+            .tokens
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| {
+                if t.is_empty() {
+                    log::warn!("{source}: empty token at index {i}");
+                    format!("[EMPTY_{i}]")
+                } else {
+                    t
+                }
+            })
+            .collect();
+        let mut piece_to_id = HashMap::with_capacity(n);
+        for (i, t) in texts.iter().enumerate() {
+            piece_to_id.insert(t.clone(), i as u32);
+        }
+
+        let special = |value: Option<u64>, default: u32, key: &str| -> Option<u32> {
+            match value {
+                Some(id) if id < n as u64 => Some(id as u32),
+                Some(id) => {
+                    log::warn!(
+                        "{source}: key {key}: token id {id} is outside the vocabulary of {n}; using default {default}"
+                    );
+                    (default < n as u32).then_some(default)
+                }
+                None => (default < n as u32).then_some(default),
+            }
+        };
+        // llama.cpp's defaults for SPM vocabularies.
+        let bos = special(parts.bos, 1, KEY_BOS);
+        let eos = special(parts.eos, 2, KEY_EOS);
+        let unk = special(parts.unk, 0, KEY_UNK);
+
+        let mut byte_tokens = [None; 256];
+        for (b, slot) in byte_tokens.iter_mut().enumerate() {
+            let hex = format!("<0x{b:02X}>");
+            // Vocabularies without byte tokens may still hold plain ASCII
+            // characters; anything else becomes UNK rather than vanishing.
+            let plain = (b < 0x80).then(|| piece_to_id.get(&(b as u8 as char).to_string()));
+            *slot = piece_to_id.get(&hex).or(plain.flatten()).copied().or(unk);
+        }
+
+        let pieces = texts
+            .iter()
+            .zip(&types)
+            .map(|(text, ty)| render_piece(text, *ty))
+            .collect();
+
+        let mut user_defined: Vec<u32> = (0..n as u32)
+            .filter(|&i| types[i as usize] == TokenType::UserDefined)
+            .collect();
+        user_defined.sort_by(|&a, &b| texts[b as usize].len().cmp(&texts[a as usize].len()));
+
+        Ok(Tokenizer {
+            texts,
+            scores,
+            types,
+            pieces,
+            piece_to_id,
+            byte_tokens,
+            user_defined,
+            bos,
+            eos,
+            unk,
+            add_bos: parts.add_bos.unwrap_or(true),
+            add_space_prefix: parts.add_space_prefix.unwrap_or(true),
+        })
+    }
+
+    /// Token ids for `text`, with BOS first if `add_bos` (and the vocabulary
+    /// has one). Control-token texts in `text` are treated as plain text.
+    pub fn encode(&self, text: &str, add_bos: bool) -> Vec<u32> {
+        let mut out = Vec::new();
+        if add_bos {
+            out.extend(self.bos);
+        }
+        if text.is_empty() {
+            return out;
+        }
+        let vocab = spm::SpmVocab {
+            piece_to_id: &self.piece_to_id,
+            scores: &self.scores,
+            byte_tokens: &self.byte_tokens,
+        };
+        // The start of the text counts as "after a special token", so the
+        // first fragment gets the prefix space; so does text right after a
+        // user-defined token, which is llama.cpp's rule.
+        let mut after_special = true;
+        let mut escaped = String::new();
+        for fragment in self.split_user_defined(text) {
+            match fragment {
+                Fragment::Token(id) => {
+                    out.push(id);
+                    after_special = true;
+                }
+                Fragment::Text(s) => {
+                    escaped.clear();
+                    if self.add_space_prefix && after_special {
+                        escaped.push(SPACE_MARK);
+                    }
+                    escaped.extend(s.chars().map(|c| if c == ' ' { SPACE_MARK } else { c }));
+                    spm::tokenize(&vocab, &escaped, &mut out);
+                    after_special = false;
+                }
+            }
+        }
+        out
+    }
+
+    /// Split out every occurrence of a user-defined token, longest token
+    /// first, scanning left to right; never yields empty text.
+    fn split_user_defined<'a>(&self, text: &'a str) -> Vec<Fragment<'a>> {
+        let mut fragments = vec![Fragment::Text(text)];
+        for &id in &self.user_defined {
+            let needle = self.texts[id as usize].as_str();
+            let mut next = Vec::with_capacity(fragments.len());
+            for fragment in fragments {
+                let Fragment::Text(mut rest) = fragment else {
+                    next.push(fragment);
+                    continue;
+                };
+                while let Some(at) = rest.find(needle) {
+                    if at > 0 {
+                        next.push(Fragment::Text(&rest[..at]));
+                    }
+                    next.push(Fragment::Token(id));
+                    rest = &rest[at + needle.len()..];
+                }
+                if !rest.is_empty() {
+                    next.push(Fragment::Text(rest));
+                }
+            }
+            fragments = next;
+        }
+        fragments
+    }
+
+    /// The text of a whole token sequence. Bytes that do not form valid
+    /// UTF-8 are replaced with U+FFFD. See the module docs for the
+    /// leading-space rule.
+    pub fn decode(&self, tokens: &[u32]) -> String {
+        let mut bytes = Vec::new();
+        for (i, &token) in tokens.iter().enumerate() {
+            let piece = self.piece(token);
+            let piece = match piece {
+                [b' ', rest @ ..] if i == 0 && self.add_space_prefix => rest,
+                _ => piece,
+            };
+            bytes.extend_from_slice(piece);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// The bytes one token prints as, for streaming output: no space
+    /// stripping, so concatenating pieces gives the text as generated. May be
+    /// part of a UTF-8 character (byte tokens).
+    pub fn token_piece(&self, token: u32) -> Vec<u8> {
+        self.piece(token).to_vec()
+    }
+
+    fn piece(&self, token: u32) -> &[u8] {
+        self.pieces.get(token as usize).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn bos(&self) -> Option<u32> {
+        self.bos
+    }
+
+    pub fn eos(&self) -> Option<u32> {
+        self.eos
+    }
+
+    pub fn unk(&self) -> Option<u32> {
+        self.unk
+    }
+
+    /// Whether prompts should start with BOS (`tokenizer.ggml.add_bos_token`,
+    /// true for SPM when absent).
+    pub fn add_bos_default(&self) -> bool {
+        self.add_bos
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.texts.len()
+    }
+
+    /// The stored text of a token (`▁the`, `<0x0A>`, `<s>`).
+    pub fn token_text(&self, token: u32) -> Option<&str> {
+        self.texts.get(token as usize).map(String::as_str)
+    }
+
+    pub fn token_type(&self, token: u32) -> Option<TokenType> {
+        self.types.get(token as usize).copied()
+    }
+}
+
+/// What a token prints as, following llama.cpp's `token_to_piece` with
+/// special tokens not rendered.
+fn render_piece(text: &str, ty: TokenType) -> Vec<u8> {
+    match ty {
+        TokenType::Normal => text.replace(SPACE_MARK, " ").into_bytes(),
+        TokenType::UserDefined => text.as_bytes().to_vec(),
+        TokenType::Byte => match parse_byte_token(text) {
+            Some(b) => vec![b],
+            // A "byte" token not spelled <0xNN> has no byte to give; its
+            // text is the most useful thing to show.
+            None => text.as_bytes().to_vec(),
+        },
+        TokenType::Control | TokenType::Unknown | TokenType::Unused | TokenType::Undefined => {
+            Vec::new()
+        }
+    }
+}
+
+/// `<0xNN>` -> NN.
+fn parse_byte_token(text: &str) -> Option<u8> {
+    let hex = text.strip_prefix("<0x")?.strip_suffix('>')?;
+    if hex.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(hex, 16).ok()
+}
+
+fn check_model(model: &str, source: &str) -> Result<()> {
+    if model == SPM_MODEL {
+        return Ok(());
+    }
+    Err(Error::model(format!(
+        "{source}: key {KEY_MODEL}: unsupported tokenizer {model:?} (only {SPM_MODEL:?}, SentencePiece, is supported)"
+    )))
+}
+
+fn check_len(source: &str, key: &str, expected: usize, found: usize) -> Result<()> {
+    if expected == found {
+        return Ok(());
+    }
+    Err(Error::model(format!(
+        "{source}: key {key}: expected {expected} entries (one per token in {KEY_TOKENS}), found {found}"
+    )))
+}
+
+fn bad_element(source: &str, key: &str, index: usize, expected: &str, found: &Value) -> Error {
+    Error::model(format!(
+        "{source}: key {key}: element {index}: expected {expected}, found {} {found}",
+        found.type_name()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    /// A tiny vocabulary: UNK, BOS, EOS, all 256 byte tokens, then pieces.
+    fn parts(pieces: &[(&str, f32)]) -> TokenizerParts {
+        let mut tokens = vec!["<unk>".to_owned(), "<s>".to_owned(), "</s>".to_owned()];
+        let mut scores = vec![0.0, 0.0, 0.0];
+        let mut types = vec![2, 3, 3];
+        for b in 0..=255u8 {
+            tokens.push(format!("<0x{b:02X}>"));
+            scores.push(0.0);
+            types.push(6);
+        }
+        for &(p, s) in pieces {
+            tokens.push(p.to_owned());
+            scores.push(s);
+            types.push(1);
+        }
+        TokenizerParts {
+            model: "llama".to_owned(),
+            tokens,
+            scores: Some(scores),
+            token_types: Some(types),
+            ..Default::default()
+        }
+    }
+
+    fn id(t: &Tokenizer, piece: &str) -> u32 {
+        t.piece_to_id[piece]
+    }
+
+    #[test]
+    fn rejects_other_tokenizer_models() {
+        let mut p = parts(&[]);
+        p.model = "gpt2".to_owned();
+        let err = Tokenizer::from_parts(p, "x.gguf").unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Model);
+        for needle in ["unsupported tokenizer", "x.gguf", KEY_MODEL, "gpt2"] {
+            assert!(err.message.contains(needle), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn rejects_mismatched_lengths() {
+        let mut p = parts(&[]);
+        p.scores.as_mut().unwrap().pop();
+        let err = Tokenizer::from_parts(p, "x.gguf").unwrap_err();
+        assert!(err.message.contains(KEY_SCORES), "{}", err.message);
+        assert!(
+            err.message.contains("expected 259") && err.message.contains("found 258"),
+            "{}",
+            err.message
+        );
+
+        let mut p = parts(&[]);
+        p.token_types.as_mut().unwrap().push(1);
+        let err = Tokenizer::from_parts(p, "x.gguf").unwrap_err();
+        assert!(err.message.contains(KEY_TOKEN_TYPE), "{}", err.message);
+    }
+
+    #[test]
+    fn defaults_follow_llama_cpp() {
+        let t = Tokenizer::from_parts(parts(&[]), "x").unwrap();
+        assert_eq!((t.unk(), t.bos(), t.eos()), (Some(0), Some(1), Some(2)));
+        assert!(t.add_bos_default());
+        let mut p = parts(&[]);
+        p.bos = Some(100_000); // out of range: keep the default
+        p.eos = Some(5);
+        p.add_bos = Some(false);
+        let t = Tokenizer::from_parts(p, "x").unwrap();
+        assert_eq!((t.bos(), t.eos()), (Some(1), Some(5)));
+        assert!(!t.add_bos_default());
+    }
+
+    #[test]
+    fn highest_score_merges_first() {
+        // "▁ab" could merge as (▁a)(b) or (▁)(ab); "ab" scores higher, so
+        // the first merge is a+b, then ▁+ab is not a piece.
+        let t = Tokenizer::from_parts(
+            parts(&[("▁a", -1.0), ("ab", -0.5), ("▁", -2.0), ("b", -3.0)]),
+            "x",
+        )
+        .unwrap();
+        assert_eq!(t.encode("ab", false), vec![id(&t, "▁"), id(&t, "ab")]);
+    }
+
+    #[test]
+    fn equal_scores_merge_leftmost_first() {
+        // "aaa": both (a,a) pairs score the same; the left one wins, leaving
+        // "aa" + "a".
+        let mut p = parts(&[("a", -1.0), ("aa", -1.0)]);
+        p.add_space_prefix = Some(false);
+        let t = Tokenizer::from_parts(p, "x").unwrap();
+        assert_eq!(t.encode("aaa", false), vec![id(&t, "aa"), id(&t, "a")]);
+    }
+
+    #[test]
+    fn unknown_characters_fall_back_to_bytes() {
+        let mut p = parts(&[("▁", -1.0)]);
+        p.add_space_prefix = Some(true);
+        let t = Tokenizer::from_parts(p, "x").unwrap();
+        // é is C3 A9.
+        assert_eq!(
+            t.encode("é", true),
+            vec![1, id(&t, "▁"), id(&t, "<0xC3>"), id(&t, "<0xA9>")]
+        );
+        assert_eq!(t.decode(&t.encode("é", false)), "é");
+        assert_eq!(t.token_piece(id(&t, "<0xC3>")), vec![0xC3]);
+        assert_eq!(t.token_piece(1), Vec::<u8>::new());
+        assert_eq!(t.token_piece(id(&t, "▁")), b" ".to_vec());
+    }
+
+    #[test]
+    fn missing_byte_tokens_become_unk() {
+        let p = TokenizerParts {
+            model: "llama".to_owned(),
+            tokens: vec!["<unk>".into(), "<s>".into(), "</s>".into(), "▁".into()],
+            token_types: Some(vec![2, 3, 3, 1]),
+            ..Default::default()
+        };
+        let t = Tokenizer::from_parts(p, "x").unwrap();
+        assert_eq!(t.encode("é", false), vec![3, 0, 0]);
+    }
+
+    #[test]
+    fn user_defined_tokens_are_split_out() {
+        let mut p = parts(&[("▁a", -1.0), ("<tag>", 0.0)]);
+        let last = p.token_types.as_ref().unwrap().len() - 1;
+        p.token_types.as_mut().unwrap()[last] = 4;
+        let t = Tokenizer::from_parts(p, "x").unwrap();
+        let tag = id(&t, "<tag>");
+        // Text after a user-defined token gets the prefix space again.
+        assert_eq!(t.encode("<tag>a", false), vec![tag, id(&t, "▁a")]);
+        assert_eq!(t.encode("a<tag>", false), vec![id(&t, "▁a"), tag]);
+        assert_eq!(t.token_piece(tag), b"<tag>".to_vec());
+    }
+
+    #[test]
+    fn empty_text_gives_only_bos() {
+        let t = Tokenizer::from_parts(parts(&[]), "x").unwrap();
+        assert_eq!(t.encode("", true), vec![1]);
+        assert!(t.encode("", false).is_empty());
+    }
+
+    #[test]
+    fn decode_strips_only_the_first_tokens_space() {
+        let t = Tokenizer::from_parts(parts(&[("▁a", -1.0)]), "x").unwrap();
+        let a = id(&t, "▁a");
+        assert_eq!(t.decode(&[a, a]), "a a");
+        // BOS renders as nothing but still occupies the first position.
+        assert_eq!(t.decode(&[1, a]), " a");
+    }
+}

@@ -1,0 +1,226 @@
+//! The `flea` binary end to end: real processes, real fixtures.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn flea(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flea"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn flea");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn model_arg(name: &str) -> String {
+    common::model(name).display().to_string()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn reference_json(name: &str) -> serde_json::Value {
+    serde_json::from_slice(
+        &std::fs::read(common::fixture(&format!("reference/{name}.json"))).unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn greedy_run_reproduces_reference_text() {
+    let r = reference_json("synth-256-Q8_0");
+    let prompt = r["prompt"].as_str().unwrap();
+    let model = model_arg("synth-256-Q8_0.gguf");
+    let out = flea(
+        &[
+            "run",
+            "--model",
+            &model,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "24",
+            "--threads",
+            "2",
+        ],
+        &format!("{prompt}\n"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    // The first 8 greedy tokens, spelled out, must open our completion.
+    let file = flea::gguf::GgufFile::open(common::model("synth-256-Q8_0.gguf")).unwrap();
+    let tok = flea::tokenizer::Tokenizer::from_gguf(&file).unwrap();
+    let greedy: Vec<u32> = r["greedy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let first8 = flea::pipeline::completion_text(&tok, &greedy[..8]);
+    assert!(
+        stdout.starts_with(&flea::pipeline::escape_line(&first8)),
+        "ours: {stdout:?}\nexpected prefix: {first8:?}"
+    );
+    assert_eq!(stdout.lines().count(), 1);
+}
+
+#[test]
+fn one_output_line_per_prompt_in_order() {
+    let model = model_arg("synth-256-Q4_K_M.gguf");
+    let args = ["run", "--model", &model, "--max-tokens", "6", "--seed", "7"];
+    let out = flea(&args, "first\n\nthird prompt\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let all = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = all.lines().collect();
+    assert_eq!(lines.len(), 3, "{all:?}");
+    // Each prompt's output does not depend on its neighbours.
+    let alone = flea(&args, "third prompt\n");
+    assert_eq!(
+        String::from_utf8(alone.stdout)
+            .unwrap()
+            .trim_end_matches('\n'),
+        lines[2]
+    );
+}
+
+#[test]
+fn logits_match_library_and_reference_shape() {
+    let r = reference_json("synth-256-Q8_0");
+    let seq: Vec<String> = r["sequence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    let out_path = std::env::temp_dir().join(format!("flea-cli-logits-{}.bin", std::process::id()));
+    let model = model_arg("synth-256-Q8_0.gguf");
+    let out = flea(
+        &[
+            "logits",
+            "--model",
+            &model,
+            "--tokens",
+            &seq.join(","),
+            "--out",
+            out_path.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ours = std::fs::read(&out_path).unwrap();
+    let _ = std::fs::remove_file(&out_path);
+    let theirs = std::fs::read(common::fixture("reference/synth-256-Q8_0.logits.bin")).unwrap();
+    assert_eq!(ours.len(), theirs.len());
+    let max_diff = ours
+        .chunks_exact(4)
+        .zip(theirs.chunks_exact(4))
+        .map(|(a, b)| {
+            let a = f32::from_le_bytes(a.try_into().unwrap());
+            let b = f32::from_le_bytes(b.try_into().unwrap());
+            (a - b).abs()
+        })
+        .fold(0.0, f32::max);
+    assert!(max_diff <= 0.75, "max diff {max_diff}");
+}
+
+#[test]
+fn logits_with_prompt_adds_bos() {
+    let r = reference_json("synth-256-Q8_0");
+    let n = r["prompt_tokens"].as_array().unwrap().len();
+    let out_path = std::env::temp_dir().join(format!("flea-cli-prompt-{}.bin", std::process::id()));
+    let model = model_arg("synth-256-Q8_0.gguf");
+    let out = flea(
+        &[
+            "logits",
+            "--model",
+            &model,
+            "--prompt",
+            r["prompt"].as_str().unwrap(),
+            "--out",
+            out_path.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let len = std::fs::metadata(&out_path).unwrap().len();
+    let _ = std::fs::remove_file(&out_path);
+    assert_eq!(len, (n * 32000 * 4) as u64);
+}
+
+#[test]
+fn inspect_lists_tensors_and_layers() {
+    let model = model_arg("synth-256-Q3_K_M.gguf");
+    let out = flea(&["inspect", "--model", &model], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert!(s.contains("blk.3.ffn_down.weight"), "{s}");
+    assert!(s.contains("llama.block_count = 4"), "{s}");
+    assert!(s.contains("layer   3:"), "{s}");
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in ["run", "logits", "inspect"] {
+        let out = flea(&[sub, "--help"], "");
+        assert!(out.status.success());
+        let s = String::from_utf8(out.stdout).unwrap();
+        assert!(s.contains("--model"), "{sub}: {s}");
+    }
+}
+
+#[test]
+fn exit_codes() {
+    // Missing file: I/O (5).
+    let out = flea(&["inspect", "--model", "/nonexistent/model.gguf"], "");
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("/nonexistent/model.gguf"));
+
+    // Not a GGUF: model error (4).
+    let bad = std::env::temp_dir().join(format!("flea-cli-bad-{}.gguf", std::process::id()));
+    std::fs::write(&bad, b"not a gguf file at all").unwrap();
+    let out = flea(&["run", "--model", bad.to_str().unwrap()], "hi\n");
+    let _ = std::fs::remove_file(&bad);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("bad magic"));
+
+    // Bad flag values: usage (2).
+    let model = model_arg("synth-256-Q8_0.gguf");
+    let out = flea(&["run", "--model", &model, "--top-p", "0"], "");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--top-p"));
+    let out = flea(&["run", "--bogus"], "");
+    assert_eq!(out.status.code(), Some(2));
+
+    // A prompt that cannot run (longer than the context) fails alone: exit 1,
+    // and the other prompts still complete.
+    let long = "word ".repeat(200);
+    let out = flea(
+        &[
+            "run",
+            "--model",
+            &model,
+            "--ctx-size",
+            "32",
+            "--max-tokens",
+            "2",
+        ],
+        &format!("short\n{long}\nshort\n"),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let s = String::from_utf8(out.stdout.clone()).unwrap();
+    let lines: Vec<&str> = s.lines().collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines[1].is_empty() && !lines[0].is_empty());
+    assert!(stderr(&out).contains("prompt 2") && stderr(&out).contains("context"));
+}
