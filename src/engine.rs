@@ -10,16 +10,57 @@ use crate::kv_cache::KvCache;
 use crate::model::{Hparams, Model, TensorRef};
 use crate::quant;
 
-/// Where the engine gets weight bytes from. The memory map is the resident
-/// source; streaming sources hand out the slot that holds the layer.
-pub trait WeightSource {
-    fn bytes(&self, t: &TensorRef) -> &[u8];
+/// Bytes that cover some range of the model file, starting at file offset
+/// `base`: a whole memory map, a resident copy, or a streaming slot.
+#[derive(Debug, Clone, Copy)]
+pub struct FileBytes<'b> {
+    pub base: u64,
+    pub bytes: &'b [u8],
 }
 
-impl WeightSource for GgufFile {
-    fn bytes(&self, t: &TensorRef) -> &[u8] {
-        // Model::from_gguf checked every range against the file length.
-        self.bytes_at(t.file_range.clone())
+impl<'b> FileBytes<'b> {
+    /// The backend's view of a tensor inside these bytes.
+    pub fn weight(&self, t: &TensorRef) -> Weight<'b> {
+        let start = (t.file_range.start - self.base) as usize;
+        Weight {
+            ggml_type: t.ggml_type,
+            rows: t.rows,
+            cols: t.cols,
+            data: &self.bytes[start..start + t.bytes() as usize],
+        }
+    }
+}
+
+/// Where the engine gets weight bytes from. The memory map and a fully
+/// resident copy always have every layer; a streaming source hands out the
+/// slot that holds the layer, and the layer may only be read until
+/// `release_layer`.
+pub trait WeightSource {
+    /// A tensor outside the layers (embeddings, output norm, output head),
+    /// which stays resident for the whole run.
+    fn global(&self, t: &TensorRef) -> Weight<'_>;
+    /// Bytes holding layer `l`, waiting for them if they are still loading.
+    fn acquire_layer(&mut self, l: usize) -> Result<FileBytes<'_>>;
+    /// The engine is done with layer `l`: its slot may be refilled.
+    fn release_layer(&mut self, l: usize);
+}
+
+/// The memory map as a weight source: every layer resident as far as the
+/// engine can tell, with the operating system paging on demand.
+impl WeightSource for &GgufFile {
+    fn global(&self, t: &TensorRef) -> Weight<'_> {
+        whole_map(self).weight(t)
+    }
+    fn acquire_layer(&mut self, _l: usize) -> Result<FileBytes<'_>> {
+        Ok(whole_map(self))
+    }
+    fn release_layer(&mut self, _l: usize) {}
+}
+
+fn whole_map(file: &GgufFile) -> FileBytes<'_> {
+    FileBytes {
+        base: 0,
+        bytes: file.bytes_at(0..file.file_len()),
     }
 }
 
@@ -58,9 +99,47 @@ struct Scratch {
     logits: Vec<f32>,  // (chunk, vocab)
 }
 
+impl Scratch {
+    /// Element counts, in field order.
+    fn lengths(hp: &Hparams, n_ctx: usize, chunk: usize) -> [usize; 11] {
+        let q_dim = hp.n_heads * hp.head_dim;
+        [
+            chunk * hp.dim,
+            chunk * hp.dim,
+            chunk * q_dim,
+            chunk * hp.kv_dim(),
+            chunk * hp.kv_dim(),
+            chunk * q_dim,
+            chunk * hp.ffn_dim,
+            chunk * hp.ffn_dim,
+            n_ctx,
+            hp.dim,
+            chunk * hp.vocab_size,
+        ]
+    }
+
+    fn new(hp: &Hparams, n_ctx: usize, chunk: usize) -> Scratch {
+        let [x, xb, q, k, v, att_out, hb, hb2, scores, norm_w, logits] =
+            Self::lengths(hp, n_ctx, chunk).map(|n| vec![0.0f32; n]);
+        Scratch {
+            x,
+            xb,
+            q,
+            k,
+            v,
+            att_out,
+            hb,
+            hb2,
+            scores,
+            norm_w,
+            logits,
+        }
+    }
+}
+
 pub struct Engine<'a, W: WeightSource> {
     model: &'a Model,
-    weights: &'a W,
+    weights: W,
     backend: CpuBackend,
     kv: KvCache,
     s: Scratch,
@@ -70,28 +149,14 @@ pub struct Engine<'a, W: WeightSource> {
 }
 
 impl<'a, W: WeightSource> Engine<'a, W> {
-    pub fn new(model: &'a Model, weights: &'a W, config: &EngineConfig) -> Result<Self> {
+    pub fn new(model: &'a Model, weights: W, config: &EngineConfig) -> Result<Self> {
         let hp = &model.hparams;
         if config.n_ctx == 0 || config.max_chunk == 0 {
             return Err(Error::config(
                 "context size and chunk size must be at least 1",
             ));
         }
-        let chunk = config.max_chunk;
-        let q_dim = hp.n_heads * hp.head_dim;
-        let s = Scratch {
-            x: vec![0.0; chunk * hp.dim],
-            xb: vec![0.0; chunk * hp.dim],
-            q: vec![0.0; chunk * q_dim],
-            k: vec![0.0; chunk * hp.kv_dim()],
-            v: vec![0.0; chunk * hp.kv_dim()],
-            att_out: vec![0.0; chunk * q_dim],
-            hb: vec![0.0; chunk * hp.ffn_dim],
-            hb2: vec![0.0; chunk * hp.ffn_dim],
-            scores: vec![0.0; config.n_ctx],
-            norm_w: vec![0.0; hp.dim],
-            logits: vec![0.0; chunk * hp.vocab_size],
-        };
+        let s = Scratch::new(hp, config.n_ctx, config.max_chunk);
         Ok(Engine {
             model,
             weights,
@@ -99,8 +164,19 @@ impl<'a, W: WeightSource> Engine<'a, W> {
             kv: KvCache::new(hp.n_layers, config.n_ctx, hp.kv_dim()),
             s,
             rope_table: rope_table(hp, config.n_ctx),
-            max_chunk: chunk,
+            max_chunk: config.max_chunk,
         })
+    }
+
+    /// Bytes the engine allocates for a model at this context and chunk
+    /// size: KV cache, activations, logits and the RoPE table. The planner
+    /// charges this against the budget.
+    pub fn memory_bytes(hp: &Hparams, n_ctx: usize, max_chunk: usize) -> u64 {
+        let f32s = Scratch::lengths(hp, n_ctx, max_chunk).iter().sum::<usize>();
+        let rope = n_ctx * (hp.rope_dims / 2) * std::mem::size_of::<(f32, f32)>();
+        KvCache::bytes_for(hp.n_layers, n_ctx, hp.kv_dim())
+            + (f32s * std::mem::size_of::<f32>() + rope) as u64
+            + backend_scratch_bytes(hp, max_chunk)
     }
 
     pub fn hparams(&self) -> &Hparams {
@@ -113,6 +189,14 @@ impl<'a, W: WeightSource> Engine<'a, W> {
 
     pub fn max_chunk(&self) -> usize {
         self.max_chunk
+    }
+
+    pub fn weights(&self) -> &W {
+        &self.weights
+    }
+
+    pub fn weights_mut(&mut self) -> &mut W {
+        &mut self.weights
     }
 
     /// Run `tokens` at positions `start_pos..` through the model, filling
@@ -139,7 +223,7 @@ impl<'a, W: WeightSource> Engine<'a, W> {
         let half_rot = hp.rope_dims / 2;
 
         // Embedding: dequantize each token's row into the residual stream.
-        let embd = view(self.weights, &self.model.token_embd);
+        let embd = self.weights.global(&self.model.token_embd);
         for (p, &tok) in tokens.iter().enumerate() {
             if tok as usize >= hp.vocab_size {
                 return Err(Error::usage(format!(
@@ -156,7 +240,8 @@ impl<'a, W: WeightSource> Engine<'a, W> {
 
         let s = &mut self.s;
         for (l, layer) in self.model.layers.iter().enumerate() {
-            let w = |t: &TensorRef| view(self.weights, t);
+            let bytes = self.weights.acquire_layer(l)?;
+            let w = |t: &TensorRef| bytes.weight(t);
 
             // Attention: xb = rmsnorm(x); q, k, v = xb Wq, xb Wk, xb Wv.
             cpu::dequantize_vector(w(&layer.attn_norm), &mut s.norm_w);
@@ -227,6 +312,7 @@ impl<'a, W: WeightSource> Engine<'a, W> {
             self.backend
                 .matmul(w(&layer.w_down), &s.hb[..n * ffn], &mut s.xb[..n * dim], n);
             cpu::add_in_place(&mut s.x[..n * dim], &s.xb[..n * dim]);
+            self.weights.release_layer(l);
         }
 
         // Final norm and output head, for the positions that need logits.
@@ -235,7 +321,7 @@ impl<'a, W: WeightSource> Engine<'a, W> {
             Logits::Last => n - 1,
         };
         let m = n - first;
-        cpu::dequantize_vector(view(self.weights, &self.model.output_norm), &mut s.norm_w);
+        cpu::dequantize_vector(self.weights.global(&self.model.output_norm), &mut s.norm_w);
         for p in first..n {
             let (src, dst) = (
                 p * dim..(p + 1) * dim,
@@ -245,7 +331,7 @@ impl<'a, W: WeightSource> Engine<'a, W> {
         }
         let vocab = hp.vocab_size;
         self.backend.matmul(
-            view(self.weights, &self.model.output),
+            self.weights.global(&self.model.output),
             &s.xb[..m * dim],
             &mut s.logits[..m * vocab],
             m,
@@ -254,14 +340,12 @@ impl<'a, W: WeightSource> Engine<'a, W> {
     }
 }
 
-/// The backend's view of a tensor's bytes.
-fn view<'w, W: WeightSource>(weights: &'w W, t: &TensorRef) -> Weight<'w> {
-    Weight {
-        ggml_type: t.ggml_type,
-        rows: t.rows,
-        cols: t.cols,
-        data: weights.bytes(t),
-    }
+/// What the backend may keep per matmul input (8-bit activations with
+/// their scales): bounded by two bytes per input element of the widest
+/// matrix input, for a whole chunk.
+fn backend_scratch_bytes(hp: &Hparams, max_chunk: usize) -> u64 {
+    let widest = hp.dim.max(hp.ffn_dim).max(hp.n_heads * hp.head_dim);
+    (2 * widest * max_chunk) as u64
 }
 
 /// Precompute RoPE rotations: pair `i` of a head turns by

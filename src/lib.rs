@@ -4,6 +4,7 @@
 //! -> `gguf`, `quant`. See `../shared/DESIGN.md` for the architecture.
 
 pub mod backend;
+pub mod config;
 pub mod engine;
 pub mod error;
 pub mod generate;
@@ -12,6 +13,7 @@ pub mod kv_cache;
 pub mod model;
 pub mod pipeline;
 pub mod quant;
+pub mod residency;
 pub mod sampler;
 pub mod tokenizer;
 

@@ -109,10 +109,12 @@ impl Hparams {
         // against the tokenizer by whoever builds both).
         let vocab_size = match file.tensor("token_embd.weight") {
             Some(t) if t.dims.len() == 2 => t.dims[1] as usize,
-            Some(t) => return Err(Error::model(format!(
+            Some(t) => {
+                return Err(Error::model(format!(
                 "{path}: tensor token_embd.weight: expected 2 dimensions [{dim}, vocab], found {}",
                 t.shape_string()
-            ))),
+            )))
+            }
             None => {
                 return Err(Error::model(format!(
                     "{path}: missing tensor token_embd.weight"

@@ -1,0 +1,299 @@
+//! Transient residency: a weight source that keeps what the plan says
+//! resident in owned memory and streams the other layers through a fixed
+//! double buffer, reading layer i+1 while layer i computes.
+
+pub mod buffer;
+pub mod loader;
+pub mod plan;
+pub mod stats;
+
+use crate::backend::Weight;
+use crate::engine::{FileBytes, WeightSource};
+use crate::error::{Error, Result};
+use crate::model::{Model, TensorRef};
+use buffer::AlignedBuf;
+use loader::{read_range, FileReader, Loader, ReadAt, RetryPolicy};
+use plan::{global_reads, LayerRead, Placement, Plan, SLOTS};
+use stats::IoStats;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How the source reads.
+#[derive(Debug, Clone, Copy)]
+pub struct ResidencyOptions {
+    /// O_DIRECT (falls back to buffered reads + DONTNEED where refused).
+    pub direct: bool,
+    pub retry: RetryPolicy,
+    /// Read the next streamed layer while the current one computes. Off,
+    /// each layer is read only when needed (load, then compute).
+    pub prefetch: bool,
+}
+
+impl Default for ResidencyOptions {
+    fn default() -> Self {
+        ResidencyOptions {
+            direct: true,
+            retry: RetryPolicy {
+                retries: 4,
+                backoff: Duration::from_millis(10),
+            },
+            prefetch: true,
+        }
+    }
+}
+
+/// Owned bytes of a file range.
+struct Owned {
+    read: LayerRead,
+    buf: AlignedBuf,
+}
+
+impl Owned {
+    fn bytes(&self) -> FileBytes<'_> {
+        FileBytes {
+            base: self.read.range.start,
+            bytes: &self.buf,
+        }
+    }
+}
+
+/// The streaming half: the loader, the two slots and the cyclic order.
+struct Stream {
+    loader: Loader,
+    /// Streamed layers in compute order; a forward pass walks it once and
+    /// the next pass starts over, so prefetching wraps around.
+    order: Vec<usize>,
+    /// Position in `order` of each layer (usize::MAX when resident).
+    position: Vec<usize>,
+    free: Vec<AlignedBuf>,
+    in_flight: VecDeque<usize>,
+    held: Option<(usize, AlignedBuf)>,
+    last_requested: Option<usize>,
+    prefetch: bool,
+}
+
+impl Stream {
+    fn issue(&mut self, layer: usize, reads: &[LayerRead]) -> Result<()> {
+        let buf = self.free.pop().expect("a free slot to issue into");
+        let r = &reads[layer];
+        self.loader
+            .request(layer, r.range.clone(), r.span.end - r.range.start, buf)?;
+        self.in_flight.push_back(layer);
+        self.last_requested = Some(self.position[layer]);
+        Ok(())
+    }
+
+    /// Keep both slots busy with the layers that come next in the cycle.
+    fn prefetch_next(&mut self, reads: &[LayerRead]) -> Result<()> {
+        while !self.free.is_empty() && self.in_flight.len() < SLOTS {
+            let next = match self.last_requested {
+                Some(p) => (p + 1) % self.order.len(),
+                None => 0,
+            };
+            self.issue(self.order[next], reads)?;
+        }
+        Ok(())
+    }
+
+    /// Wait out every read in flight and take their slots back. Used when
+    /// the engine asks for a layer out of the expected order.
+    fn drain(&mut self, stats: &mut IoStats) {
+        while self.in_flight.pop_front().is_some() {
+            match self.loader.wait() {
+                Ok(done) => {
+                    stats.read_time += done.read_time;
+                    self.free.push(done.buf);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+pub struct Residency {
+    path: PathBuf,
+    reads: Vec<LayerRead>,
+    globals: Vec<Owned>,
+    resident: Vec<Option<AlignedBuf>>,
+    stream: Option<Stream>,
+    stats: IoStats,
+    direct: bool,
+}
+
+impl Residency {
+    /// Load the resident part of `plan` from `path` and start streaming.
+    pub fn open(
+        path: &Path,
+        model: &Model,
+        plan: &Plan,
+        options: ResidencyOptions,
+    ) -> Result<Residency> {
+        let reader = FileReader::open(path, options.direct)?;
+        let direct = reader.is_direct();
+        let mut r = Self::with_reader(Box::new(reader), path, model, plan, options)?;
+        r.direct = direct;
+        Ok(r)
+    }
+
+    /// As [`Residency::open`], reading through `reader` (tests inject faults here).
+    pub fn with_reader(
+        mut reader: Box<dyn ReadAt>,
+        path: &Path,
+        model: &Model,
+        plan: &Plan,
+        options: ResidencyOptions,
+    ) -> Result<Residency> {
+        let start = Instant::now();
+        let mut stats = IoStats::default();
+        let mut load = |read: &LayerRead, what: &str| -> Result<AlignedBuf> {
+            let mut buf = AlignedBuf::new(read.len() as usize);
+            read_range(
+                reader.as_mut(),
+                &mut buf,
+                read.range.clone(),
+                read.span.end - read.range.start,
+                options.retry,
+                what,
+                path,
+            )?;
+            stats.resident_bytes += read.len();
+            Ok(buf)
+        };
+        let mut globals = Vec::new();
+        for read in global_reads(model) {
+            let buf = load(&read, "embeddings/output")?;
+            globals.push(Owned { read, buf });
+        }
+        let mut resident = Vec::with_capacity(plan.placement.len());
+        for (i, p) in plan.placement.iter().enumerate() {
+            resident.push(match p {
+                Placement::Resident => Some(load(&plan.layer_reads[i], &format!("layer {i}"))?),
+                Placement::Streamed => None,
+            });
+        }
+        stats.resident_load_time = start.elapsed();
+
+        let order: Vec<usize> = plan.streamed_layers().collect();
+        let stream = if order.is_empty() {
+            None
+        } else {
+            let mut position = vec![usize::MAX; plan.placement.len()];
+            for (p, &l) in order.iter().enumerate() {
+                position[l] = p;
+            }
+            let free = (0..SLOTS)
+                .map(|_| AlignedBuf::new(plan.slot_bytes as usize))
+                .collect();
+            let loader = Loader::start(reader, path.to_path_buf(), options.retry, SLOTS)?;
+            Some(Stream {
+                loader,
+                order,
+                position,
+                free,
+                in_flight: VecDeque::with_capacity(SLOTS),
+                held: None,
+                last_requested: None,
+                prefetch: options.prefetch,
+            })
+        };
+        Ok(Residency {
+            path: path.to_path_buf(),
+            reads: plan.layer_reads.clone(),
+            globals,
+            resident,
+            stream,
+            stats,
+            direct: false,
+        })
+    }
+
+    pub fn stats(&self) -> &IoStats {
+        &self.stats
+    }
+
+    pub fn reset_stats(&mut self) {
+        let keep = (self.stats.resident_bytes, self.stats.resident_load_time);
+        self.stats = IoStats::default();
+        (self.stats.resident_bytes, self.stats.resident_load_time) = keep;
+    }
+
+    /// Whether streamed reads bypass the page cache.
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+}
+
+impl WeightSource for Residency {
+    fn global(&self, t: &TensorRef) -> Weight<'_> {
+        let owned = self
+            .globals
+            .iter()
+            .find(|g| {
+                g.read.span.start <= t.file_range.start && t.file_range.end <= g.read.span.end
+            })
+            .expect("globals cover every tensor outside the layers");
+        owned.bytes().weight(t)
+    }
+
+    fn acquire_layer(&mut self, l: usize) -> Result<FileBytes<'_>> {
+        let base = self.reads[l].range.start;
+        if let Some(buf) = &self.resident[l] {
+            return Ok(FileBytes { base, bytes: buf });
+        }
+        let stream = self
+            .stream
+            .as_mut()
+            .expect("a streamed layer implies a stream");
+        if let Some((held, buf)) = stream.held.take() {
+            // The engine never acquires twice without releasing; if an
+            // error cut a pass short, take the slot back.
+            debug_assert_ne!(held, l);
+            stream.free.push(buf);
+        }
+        if stream.in_flight.front() != Some(&l) {
+            stream.drain(&mut self.stats);
+            stream.issue(l, &self.reads)?;
+        }
+        let wait_start = Instant::now();
+        let done = stream.loader.wait()?;
+        self.stats.stall_time += wait_start.elapsed();
+        self.stats.read_time += done.read_time;
+        stream.in_flight.pop_front();
+        if let Err(e) = done.result {
+            stream.free.push(done.buf);
+            return Err(e);
+        }
+        if done.layer != l {
+            stream.free.push(done.buf);
+            return Err(Error::io(format!(
+                "{}: loader returned layer {} while layer {l} was expected",
+                self.path.display(),
+                done.layer
+            )));
+        }
+        self.stats.streamed_bytes += self.reads[l].len();
+        self.stats.streamed_layers += 1;
+        stream.held = Some((l, done.buf));
+        if stream.prefetch {
+            stream.prefetch_next(&self.reads)?;
+        }
+        let (_, buf) = stream.held.as_ref().expect("just stored");
+        Ok(FileBytes { base, bytes: buf })
+    }
+
+    fn release_layer(&mut self, l: usize) {
+        let Some(stream) = self.stream.as_mut() else {
+            return;
+        };
+        if matches!(stream.held, Some((held, _)) if held == l) {
+            let (_, buf) = stream.held.take().expect("checked");
+            stream.free.push(buf);
+            if stream.prefetch {
+                // A failed request surfaces at the next acquire, which
+                // re-issues the layer it needs.
+                let _ = stream.prefetch_next(&self.reads);
+            }
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Streaming through the double buffer gives exactly the logits of a fully
+//! resident run, at every budget, with and without prefetch, and survives
+//! flaky storage.
+
+mod common;
+
+use flea::engine::{Engine, EngineConfig, WeightSource};
+use flea::generate::teacher_forced;
+use flea::gguf::GgufFile;
+use flea::model::Model;
+use flea::residency::loader::{FileReader, ReadAt, RetryPolicy};
+use flea::residency::plan::Plan;
+use flea::residency::{Residency, ResidencyOptions};
+use std::io;
+use std::time::Duration;
+
+const N_CTX: usize = 64;
+const CHUNK: usize = 8;
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        n_ctx: N_CTX,
+        max_chunk: CHUNK,
+        threads: 2,
+    }
+}
+
+fn logits<W: WeightSource>(model: &Model, source: W, tokens: &[u32]) -> Vec<f32> {
+    let mut engine = Engine::new(model, source, &config()).unwrap();
+    let mut out = Vec::new();
+    // Two passes: the second starts while the loader has already wrapped
+    // around to prefetch the first streamed layers.
+    for _ in 0..2 {
+        out.clear();
+        teacher_forced(&mut engine, tokens, |row| {
+            out.extend_from_slice(row);
+            Ok(())
+        })
+        .unwrap();
+    }
+    out
+}
+
+fn tokens() -> Vec<u32> {
+    (0..20).map(|i| 1 + (i * 7919) % 31999).collect()
+}
+
+#[test]
+fn streamed_logits_equal_resident_for_every_fixture() {
+    let mut models: Vec<String> = common::SYNTH_MODELS
+        .iter()
+        .map(|s| format!("{s}.gguf"))
+        .collect();
+    models.push("llama-2-tiny-random.gguf".into());
+    for name in models {
+        let path = common::model(&name);
+        let file = GgufFile::open(&path).unwrap();
+        let model = Model::from_gguf(&file).unwrap();
+        let reference = logits(&model, &file, &tokens());
+        let min = Plan::minimum_budget(&model, N_CTX, CHUNK);
+        let all = Plan::make(&model, N_CTX, CHUNK, u64::MAX)
+            .unwrap()
+            .total_bytes();
+        let half = min + (all - min) / 2;
+        for (label, budget) in [("minimum", min), ("half", half), ("everything", all)] {
+            for prefetch in [true, false] {
+                let plan = Plan::make(&model, N_CTX, CHUNK, budget).unwrap();
+                assert!(
+                    plan.total_bytes() <= budget,
+                    "{name} {label}: plan exceeds budget"
+                );
+                let opts = ResidencyOptions {
+                    prefetch,
+                    ..Default::default()
+                };
+                let source = Residency::open(&path, &model, &plan, opts).unwrap();
+                let ours = logits(&model, source, &tokens());
+                assert!(
+                    ours == reference,
+                    "{name}: budget {label} ({budget} bytes, {} layers streamed, prefetch {prefetch}) differs from resident",
+                    plan.streamed_layers().count()
+                );
+            }
+        }
+        let min_plan = Plan::make(&model, N_CTX, CHUNK, min).unwrap();
+        if model.layers.len() > 1 {
+            assert_eq!(
+                min_plan.streamed_layers().count(),
+                model.layers.len(),
+                "{name}: the minimum budget streams every layer"
+            );
+        }
+    }
+}
+
+#[test]
+fn budget_below_minimum_is_a_clear_error() {
+    let file = GgufFile::open(common::model("synth-256-Q4_K_M.gguf")).unwrap();
+    let model = Model::from_gguf(&file).unwrap();
+    let min = Plan::minimum_budget(&model, N_CTX, CHUNK);
+    let e = Plan::make(&model, N_CTX, CHUNK, min - 1).unwrap_err();
+    assert_eq!(e.kind, flea::ErrorKind::Config);
+    for part in [
+        "below the minimum",
+        "embeddings and output head",
+        "KV cache",
+        "streaming slots",
+    ] {
+        assert!(e.message.contains(part), "missing {part:?}: {e}");
+    }
+    Plan::make(&model, N_CTX, CHUNK, min).unwrap();
+}
+
+#[test]
+fn plan_spreads_resident_layers_and_prints_ranges() {
+    let file = GgufFile::open(common::model("synth-256-Q8_0.gguf")).unwrap();
+    let model = Model::from_gguf(&file).unwrap();
+    let min = Plan::minimum_budget(&model, N_CTX, CHUNK);
+    let layer = Plan::make(&model, N_CTX, CHUNK, u64::MAX)
+        .unwrap()
+        .layer_reads[0]
+        .len();
+    // Room for one layer beyond the minimum: it goes in the middle.
+    let plan = Plan::make(&model, N_CTX, CHUNK, min + layer).unwrap();
+    let text = plan.to_string();
+    assert_eq!(
+        plan.streamed_layers().collect::<Vec<_>>(),
+        vec![0, 1, 3],
+        "{text}"
+    );
+    assert!(
+        text.contains("layers 0-1 streamed") && text.contains("2 resident"),
+        "{text}"
+    );
+    assert!(text.contains("3 streamed"), "{text}");
+}
+
+/// A reader that fails with EIO on some calls and returns short reads.
+struct Flaky {
+    inner: FileReader,
+    calls: usize,
+    fail_every: usize,
+}
+
+impl ReadAt for Flaky {
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.calls += 1;
+        if self.calls.is_multiple_of(self.fail_every) {
+            return Err(io::Error::from_raw_os_error(5)); // EIO
+        }
+        if self.calls.is_multiple_of(3) {
+            return Err(io::Error::from(io::ErrorKind::Interrupted));
+        }
+        // Short reads, in whole 4 KiB pages so O_DIRECT offsets stay aligned.
+        let n = buf.len().min(8192);
+        self.inner.read_at(&mut buf[..n], offset)
+    }
+}
+
+#[test]
+fn flaky_storage_is_retried_and_results_unchanged() {
+    let path = common::model("synth-256-Q6_K.gguf");
+    let file = GgufFile::open(&path).unwrap();
+    let model = Model::from_gguf(&file).unwrap();
+    let reference = logits(&model, &file, &tokens());
+    let plan = Plan::make(
+        &model,
+        N_CTX,
+        CHUNK,
+        Plan::minimum_budget(&model, N_CTX, CHUNK),
+    )
+    .unwrap();
+    let reader = Flaky {
+        inner: FileReader::open(&path, true).unwrap(),
+        calls: 0,
+        fail_every: 7,
+    };
+    let opts = ResidencyOptions {
+        retry: RetryPolicy {
+            retries: 3,
+            backoff: Duration::from_millis(1),
+        },
+        ..Default::default()
+    };
+    let source = Residency::with_reader(Box::new(reader), &path, &model, &plan, opts).unwrap();
+    assert!(logits(&model, source, &tokens()) == reference);
+}
+
+/// A reader that starts failing for good after some calls.
+struct Dying {
+    inner: FileReader,
+    calls: usize,
+    good_calls: usize,
+}
+
+impl ReadAt for Dying {
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.calls += 1;
+        if self.calls > self.good_calls {
+            return Err(io::Error::from_raw_os_error(5));
+        }
+        self.inner.read_at(buf, offset)
+    }
+}
+
+#[test]
+fn dead_storage_fails_with_layer_and_offset() {
+    let path = common::model("synth-256-Q4_K_M.gguf");
+    let file = GgufFile::open(&path).unwrap();
+    let model = Model::from_gguf(&file).unwrap();
+    let plan = Plan::make(
+        &model,
+        N_CTX,
+        CHUNK,
+        Plan::minimum_budget(&model, N_CTX, CHUNK),
+    )
+    .unwrap();
+    let reader = Dying {
+        inner: FileReader::open(&path, true).unwrap(),
+        calls: 0,
+        good_calls: 6,
+    };
+    let opts = ResidencyOptions {
+        retry: RetryPolicy {
+            retries: 2,
+            backoff: Duration::from_millis(1),
+        },
+        ..Default::default()
+    };
+    let source = Residency::with_reader(Box::new(reader), &path, &model, &plan, opts).unwrap();
+    let mut engine = Engine::new(&model, source, &config()).unwrap();
+    let mut result = Ok(());
+    for _ in 0..3 {
+        result = teacher_forced(&mut engine, &tokens(), |_| Ok(()));
+        if result.is_err() {
+            break;
+        }
+    }
+    let e = result.unwrap_err();
+    assert_eq!(e.kind, flea::ErrorKind::Io);
+    assert!(
+        e.message.contains("layer") && e.message.contains("offset"),
+        "{e}"
+    );
+    assert!(e.message.contains("after 2 retries"), "{e}");
+}
