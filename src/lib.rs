@@ -4,6 +4,7 @@
 //! -> `gguf`, `quant`. See `../shared/DESIGN.md` for the architecture.
 
 pub mod backend;
+pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod gguf;
 pub mod kv_cache;
 pub mod model;
 pub mod pipeline;
+pub mod platform;
 pub mod quant;
 pub mod residency;
 pub mod sampler;

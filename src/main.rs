@@ -1,14 +1,18 @@
 //! `flea`: the command line. Parses arguments, calls the library, and maps
 //! errors to the exit codes documented in the README.
 
+mod cli_setup;
+
 use clap::{Args, Parser, Subcommand};
-use flea::engine::{Engine, EngineConfig};
+use cli_setup::{open_session, CommonArgs};
+use flea::bench::{self, BenchOptions};
+use flea::config::ByteSize;
 use flea::generate::{teacher_forced, Generator};
 use flea::gguf::GgufFile;
 use flea::model::Model;
 use flea::pipeline::{run_lines, LineOptions};
+use flea::residency::plan::Plan;
 use flea::sampler::{Sampler, SamplerConfig};
-use flea::tokenizer::Tokenizer;
 use flea::{Error, Result};
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
@@ -20,8 +24,10 @@ use std::time::Instant;
     name = "flea",
     version,
     about = "Run llama-family GGUF models, including ones larger than memory",
-    long_about = "Run llama-family GGUF models (Q3_K/Q4_K/Q5_K/Q6_K/Q8_0/F16/F32) on the CPU.\n\n\
-Exit codes: 0 success, 1 some prompts failed, 2 bad usage, 3 bad config, \
+    long_about = "Run llama-family GGUF models (Q3_K/Q4_K/Q5_K/Q6_K/Q8_0/F16/BF16/F32) inside a fixed \
+memory budget: what fits stays resident, the other layers stream from storage through a double \
+buffer while the previous layer computes.\n\n\
+Exit codes: 0 success, 1 some prompts failed, 2 bad usage, 3 bad config or budget, \
 4 bad or unsupported model, 5 I/O failure, 130 interrupted."
 )]
 struct Cli {
@@ -51,56 +57,56 @@ vocab, row-major (the layout of llama.cpp reference dumps)."
     Logits(LogitsArgs),
     /// Print a GGUF file's metadata, tensor table and bytes per layer.
     Inspect(InspectArgs),
-}
-
-#[derive(Args)]
-struct ModelArgs {
-    /// Path to a GGUF model file.
-    #[arg(long, short = 'm')]
-    model: PathBuf,
-    /// CPU threads for matrix products [default: available cores].
-    #[arg(long, short = 't')]
-    threads: Option<usize>,
-    /// Context length (KV cache positions) [default: min(model's, 2048)].
-    #[arg(long, short = 'c')]
-    ctx_size: Option<usize>,
-    /// Positions processed per forward pass during prefill.
-    #[arg(long, default_value_t = 64)]
-    chunk: usize,
+    /// Show what a budget keeps resident and streams, and the predicted time per token.
+    #[command(
+        long_about = "Plan a run: which layers stay resident and which stream through \
+the double buffer, what each part of the budget pays for, and the predicted decode time per \
+token from this machine's measured disk bandwidth (O_DIRECT) and compute rate."
+    )]
+    Plan(PlanArgs),
+    /// Measure prefill and decode speed, I/O stalls and peak memory.
+    #[command(
+        long_about = "Benchmark a model inside a budget: prefill and decode tokens/s, \
+per-token time split into I/O wait, compute and other, bytes read per token, effective GB/s \
+next to the disk bound measured by this program (O_DIRECT sequential read), peak RSS, and \
+overlap efficiency. --compare runs fully resident and streamed back to back; --no-prefetch \
+loads each layer only when needed, to measure what overlap gains."
+    )]
+    Bench(BenchArgs),
 }
 
 #[derive(Args)]
 struct RunArgs {
     #[command(flatten)]
-    model: ModelArgs,
-    /// Most tokens to generate per prompt.
-    #[arg(long, short = 'n', default_value_t = 128)]
-    max_tokens: usize,
-    /// Sampling temperature; 0 means greedy.
-    #[arg(long, default_value_t = SamplerConfig::default().temperature)]
-    temperature: f32,
-    /// Keep the k most likely tokens (0 = all).
-    #[arg(long, default_value_t = SamplerConfig::default().top_k)]
-    top_k: usize,
-    /// Nucleus sampling threshold (1 = off).
-    #[arg(long, default_value_t = SamplerConfig::default().top_p)]
-    top_p: f32,
-    /// Drop tokens below min_p x the top probability (0 = off).
-    #[arg(long, default_value_t = SamplerConfig::default().min_p)]
-    min_p: f32,
-    /// Penalty for recently seen tokens (1 = off).
-    #[arg(long, default_value_t = SamplerConfig::default().repeat_penalty)]
-    repeat_penalty: f32,
-    /// Random seed; the same seed gives the same output.
-    #[arg(long, default_value_t = SamplerConfig::default().seed)]
-    seed: u64,
+    common: CommonArgs,
+    /// Most tokens to generate per prompt [config: generation.max_tokens, default 128].
+    #[arg(long, short = 'n')]
+    max_tokens: Option<usize>,
+    /// Sampling temperature; 0 means greedy [default 0.8].
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Keep the k most likely tokens, 0 = all [default 40].
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Nucleus sampling threshold, 1 = off [default 0.95].
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Drop tokens below min_p x the top probability, 0 = off [default 0.05].
+    #[arg(long)]
+    min_p: Option<f32>,
+    /// Penalty for recently seen tokens, 1 = off [default 1.0].
+    #[arg(long)]
+    repeat_penalty: Option<f32>,
+    /// Random seed; the same seed gives the same output [default 42].
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["prompt", "tokens"])))]
 struct LogitsArgs {
     #[command(flatten)]
-    model: ModelArgs,
+    common: CommonArgs,
     /// Text to tokenize (BOS is added as llama.cpp does).
     #[arg(long)]
     prompt: Option<String>,
@@ -119,6 +125,36 @@ struct InspectArgs {
     model: PathBuf,
 }
 
+#[derive(Args)]
+struct PlanArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Skip the disk and compute measurements (no prediction).
+    #[arg(long)]
+    no_measure: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Prompt length for the prefill measurement.
+    #[arg(long, default_value_t = 32)]
+    prompt_tokens: usize,
+    /// Tokens to decode.
+    #[arg(long, default_value_t = 32)]
+    gen_tokens: usize,
+    /// Run fully resident and streamed back to back and print the ratio.
+    #[arg(long)]
+    compare: bool,
+    /// Load each layer only when needed (no overlap of I/O and compute).
+    #[arg(long)]
+    no_prefetch: bool,
+    /// Print one JSON object on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_level.as_deref());
@@ -126,6 +162,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Logits(args) => logits(args),
         Command::Inspect(args) => inspect(args),
+        Command::Plan(args) => plan(args),
+        Command::Bench(args) => bench_cmd(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -145,107 +183,40 @@ fn init_logging(flag: Option<&str>) {
     let config = simplelog::ConfigBuilder::new()
         .set_time_level(log::LevelFilter::Off)
         .set_target_level(log::LevelFilter::Off)
+        .set_thread_level(log::LevelFilter::Off)
         .build();
+    let color = if std::io::stderr().is_terminal() {
+        simplelog::ColorChoice::Auto
+    } else {
+        simplelog::ColorChoice::Never
+    };
     // Failing to set up logging only loses log lines; carry on.
-    let _ = simplelog::TermLogger::init(
-        level,
-        config,
-        simplelog::TerminalMode::Stderr,
-        if std::io::stderr().is_terminal() {
-            simplelog::ColorChoice::Auto
-        } else {
-            simplelog::ColorChoice::Never
-        },
-    );
-}
-
-/// Everything loaded from a model file.
-struct Loaded {
-    file: GgufFile,
-    model: Model,
-    tokenizer: Tokenizer,
-}
-
-fn load(path: &PathBuf) -> Result<Loaded> {
-    let start = Instant::now();
-    let file = GgufFile::open(path)?;
-    let model = Model::from_gguf(&file)?;
-    let tokenizer = Tokenizer::from_gguf(&file)?;
-    if tokenizer.vocab_size() != model.hparams.vocab_size {
-        return Err(Error::model(format!(
-            "{}: tokenizer has {} tokens but token_embd.weight has {} rows",
-            path.display(),
-            tokenizer.vocab_size(),
-            model.hparams.vocab_size
-        )));
-    }
-    let hp = &model.hparams;
-    log::info!(
-        "loaded {} in {:.0} ms: {} layers, dim {}, {} heads ({} kv), ffn {}, vocab {}",
-        path.display(),
-        start.elapsed().as_secs_f64() * 1e3,
-        hp.n_layers,
-        hp.dim,
-        hp.n_heads,
-        hp.n_kv_heads,
-        hp.ffn_dim,
-        hp.vocab_size
-    );
-    Ok(Loaded {
-        file,
-        model,
-        tokenizer,
-    })
-}
-
-fn engine_config(args: &ModelArgs, model: &Model) -> Result<EngineConfig> {
-    let threads = args.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
-    if threads == 0 {
-        return Err(Error::usage("--threads: expected at least 1, found 0"));
-    }
-    let n_ctx = args
-        .ctx_size
-        .unwrap_or_else(|| model.hparams.context_length.min(2048));
-    if n_ctx == 0 {
-        return Err(Error::usage("--ctx-size: expected at least 1, found 0"));
-    }
-    if args.chunk == 0 {
-        return Err(Error::usage("--chunk: expected at least 1, found 0"));
-    }
-    Ok(EngineConfig {
-        n_ctx,
-        max_chunk: args.chunk,
-        threads,
-    })
+    let _ = simplelog::TermLogger::init(level, config, simplelog::TerminalMode::Stderr, color);
 }
 
 fn run(args: RunArgs) -> Result<u8> {
+    let session = open_session(&args.common)?;
+    let g = &session.config.generation;
     let sampling = SamplerConfig {
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        min_p: args.min_p,
-        repeat_penalty: args.repeat_penalty,
-        seed: args.seed,
+        temperature: args.temperature.unwrap_or(g.temperature),
+        top_k: args.top_k.unwrap_or(g.top_k),
+        top_p: args.top_p.unwrap_or(g.top_p),
+        min_p: args.min_p.unwrap_or(g.min_p),
+        repeat_penalty: args.repeat_penalty.unwrap_or(g.repeat_penalty),
+        seed: args.seed.unwrap_or(g.seed),
         ..SamplerConfig::default()
     };
     sampling.validate()?;
-    let loaded = load(&args.model.model)?;
-    let config = engine_config(&args.model, &loaded.model)?;
-    let engine = Engine::new(&loaded.model, &loaded.file, &config)?;
-    let sampler = Sampler::new(sampling, loaded.model.hparams.vocab_size);
-    let mut generator = Generator::new(engine, sampler);
     let options = LineOptions {
-        max_tokens: args.max_tokens,
-        seed: args.seed,
+        max_tokens: args.max_tokens.unwrap_or(g.max_tokens),
+        seed: sampling.seed,
     };
+    let engine = session.engine()?;
+    let sampler = Sampler::new(sampling, session.model.hparams.vocab_size);
+    let mut generator = Generator::new(engine, sampler);
     let summary = run_lines(
         &mut generator,
-        &loaded.tokenizer,
+        &session.tokenizer,
         std::io::stdin().lock(),
         std::io::stdout().lock(),
         &options,
@@ -258,37 +229,36 @@ fn run(args: RunArgs) -> Result<u8> {
 }
 
 fn logits(args: LogitsArgs) -> Result<u8> {
-    let loaded = load(&args.model.model)?;
+    let mut session = open_session(&args.common)?;
     let tokens = match (&args.prompt, &args.tokens) {
-        (Some(p), _) => loaded
+        (Some(p), _) => session
             .tokenizer
-            .encode(p, loaded.tokenizer.add_bos_default()),
-        (None, Some(t)) => t.clone(),
-        (None, None) => unreachable!("clap requires --prompt or --tokens"),
+            .encode(p, session.tokenizer.add_bos_default()),
+        (None, tokens) => tokens.clone().unwrap_or_default(),
     };
     if tokens.is_empty() {
         return Err(Error::usage("no tokens to evaluate"));
     }
-    let mut config = engine_config(&args.model, &loaded.model)?;
-    config.n_ctx = config.n_ctx.max(tokens.len());
-    let mut engine = Engine::new(&loaded.model, &loaded.file, &config)?;
+    if tokens.len() > session.n_ctx {
+        session.replan_for_context(tokens.len())?;
+    }
+    let mut engine = session.engine()?;
     let file = std::fs::File::create(&args.out)
         .map_err(|e| Error::io(format!("{}: cannot create: {e}", args.out.display())))?;
     let mut out = BufWriter::new(file);
     let start = Instant::now();
+    let write_err = |e: std::io::Error| Error::io(format!("{}: {e}", args.out.display()));
     teacher_forced(&mut engine, &tokens, |row| {
         for v in row {
-            out.write_all(&v.to_le_bytes())
-                .map_err(|e| Error::io(format!("{}: {e}", args.out.display())))?;
+            out.write_all(&v.to_le_bytes()).map_err(write_err)?;
         }
         Ok(())
     })?;
-    out.flush()
-        .map_err(|e| Error::io(format!("{}: {e}", args.out.display())))?;
+    out.flush().map_err(write_err)?;
     log::info!(
         "wrote {} x {} logits to {} in {:.1} ms",
         tokens.len(),
-        loaded.model.hparams.vocab_size,
+        session.model.hparams.vocab_size,
         args.out.display(),
         start.elapsed().as_secs_f64() * 1e3
     );
@@ -369,5 +339,209 @@ fn inspect(args: InspectArgs) -> Result<u8> {
     }
     out.flush().map_err(io)?;
     log::info!("inspected in {:.1} ms", start.elapsed().as_secs_f64() * 1e3);
+    Ok(0)
+}
+
+fn plan(args: PlanArgs) -> Result<u8> {
+    let session = open_session(&args.common)?;
+    let mut out = std::io::stdout().lock();
+    let io = |e: std::io::Error| Error::io(format!("stdout: {e}"));
+    writeln!(out, "{}", session.plan).map_err(io)?;
+    writeln!(
+        out,
+        "minimum budget for this model at context {}: {}",
+        session.n_ctx,
+        ByteSize(Plan::minimum_budget(
+            &session.model,
+            session.n_ctx,
+            session.max_chunk
+        ))
+    )
+    .map_err(io)?;
+    if args.no_measure {
+        return Ok(0);
+    }
+    log::info!("measuring disk bandwidth (O_DIRECT) and compute rate...");
+    let disk = bench::measure_disk_bandwidth(&session.path, 512 << 20)?;
+    let compute = bench::measure_compute_rate(&session.path, &session.model, session.threads)?;
+    let p = bench::predict(&session.plan, &session.model, disk.bytes_per_s, compute);
+    writeln!(
+        out,
+        "disk {:.2} GB/s ({}), compute {:.2} GB/s of weights on {} threads",
+        disk.bytes_per_s / 1e9,
+        if disk.direct { "O_DIRECT" } else { "buffered" },
+        compute / 1e9,
+        session.threads
+    )
+    .map_err(io)?;
+    writeln!(
+        out,
+        "predicted decode: {:.1} ms/token with prefetch (I/O {:.1} ms, compute {:.1} ms overlapped), {:.1} ms/token without",
+        p.overlapped_seconds * 1e3,
+        p.io_seconds * 1e3,
+        p.compute_seconds * 1e3,
+        p.serial_seconds * 1e3
+    )
+    .map_err(io)?;
+    Ok(0)
+}
+
+fn bench_cmd(args: BenchArgs) -> Result<u8> {
+    let session = open_session(&args.common)?;
+    let mut opts = BenchOptions {
+        prompt_tokens: args.prompt_tokens,
+        gen_tokens: args.gen_tokens,
+        threads: session.threads,
+        max_chunk: session.max_chunk,
+        n_ctx: session.n_ctx,
+        residency: session.residency_options(),
+    };
+    if args.no_prefetch {
+        opts.residency.prefetch = false;
+    }
+    let need = args.prompt_tokens + args.gen_tokens;
+    if need > opts.n_ctx {
+        opts.n_ctx = need;
+    }
+    let plan = Plan::make(
+        &session.model,
+        opts.n_ctx,
+        opts.max_chunk,
+        session.plan.budget,
+    )?;
+    log::info!("plan:\n{plan}");
+    log::info!("measuring disk bandwidth (O_DIRECT sequential read)...");
+    let disk = bench::measure_disk_bandwidth(&session.path, 1 << 30)?;
+    let progress = |s: &str| log::info!("{s}");
+
+    let streamed = bench::run(
+        &session.path,
+        &session.model,
+        &plan,
+        &opts,
+        "budget",
+        progress,
+    )?;
+    let resident = if args.compare {
+        let all = Plan::make(&session.model, opts.n_ctx, opts.max_chunk, u64::MAX)?;
+        Some(bench::run(
+            &session.path,
+            &session.model,
+            &all,
+            &opts,
+            "resident",
+            progress,
+        )?)
+    } else {
+        None
+    };
+    let disk_bound_s = plan.streamed_bytes_per_pass() as f64 / disk.bytes_per_s.max(1.0);
+
+    if args.json {
+        let json = serde_json::json!({
+            "model": session.path.display().to_string(),
+            "model_bytes": session.file.file_len(),
+            "threads": session.threads,
+            "budget_bytes": plan.budget,
+            "decode_tokens_per_s": streamed.decode_tokens_per_s,
+            "prefill_tokens_per_s": streamed.prefill_tokens_per_s,
+            "peak_rss_bytes": streamed.peak_rss_bytes,
+            "bytes_read_per_token": streamed.bytes_read_per_token,
+            "disk_bound_bytes_per_s": disk.bytes_per_s,
+            "disk_direct": disk.direct,
+            "disk_bound_ms_per_token": disk_bound_s * 1e3,
+            "overlap_efficiency": streamed.overlap_efficiency,
+            "streamed": streamed,
+            "resident": resident,
+            "resident_over_streamed_decode": resident.as_ref().map(|r| r.decode_tokens_per_s / streamed.decode_tokens_per_s),
+        });
+        println!("{json}");
+        return Ok(0);
+    }
+    let mut out = std::io::stdout().lock();
+    let io = |e: std::io::Error| Error::io(format!("stdout: {e}"));
+    writeln!(
+        out,
+        "model {} ({}), {} threads",
+        session.path.display(),
+        ByteSize(session.file.file_len()),
+        session.threads
+    )
+    .map_err(io)?;
+    writeln!(out, "{plan}").map_err(io)?;
+    for r in std::iter::once(&streamed).chain(resident.as_ref()) {
+        writeln!(
+            out,
+            "\n[{}] {} streamed / {} resident layers, prefetch {}, {}",
+            r.mode,
+            r.streamed_layers,
+            r.resident_layers,
+            if r.prefetch { "on" } else { "off" },
+            if r.direct_io {
+                "O_DIRECT"
+            } else {
+                "buffered I/O"
+            }
+        )
+        .map_err(io)?;
+        writeln!(
+            out,
+            "  prefill {:.2} tok/s ({} tokens)",
+            r.prefill_tokens_per_s, r.prefill_tokens
+        )
+        .map_err(io)?;
+        writeln!(
+            out,
+            "  decode  {:.2} tok/s: {:.1} ms/token = stall {:.1} + compute {:.1} + other {:.1} (loader reading {:.1} ms/token)",
+            r.decode_tokens_per_s,
+            r.decode_ms_per_token,
+            r.stall_ms_per_token,
+            r.compute_ms_per_token,
+            r.other_ms_per_token,
+            r.io_ms_per_token
+        )
+        .map_err(io)?;
+        writeln!(
+            out,
+            "  read {:.1} MiB/token at {:.2} GB/s effective; overlap efficiency {:.2}",
+            r.bytes_read_per_token / (1 << 20) as f64,
+            r.effective_bytes_per_s / 1e9,
+            r.overlap_efficiency
+        )
+        .map_err(io)?;
+        let budget = if r.budget_bytes == u64::MAX {
+            "unbounded".to_string()
+        } else {
+            ByteSize(r.budget_bytes).to_string()
+        };
+        writeln!(
+            out,
+            "  peak RSS {} (budget {budget}, planned {})",
+            ByteSize(r.peak_rss_bytes),
+            ByteSize(r.planned_bytes)
+        )
+        .map_err(io)?;
+    }
+    writeln!(
+        out,
+        "\ndisk bound: {:.2} GB/s ({}) -> {:.1} ms/token to read {:.1} MiB of streamed layers",
+        disk.bytes_per_s / 1e9,
+        if disk.direct { "O_DIRECT" } else { "buffered" },
+        disk_bound_s * 1e3,
+        plan.streamed_bytes_per_pass() as f64 / (1 << 20) as f64
+    )
+    .map_err(io)?;
+    if let Some(r) = &resident {
+        let bound = disk_bound_s.max(r.decode_ms_per_token / 1e3);
+        writeln!(
+            out,
+            "streamed/resident decode time: {:.2}x; streamed vs max(disk bound, resident compute) = {:.1} / {:.1} ms = {:.2}x",
+            streamed.decode_ms_per_token / r.decode_ms_per_token,
+            streamed.decode_ms_per_token,
+            bound * 1e3,
+            streamed.decode_ms_per_token / (bound * 1e3)
+        )
+        .map_err(io)?;
+    }
     Ok(0)
 }

@@ -224,3 +224,128 @@ fn exit_codes() {
     assert!(lines[1].is_empty() && !lines[0].is_empty());
     assert!(stderr(&out).contains("prompt 2") && stderr(&out).contains("context"));
 }
+
+fn temp_file(tag: &str, contents: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("flea-cli-{tag}-{}", std::process::id()));
+    std::fs::write(&p, contents).unwrap();
+    p
+}
+
+#[test]
+fn config_file_and_flags() {
+    let model = model_arg("synth-256-Q8_0.gguf");
+    // A bad key in the config: exit 3, naming the key and the file.
+    let bad = temp_file("bad.toml", "[memory]\nbudgett = \"1GiB\"\n");
+    let out = flea(
+        &["run", "--model", &model, "--config", bad.to_str().unwrap()],
+        "hi\n",
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("budgett") && stderr(&out).contains(bad.to_str().unwrap()));
+    let _ = std::fs::remove_file(&bad);
+
+    // A missing config file: exit 3.
+    let out = flea(
+        &["run", "--model", &model, "--config", "/nonexistent/x.toml"],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+
+    // A budget too small in the file: exit 3 with the minimum; the flag overrides it.
+    let small = temp_file(
+        "small.toml",
+        "[memory]\nbudget = \"1MiB\"\n[generation]\ntemperature = 0.0\nmax_tokens = 4\ncontext = 64\n[pipeline]\nprefill_chunk = 8\n",
+    );
+    let args = [
+        "run",
+        "--model",
+        &model,
+        "--config",
+        small.to_str().unwrap(),
+    ];
+    let out = flea(&args, "hello\n");
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("below the minimum"),
+        "{}",
+        stderr(&out)
+    );
+    let mut with_flag = args.to_vec();
+    with_flag.extend(["--budget", "20MiB"]);
+    let streamed = flea(&with_flag, "hello\n");
+    assert!(streamed.status.success(), "{}", stderr(&streamed));
+    assert!(
+        stderr(&streamed).contains("streamed"),
+        "{}",
+        stderr(&streamed)
+    );
+    // Streaming changes nothing in the output: same text as fully resident.
+    let mut resident = args.to_vec();
+    resident.extend(["--budget", "1GiB"]);
+    let resident = flea(&resident, "hello\n");
+    assert_eq!(streamed.stdout, resident.stdout);
+    let _ = std::fs::remove_file(&small);
+}
+
+#[test]
+fn plan_prints_ranges_and_prediction() {
+    let model = model_arg("synth-256-Q6_K.gguf");
+    let out = flea(
+        &[
+            "plan", "--model", &model, "--budget", "16.2MiB", "-c", "64", "--chunk", "8",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert!(s.contains("streamed") && s.contains("resident"), "{s}");
+    assert!(s.contains("predicted decode") && s.contains("disk"), "{s}");
+    assert!(s.contains("minimum budget"), "{s}");
+}
+
+#[test]
+fn bench_json_has_documented_fields() {
+    let model = model_arg("synth-256-Q4_K_M.gguf");
+    let out = flea(
+        &[
+            "bench",
+            "--model",
+            &model,
+            "--budget",
+            "13.5MiB",
+            "-c",
+            "64",
+            "--chunk",
+            "8",
+            "--prompt-tokens",
+            "8",
+            "--gen-tokens",
+            "4",
+            "--compare",
+            "--json",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for field in [
+        "decode_tokens_per_s",
+        "prefill_tokens_per_s",
+        "peak_rss_bytes",
+        "bytes_read_per_token",
+        "disk_bound_bytes_per_s",
+        "overlap_efficiency",
+        "budget_bytes",
+        "resident_over_streamed_decode",
+    ] {
+        assert!(
+            v.get(field).is_some_and(|f| !f.is_null()),
+            "missing {field}: {v}"
+        );
+    }
+    assert!(
+        v["bytes_read_per_token"].as_f64().unwrap() > 0.0,
+        "streams: {v}"
+    );
+    assert!(v["streamed"]["stall_ms_per_token"].is_number());
+}

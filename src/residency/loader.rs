@@ -99,7 +99,7 @@ pub fn read_range(
     range: Range<u64>,
     needed: u64,
     policy: RetryPolicy,
-    what: &str,
+    what: &dyn std::fmt::Display,
     path: &Path,
 ) -> Result<()> {
     let len = (range.end - range.start) as usize;
@@ -146,6 +146,15 @@ pub fn read_range(
     Ok(())
 }
 
+/// Names a layer in error messages without allocating on the hot path.
+struct LayerName(usize);
+
+impl std::fmt::Display for LayerName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "layer {}", self.0)
+    }
+}
+
 /// A request to fill `buf` with layer `layer`.
 struct Request {
     layer: usize,
@@ -186,14 +195,13 @@ impl Loader {
             .spawn(move || {
                 for mut req in req_rx {
                     let start = Instant::now();
-                    let what = format!("layer {}", req.layer);
                     let result = read_range(
                         reader.as_mut(),
                         &mut req.buf,
                         req.range.clone(),
                         req.needed,
                         policy,
-                        &what,
+                        &LayerName(req.layer),
                         &path,
                     );
                     let done = Done {

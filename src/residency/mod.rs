@@ -78,7 +78,7 @@ impl Stream {
         let buf = self.free.pop().expect("a free slot to issue into");
         let r = &reads[layer];
         self.loader
-            .request(layer, r.range.clone(), r.span.end - r.range.start, buf)?;
+            .request(layer, r.range.clone(), r.needed(), buf)?;
         self.in_flight.push_back(layer);
         self.last_requested = Some(self.position[layer]);
         Ok(())
@@ -146,13 +146,13 @@ impl Residency {
     ) -> Result<Residency> {
         let start = Instant::now();
         let mut stats = IoStats::default();
-        let mut load = |read: &LayerRead, what: &str| -> Result<AlignedBuf> {
+        let mut load = |read: &LayerRead, what: &dyn std::fmt::Display| -> Result<AlignedBuf> {
             let mut buf = AlignedBuf::new(read.len() as usize);
             read_range(
                 reader.as_mut(),
                 &mut buf,
                 read.range.clone(),
-                read.span.end - read.range.start,
+                read.needed(),
                 options.retry,
                 what,
                 path,
@@ -162,13 +162,15 @@ impl Residency {
         };
         let mut globals = Vec::new();
         for read in global_reads(model) {
-            let buf = load(&read, "embeddings/output")?;
+            let buf = load(&read, &"embeddings/output")?;
             globals.push(Owned { read, buf });
         }
         let mut resident = Vec::with_capacity(plan.placement.len());
         for (i, p) in plan.placement.iter().enumerate() {
             resident.push(match p {
-                Placement::Resident => Some(load(&plan.layer_reads[i], &format!("layer {i}"))?),
+                Placement::Resident => {
+                    Some(load(&plan.layer_reads[i], &format_args!("layer {i}"))?)
+                }
                 Placement::Streamed => None,
             });
         }

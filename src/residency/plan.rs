@@ -35,6 +35,20 @@ pub struct LayerRead {
 }
 
 impl LayerRead {
+    /// The aligned read that covers `span`.
+    pub fn covering(span: Range<u64>) -> LayerRead {
+        LayerRead {
+            range: align_down(span.start)..align_up(span.end),
+            span,
+        }
+    }
+
+    /// Bytes that must arrive: from the aligned start to the span's end
+    /// (the aligned end may lie past the end of the file).
+    pub fn needed(&self) -> u64 {
+        self.span.end - self.range.start
+    }
+
     pub fn len(&self) -> u64 {
         self.range.end - self.range.start
     }
@@ -46,10 +60,7 @@ impl LayerRead {
 
 /// The aligned read of one tensor (for the always-resident globals).
 pub fn tensor_read(t: &TensorRef) -> LayerRead {
-    LayerRead {
-        range: align_down(t.file_range.start)..align_up(t.file_range.end),
-        span: t.file_range.clone(),
-    }
+    LayerRead::covering(t.file_range.clone())
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -74,13 +85,7 @@ impl Plan {
         let layer_reads: Vec<LayerRead> = model
             .layers
             .iter()
-            .map(|l| {
-                let span = l.file_span();
-                LayerRead {
-                    range: align_down(span.start)..align_up(span.end),
-                    span,
-                }
-            })
+            .map(|l| LayerRead::covering(l.file_span()))
             .collect();
         let global_bytes = global_reads(model).iter().map(LayerRead::len).sum();
         let engine_bytes =

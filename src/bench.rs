@@ -1,0 +1,306 @@
+//! `flea bench`: measure prefill and decode through the residency engine,
+//! and the bounds to read them against (disk bandwidth, memory bandwidth),
+//! all in one process on one machine.
+
+use crate::engine::{Engine, EngineConfig, Logits};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::residency::buffer::{AlignedBuf, IO_ALIGN};
+use crate::residency::loader::{read_range, FileReader, RetryPolicy};
+use crate::residency::plan::Plan;
+use crate::residency::stats::{peak_rss_bytes, reset_peak_rss};
+use crate::residency::{Residency, ResidencyOptions};
+use crate::sampler::argmax;
+use serde::Serialize;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Sequential read bandwidth of a file, measured with O_DIRECT where the
+/// file system allows (so the page cache cannot flatter it).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct DiskBandwidth {
+    pub bytes_per_s: f64,
+    pub bytes: u64,
+    pub direct: bool,
+}
+
+/// Read up to `max_bytes` of `path` sequentially in 8 MiB requests.
+pub fn measure_disk_bandwidth(path: &Path, max_bytes: u64) -> Result<DiskBandwidth> {
+    const CHUNK: usize = 8 << 20;
+    let mut reader = FileReader::open(path, true)?;
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::io(format!("{}: {e}", path.display())))?
+        .len();
+    let total = len.min(max_bytes) / IO_ALIGN as u64 * IO_ALIGN as u64;
+    let mut buf = AlignedBuf::new(CHUNK);
+    let policy = RetryPolicy {
+        retries: 2,
+        backoff: Duration::from_millis(10),
+    };
+    let start = Instant::now();
+    let mut offset = 0u64;
+    while offset < total {
+        let n = (total - offset).min(CHUNK as u64);
+        read_range(
+            &mut reader,
+            &mut buf,
+            offset..offset + n,
+            n,
+            policy,
+            &"bandwidth probe",
+            path,
+        )?;
+        offset += n;
+    }
+    let secs = start.elapsed().as_secs_f64().max(1e-9);
+    Ok(DiskBandwidth {
+        bytes_per_s: total as f64 / secs,
+        bytes: total,
+        direct: reader.is_direct(),
+    })
+}
+
+/// Sequential read bandwidth of RAM: sum a buffer larger than the caches.
+pub fn measure_memory_bandwidth() -> f64 {
+    const BYTES: usize = 256 << 20;
+    let buf: Vec<u64> = (0..BYTES / 8).map(|i| i as u64).collect();
+    let mut best = f64::MAX;
+    let mut sink = 0u64;
+    for _ in 0..3 {
+        let start = Instant::now();
+        // Four independent sums keep the loop bound by loads, not adds.
+        let mut acc = [0u64; 4];
+        for c in buf.chunks_exact(4) {
+            for k in 0..4 {
+                acc[k] = acc[k].wrapping_add(c[k]);
+            }
+        }
+        sink = sink.wrapping_add(acc.iter().fold(0, |a, &b| a.wrapping_add(b)));
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(sink);
+    BYTES as f64 / best.max(1e-9)
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub prompt_tokens: usize,
+    pub gen_tokens: usize,
+    pub threads: usize,
+    pub max_chunk: usize,
+    pub n_ctx: usize,
+    pub residency: ResidencyOptions,
+}
+
+/// One measured run (fields documented in the README under `flea bench --json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRun {
+    pub mode: String,
+    pub budget_bytes: u64,
+    pub planned_bytes: u64,
+    pub streamed_layers: usize,
+    pub resident_layers: usize,
+    pub prefetch: bool,
+    pub direct_io: bool,
+    pub load_seconds: f64,
+    pub prefill_tokens: usize,
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens: usize,
+    pub decode_tokens_per_s: f64,
+    /// Per decode token: wall time, and its split.
+    pub decode_ms_per_token: f64,
+    pub stall_ms_per_token: f64,
+    pub compute_ms_per_token: f64,
+    pub other_ms_per_token: f64,
+    /// Loader read time per token (overlaps compute when prefetching).
+    pub io_ms_per_token: f64,
+    pub bytes_read_per_token: f64,
+    pub effective_bytes_per_s: f64,
+    /// max(io, compute) / wall: 1.0 means I/O fully hidden behind compute
+    /// (or compute behind I/O).
+    pub overlap_efficiency: f64,
+    pub peak_rss_bytes: u64,
+}
+
+/// Deterministic prompt tokens that avoid the special ids.
+fn bench_tokens(n: usize, vocab: usize) -> Vec<u32> {
+    (0..n)
+        .map(|i| 3 + ((i as u64 * 2_654_435_761) % (vocab as u64 - 3)) as u32)
+        .collect()
+}
+
+/// Prefill a synthetic prompt, then decode greedily, through a residency
+/// source built from `plan`, reporting where the time went.
+pub fn run(
+    path: &Path,
+    model: &Model,
+    plan: &Plan,
+    opts: &BenchOptions,
+    mode: &str,
+    mut progress: impl FnMut(&str),
+) -> Result<BenchRun> {
+    let hp = &model.hparams;
+    if opts.prompt_tokens == 0 {
+        return Err(Error::usage("--prompt-tokens: expected at least 1"));
+    }
+    if opts.prompt_tokens + opts.gen_tokens > opts.n_ctx {
+        return Err(Error::usage(format!(
+            "--prompt-tokens {} + --gen-tokens {} exceed the context of {} (raise --ctx-size)",
+            opts.prompt_tokens, opts.gen_tokens, opts.n_ctx
+        )));
+    }
+    reset_peak_rss();
+    let load_start = Instant::now();
+    let source = Residency::open(path, model, plan, opts.residency)?;
+    let direct_io = source.is_direct();
+    let config = EngineConfig {
+        n_ctx: opts.n_ctx,
+        max_chunk: opts.max_chunk,
+        threads: opts.threads,
+    };
+    let mut engine = Engine::new(model, source, &config)?;
+    let load_seconds = load_start.elapsed().as_secs_f64();
+
+    let prompt = bench_tokens(opts.prompt_tokens, hp.vocab_size);
+    progress(&format!("{mode}: prefill {} tokens", prompt.len()));
+    let start = Instant::now();
+    let mut next = 0;
+    for (i, piece) in prompt.chunks(opts.max_chunk).enumerate() {
+        let logits = engine.forward(piece, i * opts.max_chunk, Logits::Last)?;
+        next = argmax(logits);
+    }
+    let prefill_s = start.elapsed().as_secs_f64();
+
+    engine.weights_mut().reset_stats();
+    let mut forward_time = Duration::ZERO;
+    let start = Instant::now();
+    for i in 0..opts.gen_tokens {
+        let t = Instant::now();
+        let logits = engine.forward(&[next], prompt.len() + i, Logits::Last)?;
+        forward_time += t.elapsed();
+        next = argmax(logits);
+        if (i + 1) % 16 == 0 || i + 1 == opts.gen_tokens {
+            let elapsed = start.elapsed().as_secs_f64();
+            progress(&format!(
+                "{mode}: decode {}/{} tokens, {:.2} tok/s",
+                i + 1,
+                opts.gen_tokens,
+                (i + 1) as f64 / elapsed
+            ));
+        }
+    }
+    let decode_s = start.elapsed().as_secs_f64();
+    let stats = engine.weights().stats().clone();
+    let n = opts.gen_tokens.max(1) as f64;
+    let stall = stats.stall_time.as_secs_f64();
+    let io = stats.read_time.as_secs_f64();
+    let compute = forward_time.as_secs_f64() - stall;
+    let wall = decode_s;
+    Ok(BenchRun {
+        mode: mode.to_string(),
+        budget_bytes: plan.budget,
+        planned_bytes: plan.total_bytes(),
+        streamed_layers: plan.streamed_layers().count(),
+        resident_layers: plan.placement.len() - plan.streamed_layers().count(),
+        prefetch: opts.residency.prefetch,
+        direct_io,
+        load_seconds,
+        prefill_tokens: prompt.len(),
+        prefill_tokens_per_s: prompt.len() as f64 / prefill_s.max(1e-9),
+        decode_tokens: opts.gen_tokens,
+        decode_tokens_per_s: opts.gen_tokens as f64 / decode_s.max(1e-9),
+        decode_ms_per_token: wall * 1e3 / n,
+        stall_ms_per_token: stall * 1e3 / n,
+        compute_ms_per_token: compute * 1e3 / n,
+        other_ms_per_token: (wall - forward_time.as_secs_f64()) * 1e3 / n,
+        io_ms_per_token: io * 1e3 / n,
+        bytes_read_per_token: stats.streamed_bytes as f64 / n,
+        effective_bytes_per_s: stats.streamed_bytes as f64 / wall.max(1e-9),
+        overlap_efficiency: io.max(compute) / wall.max(1e-9),
+        peak_rss_bytes: peak_rss_bytes().unwrap_or(0),
+    })
+}
+
+/// Weight bytes per second the CPU backend multiplies at decode (one
+/// position), measured on layer 0's matrices read into memory.
+pub fn measure_compute_rate(path: &Path, model: &Model, threads: usize) -> Result<f64> {
+    use crate::backend::cpu::CpuBackend;
+    use crate::engine::FileBytes;
+    let layer = &model.layers[0];
+    let read = crate::residency::plan::LayerRead::covering(layer.file_span());
+    let mut reader = FileReader::open(path, false)?;
+    let mut buf = AlignedBuf::new(read.len() as usize);
+    let policy = RetryPolicy {
+        retries: 2,
+        backoff: Duration::from_millis(10),
+    };
+    read_range(
+        &mut reader,
+        &mut buf,
+        read.range.clone(),
+        read.needed(),
+        policy,
+        &"layer 0",
+        path,
+    )?;
+    let bytes = FileBytes {
+        base: read.range.start,
+        bytes: &buf,
+    };
+    let backend = CpuBackend::new(threads);
+    let matrices = [
+        &layer.wq,
+        &layer.wk,
+        &layer.wv,
+        &layer.wo,
+        &layer.w_gate,
+        &layer.w_up,
+        &layer.w_down,
+    ];
+    let widest = matrices
+        .iter()
+        .map(|t| t.cols.max(t.rows))
+        .max()
+        .unwrap_or(1);
+    let x = vec![0.01f32; widest];
+    let mut out = vec![0.0f32; widest];
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let start = Instant::now();
+        for t in matrices {
+            backend.matmul(bytes.weight(t), &x[..t.cols], &mut out[..t.rows], 1);
+        }
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    let matrix_bytes: u64 = matrices.iter().map(|t| t.bytes()).sum();
+    Ok(matrix_bytes as f64 / best.max(1e-9))
+}
+
+/// Predicted decode time per token for a plan, from measured rates.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Prediction {
+    pub io_seconds: f64,
+    pub compute_seconds: f64,
+    /// With prefetch, I/O and compute overlap: the larger one wins.
+    pub overlapped_seconds: f64,
+    /// Without prefetch they add up.
+    pub serial_seconds: f64,
+}
+
+pub fn predict(
+    plan: &Plan,
+    model: &Model,
+    disk_bytes_per_s: f64,
+    compute_bytes_per_s: f64,
+) -> Prediction {
+    let weights: u64 =
+        model.layers.iter().map(|l| l.weight_bytes()).sum::<u64>() + model.output.bytes();
+    let io = plan.streamed_bytes_per_pass() as f64 / disk_bytes_per_s.max(1.0);
+    let compute = weights as f64 / compute_bytes_per_s.max(1.0);
+    Prediction {
+        io_seconds: io,
+        compute_seconds: compute,
+        overlapped_seconds: io.max(compute),
+        serial_seconds: io + compute,
+    }
+}
