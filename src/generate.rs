@@ -5,6 +5,8 @@
 use crate::engine::{Engine, Logits, WeightSource};
 use crate::error::{Error, Result};
 use crate::sampler::Sampler;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +43,9 @@ pub struct Completion {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
     Continue,
-    Stop,
+    /// End the completion here, for this reason (a stop string: `Stop`; a
+    /// signal: `Interrupted`).
+    Finish(FinishReason),
 }
 
 pub struct Generator<'a, W: WeightSource> {
@@ -51,6 +55,9 @@ pub struct Generator<'a, W: WeightSource> {
     logits: Vec<f32>,
     /// Prompt plus generated tokens of the current sequence.
     history: Vec<u32>,
+    /// Set from outside (a signal handler) to stop at the next token or
+    /// prefill chunk boundary.
+    interrupt: Option<Arc<AtomicBool>>,
 }
 
 impl<'a, W: WeightSource> Generator<'a, W> {
@@ -62,7 +69,20 @@ impl<'a, W: WeightSource> Generator<'a, W> {
             sampler,
             logits: vec![0.0; vocab],
             history: Vec::with_capacity(n_ctx),
+            interrupt: None,
         }
+    }
+
+    /// Watch `flag`: once it is set, generation ends at the next boundary
+    /// with [`FinishReason::Interrupted`], keeping what was generated.
+    pub fn set_interrupt(&mut self, flag: Arc<AtomicBool>) {
+        self.interrupt = Some(flag);
+    }
+
+    fn interrupted(&self) -> bool {
+        self.interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
     }
 
     /// Generate up to `max_tokens` after `prompt` (which already holds BOS
@@ -93,6 +113,15 @@ impl<'a, W: WeightSource> Generator<'a, W> {
         let chunk = self.engine.max_chunk();
         let mut pos = 0;
         for piece in prompt.chunks(chunk) {
+            if self.interrupted() {
+                return Ok(Completion {
+                    tokens,
+                    finish: FinishReason::Interrupted,
+                    prompt_tokens: prompt.len(),
+                    prefill_time: start.elapsed(),
+                    decode_time: Duration::ZERO,
+                });
+            }
             let logits = self.engine.forward(piece, pos, Logits::Last)?;
             if pos + piece.len() == prompt.len() {
                 self.logits.copy_from_slice(logits);
@@ -111,7 +140,11 @@ impl<'a, W: WeightSource> Generator<'a, W> {
             }
             tokens.push(next);
             self.history.push(next);
-            if on_token(next) == Flow::Stop {
+            if let Flow::Finish(reason) = on_token(next) {
+                finish = reason;
+                break;
+            }
+            if self.interrupted() {
                 finish = FinishReason::Interrupted;
                 break;
             }

@@ -10,13 +10,15 @@ use flea::config::ByteSize;
 use flea::generate::{teacher_forced, Generator};
 use flea::gguf::GgufFile;
 use flea::model::Model;
-use flea::pipeline::{run_lines, LineOptions};
+use flea::pipeline::{self, Format, Interrupt, RunOptions};
 use flea::residency::plan::Plan;
 use flea::sampler::{Sampler, SamplerConfig};
 use flea::{Error, Result};
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Parser)]
@@ -100,6 +102,10 @@ struct RunArgs {
     /// Random seed; the same seed gives the same output [default 42].
     #[arg(long)]
     seed: Option<u64>,
+    /// Read JSON requests, one per line ({"id", "prompt", "max_tokens", "temperature",
+    /// "seed", "stop", ...}), and write one JSON record per request.
+    #[arg(long)]
+    jsonl: bool,
 }
 
 #[derive(Args)]
@@ -207,25 +213,54 @@ fn run(args: RunArgs) -> Result<u8> {
         ..SamplerConfig::default()
     };
     sampling.validate()?;
-    let options = LineOptions {
+    let options = RunOptions {
+        format: if args.jsonl {
+            Format::Jsonl
+        } else {
+            Format::Text
+        },
         max_tokens: args.max_tokens.unwrap_or(g.max_tokens),
-        seed: sampling.seed,
+        sampling: sampling.clone(),
     };
+    let interrupt = Arc::new(Interrupt::default());
+    install_signal_handler(interrupt.clone())?;
     let engine = session.engine()?;
     let sampler = Sampler::new(sampling, session.model.hparams.vocab_size);
     let mut generator = Generator::new(engine, sampler);
-    let summary = run_lines(
+    generator.set_interrupt(interrupt.requested.clone());
+    let summary = pipeline::run(
         &mut generator,
         &session.tokenizer,
         std::io::stdin().lock(),
         std::io::stdout().lock(),
         &options,
+        &interrupt,
     )?;
+    if summary.interrupted {
+        log::warn!(
+            "interrupted after {} prompts; completed output was flushed",
+            summary.prompts
+        );
+        return Ok(130);
+    }
     if summary.failed > 0 {
         log::warn!("{} of {} prompts failed", summary.failed, summary.prompts);
         return Ok(1);
     }
     Ok(0)
+}
+
+/// SIGINT/SIGTERM: between completions, exit at once (everything finished
+/// is already flushed); during one, ask it to stop at the next token so its
+/// partial result is written. A second signal exits at once.
+fn install_signal_handler(interrupt: Arc<Interrupt>) -> Result<()> {
+    ctrlc::set_handler(move || {
+        let again = interrupt.requested.swap(true, Ordering::SeqCst);
+        if again || !interrupt.busy.load(Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    })
+    .map_err(|e| Error::io(format!("cannot install the signal handler: {e}")))
 }
 
 fn logits(args: LogitsArgs) -> Result<u8> {

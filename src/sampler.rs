@@ -118,6 +118,13 @@ impl Sampler {
         self.rng = Rng::new(seed);
     }
 
+    /// New settings (per request), keeping the buffers; restarts the RNG
+    /// from the new seed.
+    pub fn set_config(&mut self, config: SamplerConfig) {
+        self.rng = Rng::new(config.seed);
+        self.config = config;
+    }
+
     /// Pick the next token. `logits` is modified by the repetition penalty;
     /// `history` holds the tokens so far (prompt and generated).
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {

@@ -326,7 +326,7 @@ mod tests {
             4096..12288,
             8192,
             policy(0),
-            "layer 1",
+            &"layer 1",
             Path::new("m.gguf"),
         )
         .unwrap();
@@ -354,7 +354,7 @@ mod tests {
             0..4096,
             4096,
             policy(2),
-            "layer 0",
+            &"layer 0",
             Path::new("m.gguf"),
         )
         .unwrap();
@@ -376,7 +376,7 @@ mod tests {
             8192..12288,
             4096,
             policy(3),
-            "layer 7",
+            &"layer 7",
             Path::new("m.gguf"),
         )
         .unwrap_err();
@@ -404,7 +404,7 @@ mod tests {
             0..8192,
             6000,
             policy(3),
-            "layer 2",
+            &"layer 2",
             Path::new("m.gguf"),
         )
         .unwrap_err();
@@ -416,7 +416,7 @@ mod tests {
             0..8192,
             5000,
             policy(0),
-            "layer 2",
+            &"layer 2",
             Path::new("m.gguf"),
         )
         .unwrap();
