@@ -18,8 +18,13 @@ pub mod q4_k;
 pub mod q5_k;
 pub mod q6_k;
 pub mod q8_0;
+pub mod q8_32;
+pub mod q8_k;
 
 use std::fmt;
+
+/// Viewing row bytes as blocks, for the backends' kernels.
+pub(crate) use blocks::{as_blocks, f16_to_f32, ByteBlock};
 
 /// Number of weights in one K-quant super-block.
 pub const QK_K: usize = 256;

@@ -1,237 +1,107 @@
-//! The scalar CPU reference backend: plain loops, f32 activations. Every
-//! faster path is held to it. Matrix rows are split across threads; each
-//! output element is computed by exactly one `dot_row` call no matter how
-//! many threads there are, so results do not depend on the thread count.
+//! The CPU backend: SIMD matrix kernels over 8-bit activations, a persistent
+//! thread pool, and the small per-position operations (norms, RoPE,
+//! attention).
+//!
+//! Layout of the module:
+//! - [`isa`]: which kernels this CPU runs (AVX2+FMA+F16C, NEON, NEON with
+//!   `sdot`, or scalar), detected once.
+//! - `kernels`: what all kernels share, the canonical K-quant block form,
+//!   and why every instruction set gives bit-identical results.
+//! - `scalar`, `avx2`, `neon`: the kernels, one file per instruction set;
+//!   the scalar ones are the twins the others are tested against.
+//! - `matmul`: activation quantization, row tiles, position chunks.
+//! - `pool`: the worker threads.
+//! - `ops`: norms, RoPE, softmax, attention, SwiGLU.
+//!
+//! Numerics: weights in K-quant or Q8_0 formats meet activations rounded to
+//! 8 bits per block (as llama.cpp does); F32/F16/BF16 weights meet f32
+//! activations. The f32 `quant::dot_row` stays the oracle of what a row
+//! product means; these kernels differ from it only by the activation
+//! rounding.
 
-use super::Weight;
-use crate::quant;
+pub mod isa;
+mod kernels;
+mod matmul;
+mod ops;
+mod pool;
+mod scalar;
 
-/// Below this many multiply-adds a matmul runs on the calling thread: the
-/// cost of starting threads would exceed the work.
-const PARALLEL_MIN_WORK: usize = 1 << 16;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+
+use std::cell::RefCell;
+
+pub use isa::Isa;
+pub use ops::{add_in_place, attention, dequantize_vector, rmsnorm, rope, softmax, swiglu};
+
+use matmul::{ActScratch, TileClaims};
+use pool::Pool;
 
 pub struct CpuBackend {
     threads: usize,
+    isa: Isa,
+    pool: Pool,
+    /// Quantized activations of the current matmul; grown on demand (or up
+    /// front by [`CpuBackend::reserve`]) and reused, so a warm backend
+    /// allocates nothing per call.
+    acts: RefCell<ActScratch>,
+    /// Which matmul tiles are taken, reused by every call.
+    tile_claims: TileClaims,
 }
 
-/// A raw output pointer shared by threads that write disjoint elements.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: threads only write disjoint indices (their own row ranges), and the
-// scope joins them before the buffer is touched again.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
 impl CpuBackend {
+    /// A backend with `threads` participants (the caller and `threads - 1`
+    /// workers, spawned now) and the best kernels for this CPU.
     pub fn new(threads: usize) -> CpuBackend {
+        CpuBackend::with_isa(threads, Isa::best())
+    }
+
+    /// As [`CpuBackend::new`], with the given kernels (tests and benchmarks
+    /// compare instruction sets; results are identical by design).
+    pub fn with_isa(threads: usize, isa: Isa) -> CpuBackend {
+        let threads = threads.max(1);
         CpuBackend {
-            threads: threads.max(1),
+            threads,
+            isa,
+            pool: Pool::new(threads),
+            acts: RefCell::new(ActScratch::default()),
+            tile_claims: TileClaims::new(threads),
         }
     }
 
     pub fn threads(&self) -> usize {
+        debug_assert_eq!(self.threads, self.pool.threads());
         self.threads
     }
 
-    /// `out[p][r] = dot(w[r], x[p])` for `n` positions.
-    /// `x` is `n x w.cols`, `out` is `n x w.rows`, both row-major.
-    pub fn matmul(&self, w: Weight<'_>, x: &[f32], out: &mut [f32], n: usize) {
-        assert_eq!(x.len(), n * w.cols, "matmul {}: input length", w.rows);
-        assert_eq!(out.len(), n * w.rows, "matmul {}: output length", w.rows);
-        let work = w.rows * w.cols * n;
-        let threads = if work < PARALLEL_MIN_WORK {
-            1
-        } else {
-            self.threads.min(w.rows)
-        };
-        let shared = SharedOut(out.as_mut_ptr());
-        let rows_for = |t: usize| {
-            let per = w.rows.div_ceil(threads);
-            (t * per).min(w.rows)..((t + 1) * per).min(w.rows)
-        };
-        let run = |rows: std::ops::Range<usize>| {
-            let out = shared;
-            for r in rows {
-                let wr = w.row(r);
-                for p in 0..n {
-                    let v = quant::dot_row(w.ggml_type, wr, &x[p * w.cols..(p + 1) * w.cols]);
-                    // SAFETY: index < n * w.rows = out.len(); row r belongs to
-                    // exactly one thread.
-                    unsafe { *out.0.add(p * w.rows + r) = v };
-                }
-            }
-        };
-        if threads == 1 {
-            run(0..w.rows);
-            return;
-        }
-        std::thread::scope(|s| {
-            for t in 1..threads {
-                let rows = rows_for(t);
-                s.spawn(move || run(rows));
-            }
-            run(rows_for(0));
-        });
-    }
-}
-
-/// Dequantize a single-row weight (a norm vector) into `out`.
-pub fn dequantize_vector(w: Weight<'_>, out: &mut [f32]) {
-    quant::dequantize_row(w.ggml_type, w.data, out);
-}
-
-/// `out = x / rms(x) * weight`, one position.
-pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
-    let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let scale = 1.0 / (mean_sq + eps).sqrt();
-    for ((o, &xi), &wi) in out.iter_mut().zip(x).zip(weight) {
-        *o = xi * scale * wi;
-    }
-}
-
-/// Rotate adjacent pairs `(x[2i], x[2i+1])` of every head by the angles for
-/// one position. GGUF llama files store Q/K rows permuted so that RoPE pairs
-/// adjacent elements (ggml's "normal" mode). `cos_sin` holds
-/// `(cos, sin)` for each pair index `i < rope_dims / 2` at this position.
-pub fn rope(x: &mut [f32], head_dim: usize, cos_sin: &[(f32, f32)]) {
-    for head in x.chunks_exact_mut(head_dim) {
-        for (pair, &(c, s)) in head.chunks_exact_mut(2).zip(cos_sin) {
-            let (a, b) = (pair[0], pair[1]);
-            pair[0] = a * c - b * s;
-            pair[1] = a * s + b * c;
-        }
-    }
-}
-
-/// In-place softmax.
-pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    for v in x.iter_mut() {
-        *v *= inv;
-    }
-}
-
-/// Causal attention for one query position over `n_ctx` cached positions.
-///
-/// `q` is `n_heads x head_dim`; `k_cache` and `v_cache` are
-/// `n_ctx x (n_kv_heads * head_dim)`; query head `h` reads kv head
-/// `h / (n_heads / n_kv_heads)` (GQA; MQA when there is one kv head).
-/// `scores` is scratch of at least `n_ctx`; `out` is `n_heads x head_dim`.
-#[allow(clippy::too_many_arguments)]
-pub fn attention(
-    out: &mut [f32],
-    q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
-    n_ctx: usize,
-    n_heads: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
-    scores: &mut [f32],
-) {
-    let kv_dim = n_kv_heads * head_dim;
-    let group = n_heads / n_kv_heads;
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    let scores = &mut scores[..n_ctx];
-    for h in 0..n_heads {
-        let qh = &q[h * head_dim..(h + 1) * head_dim];
-        let kv_off = (h / group) * head_dim;
-        for (t, s) in scores.iter_mut().enumerate() {
-            let kt = &k_cache[t * kv_dim + kv_off..t * kv_dim + kv_off + head_dim];
-            *s = qh.iter().zip(kt).map(|(a, b)| a * b).sum::<f32>() * scale;
-        }
-        softmax(scores);
-        let oh = &mut out[h * head_dim..(h + 1) * head_dim];
-        oh.fill(0.0);
-        for (t, &p) in scores.iter().enumerate() {
-            let vt = &v_cache[t * kv_dim + kv_off..t * kv_dim + kv_off + head_dim];
-            for (o, &v) in oh.iter_mut().zip(vt) {
-                *o += p * v;
-            }
-        }
-    }
-}
-
-/// SwiGLU: `gate = silu(gate) * up`, in place.
-pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
-    }
-}
-
-/// `x += y`.
-pub fn add_in_place(x: &mut [f32], y: &[f32]) {
-    for (a, &b) in x.iter_mut().zip(y) {
-        *a += b;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::quant::GgmlType;
-
-    fn f32_weight(values: &[f32]) -> Vec<u8> {
-        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
 
-    #[test]
-    fn matmul_is_independent_of_thread_count() {
-        let (rows, cols, n) = (300, 256, 3);
-        let w: Vec<f32> = (0..rows * cols)
-            .map(|i| ((i * 7919) % 113) as f32 / 113.0 - 0.5)
-            .collect();
-        let data = f32_weight(&w);
-        let weight = Weight {
-            ggml_type: GgmlType::F32,
-            rows,
-            cols,
-            data: &data,
-        };
-        let x: Vec<f32> = (0..n * cols)
-            .map(|i| ((i * 31) % 17) as f32 / 17.0)
-            .collect();
-        let mut one = vec![0.0; n * rows];
-        let mut many = vec![0.0; n * rows];
-        CpuBackend::new(1).matmul(weight, &x, &mut one, n);
-        CpuBackend::new(3).matmul(weight, &x, &mut many, n);
-        assert_eq!(one, many);
-        let expect: f32 = (0..cols).map(|c| w[5 * cols + c] * x[2 * cols + c]).sum();
-        assert!((one[2 * rows + 5] - expect).abs() < 1e-4);
+    /// Allocate now the activation scratch that matmuls of up to
+    /// `max_positions` positions of inputs up to `max_cols` wide will need,
+    /// so that no later call allocates. Costs at most 1.25 bytes per value.
+    pub fn reserve(&self, max_positions: usize, max_cols: usize) {
+        self.acts.borrow_mut().reserve(max_positions * max_cols);
     }
 
-    #[test]
-    fn rope_rotates_adjacent_pairs() {
-        let mut x = vec![1.0, 0.0, 0.0, 1.0];
-        let angle = std::f32::consts::FRAC_PI_2;
-        rope(&mut x, 4, &[(angle.cos(), angle.sin()), (1.0, 0.0)]);
-        assert!((x[0]).abs() < 1e-6 && (x[1] - 1.0).abs() < 1e-6);
-        assert_eq!(&x[2..], &[0.0, 1.0]);
+    /// Run `job(worker)` once on every participant (`worker` in
+    /// `0..threads()`, the caller being 0) and wait for all: for work the
+    /// kernels here do not cover, split by the caller. Allocates nothing.
+    pub fn run_on_all(&self, job: &(dyn Fn(usize) + Sync)) {
+        self.pool.run(job);
     }
 
-    #[test]
-    fn attention_with_one_position_returns_its_value() {
-        // Two query heads sharing one kv head (GQA).
-        let q = [1.0, 2.0, 3.0, 4.0];
-        let k = [0.5, 0.5];
-        let v = [7.0, -1.0];
-        let mut out = [0.0; 4];
-        let mut scores = [0.0; 1];
-        attention(&mut out, &q, &k, &v, 1, 2, 1, 2, &mut scores);
-        assert_eq!(out, [7.0, -1.0, 7.0, -1.0]);
+    /// Hand an empty job to every thread and wait for all: the pool's
+    /// fixed cost per matmul (and a way to wake sleeping workers early).
+    pub fn empty_dispatch(&self) {
+        self.pool.run(&|_| {});
     }
 
-    #[test]
-    fn softmax_sums_to_one() {
-        let mut x = [1.0, 2.0, 3.0, 1000.0];
-        softmax(&mut x);
-        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        assert!(x[3] > 0.99);
+    /// Bytes held as activation scratch.
+    pub fn scratch_bytes(&self) -> usize {
+        self.acts.borrow().bytes()
     }
 }
