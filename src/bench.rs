@@ -86,9 +86,7 @@ pub fn measure_memory_bandwidth() -> f64 {
 pub struct BenchOptions {
     pub prompt_tokens: usize,
     pub gen_tokens: usize,
-    pub threads: usize,
-    pub max_chunk: usize,
-    pub n_ctx: usize,
+    pub engine: EngineConfig,
     pub residency: ResidencyOptions,
 }
 
@@ -103,11 +101,14 @@ pub struct BenchRun {
     pub prefetch: bool,
     pub direct_io: bool,
     pub load_seconds: f64,
+    /// Sequences decoded together; token rates are totals over all of them.
+    pub batch: usize,
     pub prefill_tokens: usize,
     pub prefill_tokens_per_s: f64,
     pub decode_tokens: usize,
     pub decode_tokens_per_s: f64,
-    /// Per decode token: wall time, and its split.
+    /// Per decode step (one token of every sequence): wall time, and its
+    /// split. At batch 1 a step is a token.
     pub decode_ms_per_token: f64,
     pub stall_ms_per_token: f64,
     pub compute_ms_per_token: f64,
@@ -122,10 +123,14 @@ pub struct BenchRun {
     pub peak_rss_bytes: u64,
 }
 
-/// Deterministic prompt tokens that avoid the special ids.
-fn bench_tokens(n: usize, vocab: usize) -> Vec<u32> {
+/// Deterministic prompt tokens that avoid the special ids; `stream`
+/// varies them between sequences.
+fn bench_tokens(n: usize, vocab: usize, stream: usize) -> Vec<u32> {
     (0..n)
-        .map(|i| 3 + ((i as u64 * 2_654_435_761) % (vocab as u64 - 3)) as u32)
+        .map(|i| {
+            let x = (i + 7919 * stream) as u64 * 2_654_435_761;
+            3 + (x % (vocab as u64 - 3)) as u32
+        })
         .collect()
 }
 
@@ -143,31 +148,49 @@ pub fn run(
     if opts.prompt_tokens == 0 {
         return Err(Error::usage("--prompt-tokens: expected at least 1"));
     }
-    if opts.prompt_tokens + opts.gen_tokens > opts.n_ctx {
+    if opts.prompt_tokens + opts.gen_tokens > opts.engine.n_ctx {
         return Err(Error::usage(format!(
             "--prompt-tokens {} + --gen-tokens {} exceed the context of {} (raise --ctx-size)",
-            opts.prompt_tokens, opts.gen_tokens, opts.n_ctx
+            opts.prompt_tokens, opts.gen_tokens, opts.engine.n_ctx
         )));
     }
     reset_peak_rss();
     let load_start = Instant::now();
     let source = Residency::open(path, model, plan, opts.residency)?;
     let direct_io = source.is_direct();
-    let config = EngineConfig {
-        n_ctx: opts.n_ctx,
-        max_chunk: opts.max_chunk,
-        threads: opts.threads,
-    };
-    let mut engine = Engine::new(model, source, &config)?;
+    let mut engine = Engine::new(model, source, &opts.engine)?;
     let load_seconds = load_start.elapsed().as_secs_f64();
 
-    let prompt = bench_tokens(opts.prompt_tokens, hp.vocab_size);
-    progress(&format!("{mode}: prefill {} tokens", prompt.len()));
+    // Every sequence gets its own prompt; the decode steps of all of them
+    // share each pass (batch 1 is plain decoding).
+    let n_seq = opts.engine.n_seq;
+    let vocab = hp.vocab_size;
+    let prompts: Vec<Vec<u32>> = (0..n_seq)
+        .map(|s| bench_tokens(opts.prompt_tokens, vocab, s))
+        .collect();
+    let mut next = vec![0u32; n_seq];
+    progress(&format!(
+        "{mode}: prefill {} x {} tokens",
+        n_seq, opts.prompt_tokens
+    ));
     let start = Instant::now();
-    let mut next = 0;
-    for (i, piece) in prompt.chunks(opts.max_chunk).enumerate() {
-        let logits = engine.forward(piece, i * opts.max_chunk, Logits::Last)?;
-        next = argmax(logits);
+    let chunk = opts.engine.max_chunk;
+    let chunks = opts.prompt_tokens.div_ceil(chunk);
+    for (s, prompt) in prompts.iter().enumerate() {
+        for (i, piece) in prompt.chunks(chunk).enumerate() {
+            let last = i + 1 == chunks;
+            engine.clear_batch();
+            engine.push(
+                s,
+                piece,
+                i * chunk,
+                if last { Logits::Last } else { Logits::None },
+            );
+            let logits = engine.run_batch()?;
+            if last {
+                next[s] = argmax(logits);
+            }
+        }
     }
     let prefill_s = start.elapsed().as_secs_f64();
 
@@ -176,16 +199,27 @@ pub fn run(
     let start = Instant::now();
     for i in 0..opts.gen_tokens {
         let t = Instant::now();
-        let logits = engine.forward(&[next], prompt.len() + i, Logits::Last)?;
+        engine.clear_batch();
+        for (s, tok) in next.iter().enumerate() {
+            engine.push(
+                s,
+                std::slice::from_ref(tok),
+                opts.prompt_tokens + i,
+                Logits::Last,
+            );
+        }
+        let rows = engine.run_batch()?;
         forward_time += t.elapsed();
-        next = argmax(logits);
+        for (s, row) in rows.chunks_exact(vocab).enumerate() {
+            next[s] = argmax(row);
+        }
         if (i + 1) % 16 == 0 || i + 1 == opts.gen_tokens {
             let elapsed = start.elapsed().as_secs_f64();
             progress(&format!(
-                "{mode}: decode {}/{} tokens, {:.2} tok/s",
+                "{mode}: decode {}/{} steps, {:.2} tok/s",
                 i + 1,
                 opts.gen_tokens,
-                (i + 1) as f64 / elapsed
+                ((i + 1) * n_seq) as f64 / elapsed
             ));
         }
     }
@@ -205,10 +239,11 @@ pub fn run(
         prefetch: opts.residency.prefetch,
         direct_io,
         load_seconds,
-        prefill_tokens: prompt.len(),
-        prefill_tokens_per_s: prompt.len() as f64 / prefill_s.max(1e-9),
-        decode_tokens: opts.gen_tokens,
-        decode_tokens_per_s: opts.gen_tokens as f64 / decode_s.max(1e-9),
+        batch: n_seq,
+        prefill_tokens: n_seq * opts.prompt_tokens,
+        prefill_tokens_per_s: (n_seq * opts.prompt_tokens) as f64 / prefill_s.max(1e-9),
+        decode_tokens: n_seq * opts.gen_tokens,
+        decode_tokens_per_s: (n_seq * opts.gen_tokens) as f64 / decode_s.max(1e-9),
         decode_ms_per_token: wall * 1e3 / n,
         stall_ms_per_token: stall * 1e3 / n,
         compute_ms_per_token: compute * 1e3 / n,
@@ -303,4 +338,69 @@ pub fn predict(
         overlapped_seconds: io.max(compute),
         serial_seconds: io + compute,
     }
+}
+
+/// Speculative decoding measured the same way as [`run`].
+#[derive(Debug, Clone, Serialize)]
+pub struct SpeculativeRun {
+    pub draft_tokens: usize,
+    pub decode_tokens: usize,
+    pub decode_tokens_per_s: f64,
+    pub acceptance_rate: f64,
+    /// Tokens emitted per pass of the target (1.0 = no gain).
+    pub tokens_per_target_pass: f64,
+    pub target_passes: u64,
+    pub peak_rss_bytes: u64,
+}
+
+/// Decode greedily with `draft` proposing `k` tokens per pass of the
+/// target (streamed as `plan` says; the draft fully resident).
+pub fn run_speculative(
+    path: &Path,
+    model: &Model,
+    plan: &Plan,
+    draft_path: &Path,
+    draft_model: &Model,
+    opts: &BenchOptions,
+    k: usize,
+) -> Result<SpeculativeRun> {
+    use crate::generate::Flow;
+    use crate::sampler::{Sampler, SamplerConfig};
+    use crate::speculative::Speculative;
+    reset_peak_rss();
+    let greedy = SamplerConfig {
+        temperature: 0.0,
+        ..Default::default()
+    };
+    let vocab = model.hparams.vocab_size;
+    let target = Engine::new(
+        model,
+        Residency::open(path, model, plan, opts.residency)?,
+        &opts.engine,
+    )?;
+    let draft_plan = Plan::make(draft_model, &opts.engine, u64::MAX)?;
+    let draft = Engine::new(
+        draft_model,
+        Residency::open(draft_path, draft_model, &draft_plan, opts.residency)?,
+        &opts.engine,
+    )?;
+    let mut spec = Speculative::new(
+        target,
+        draft,
+        Sampler::new(greedy.clone(), vocab),
+        Sampler::new(greedy, vocab),
+        k,
+    )?;
+    let prompt = bench_tokens(opts.prompt_tokens, vocab, 0);
+    let c = spec.generate(&prompt, opts.gen_tokens, None, |_| Flow::Continue)?;
+    let s = spec.stats;
+    Ok(SpeculativeRun {
+        draft_tokens: k,
+        decode_tokens: c.tokens.len(),
+        decode_tokens_per_s: c.tokens.len() as f64 / c.decode_time.as_secs_f64().max(1e-9),
+        acceptance_rate: s.acceptance_rate(),
+        tokens_per_target_pass: s.tokens_per_sweep(),
+        target_passes: s.sweeps,
+        peak_rss_bytes: peak_rss_bytes().unwrap_or(0),
+    })
 }

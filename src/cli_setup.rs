@@ -35,6 +35,9 @@ pub struct CommonArgs {
     /// Positions per forward pass while reading a prompt [default: 64].
     #[arg(long)]
     pub chunk: Option<usize>,
+    /// Sequences decoded together; each streamed layer read serves all [default: 1].
+    #[arg(long)]
+    pub batch: Option<usize>,
 }
 
 fn parse_budget(s: &str) -> std::result::Result<Budget, String> {
@@ -49,9 +52,8 @@ pub struct Session {
     pub model: Model,
     pub tokenizer: Tokenizer,
     pub plan: Plan,
-    pub n_ctx: usize,
-    pub max_chunk: usize,
-    pub threads: usize,
+    /// Context, chunk, sequences and threads, after flags and config.
+    pub engine: EngineConfig,
 }
 
 pub fn open_session(args: &CommonArgs) -> Result<Session> {
@@ -73,6 +75,12 @@ pub fn open_session(args: &CommonArgs) -> Result<Session> {
             return Err(Error::usage("--chunk: expected at least 1, found 0"));
         }
         config.pipeline.prefill_chunk = c;
+    }
+    if let Some(b) = args.batch {
+        if b == 0 {
+            return Err(Error::usage("--batch: expected at least 1, found 0"));
+        }
+        config.pipeline.batch = b;
     }
     if let Some(c) = args.ctx_size {
         if c == 0 {
@@ -120,11 +128,16 @@ pub fn open_session(args: &CommonArgs) -> Result<Session> {
         0 => flea::platform::physical_cores(),
         t => t,
     };
-    let max_chunk = config.pipeline.prefill_chunk;
+    let engine = EngineConfig {
+        n_ctx,
+        // A pass holds every sequence's decode step.
+        max_chunk: config.pipeline.prefill_chunk.max(config.pipeline.batch),
+        n_seq: config.pipeline.batch,
+        threads,
+    };
     let budget = config.memory.budget.resolve(file.file_len());
-    let plan = Plan::make(&model, n_ctx, max_chunk, budget)
+    let plan = Plan::make(&model, &engine, budget)
         .map_err(|e| Error::new(e.kind, format!("{}: {}", path.display(), e.message)))?;
-    log::info!("plan (budget {}):\n{plan}", config.memory.budget);
     Ok(Session {
         path,
         config,
@@ -132,9 +145,7 @@ pub fn open_session(args: &CommonArgs) -> Result<Session> {
         model,
         tokenizer,
         plan,
-        n_ctx,
-        max_chunk,
-        threads,
+        engine,
     })
 }
 
@@ -150,15 +161,23 @@ impl Session {
         }
     }
 
+    /// Plan again for a different budget.
+    pub fn replan(&mut self, budget: u64) -> Result<()> {
+        self.plan = Plan::make(&self.model, &self.engine, budget)
+            .map_err(|e| Error::new(e.kind, format!("{}: {}", self.path.display(), e.message)))?;
+        Ok(())
+    }
+
     /// Grow the context (and re-plan) for a pass longer than configured.
     pub fn replan_for_context(&mut self, n_ctx: usize) -> Result<()> {
-        self.n_ctx = n_ctx;
-        self.plan = Plan::make(&self.model, n_ctx, self.max_chunk, self.plan.budget)?;
+        self.engine.n_ctx = n_ctx;
+        self.plan = Plan::make(&self.model, &self.engine, self.plan.budget)?;
         Ok(())
     }
 
     /// Load the resident weights and start streaming, as planned.
     pub fn engine(&self) -> Result<Engine<'_, Residency>> {
+        log::info!("plan:\n{}", self.plan);
         let start = Instant::now();
         let source = Residency::open(
             &self.path,
@@ -181,11 +200,52 @@ impl Session {
                 ""
             }
         );
-        let config = EngineConfig {
-            n_ctx: self.n_ctx,
-            max_chunk: self.max_chunk,
-            threads: self.threads,
-        };
-        Engine::new(&self.model, source, &config)
+        Engine::new(&self.model, source, &self.engine)
     }
+}
+
+/// A draft model for speculative decoding, loaded fully resident.
+pub struct Draft {
+    pub model: Model,
+    pub weights: Residency,
+}
+
+/// Load the draft, check it shares the target's vocabulary, and take its
+/// memory out of the target's budget (re-planning the target).
+pub fn open_draft(session: &mut Session, path: &std::path::Path) -> Result<Draft> {
+    let file = GgufFile::open(path)?;
+    let model = Model::from_gguf(&file)?;
+    let tokenizer = Tokenizer::from_gguf(&file)?;
+    let same_vocab = tokenizer.vocab_size() == session.tokenizer.vocab_size()
+        && (0..tokenizer.vocab_size() as u32)
+            .all(|t| tokenizer.token_text(t) == session.tokenizer.token_text(t));
+    if !same_vocab {
+        return Err(Error::usage(format!(
+            "{}: the draft's vocabulary ({} tokens) differs from the target's ({} tokens, {}); speculative decoding needs the same tokenizer",
+            path.display(),
+            tokenizer.vocab_size(),
+            session.tokenizer.vocab_size(),
+            session.path.display()
+        )));
+    }
+    let plan = Plan::make(&model, &session.engine, u64::MAX)?;
+    let draft_bytes = plan.total_bytes();
+    let budget = session.plan.budget;
+    if draft_bytes >= budget {
+        return Err(Error::config(format!(
+            "{}: the draft needs {} resident, more than the whole budget of {}",
+            path.display(),
+            ByteSize(draft_bytes),
+            ByteSize(budget)
+        )));
+    }
+    session.replan(budget - draft_bytes)?;
+    log::info!(
+        "draft {}: {} resident; the target plans within the remaining {}",
+        path.display(),
+        ByteSize(draft_bytes),
+        ByteSize(budget - draft_bytes)
+    );
+    let weights = Residency::open(path, &model, &plan, session.residency_options())?;
+    Ok(Draft { model, weights })
 }

@@ -210,6 +210,9 @@ pub struct PipelineConfig {
     pub prefill_chunk: usize,
     /// Read the next streamed layer while the current one computes.
     pub prefetch: bool,
+    /// Sequences decoded together: every streamed layer serves all of them
+    /// in one read. Each costs a KV cache.
+    pub batch: usize,
 }
 
 impl Default for PipelineConfig {
@@ -217,6 +220,7 @@ impl Default for PipelineConfig {
         PipelineConfig {
             prefill_chunk: 64,
             prefetch: true,
+            batch: 1,
         }
     }
 }
@@ -256,6 +260,9 @@ impl Config {
         };
         if self.pipeline.prefill_chunk == 0 {
             return bad("pipeline.prefill_chunk", "at least 1", "0".into());
+        }
+        if self.pipeline.batch == 0 || self.pipeline.batch > 256 {
+            return bad("pipeline.batch", "1..=256", self.pipeline.batch.to_string());
         }
         if self.io.retries > 30 {
             return bad("io.retries", "at most 30", self.io.retries.to_string());

@@ -1,35 +1,19 @@
-//! The forward pass: token ids in, logits out, one chunk of positions at a
-//! time. Reads top to bottom like the math: embed, then per layer attention
-//! and feed-forward with residuals, then the final norm and output head.
+//! The engine: validates a batch of positions, walks the layers in order,
+//! acquiring each layer's weights from a [`WeightSource`] (resident or
+//! streamed) and handing them to a [`Backend`], then returns logits.
+//!
+//! The same kernels run over the same bytes whether a layer was resident or
+//! streamed, so streamed logits equal resident logits exactly.
 
-use crate::backend::cpu::{self, CpuBackend};
-use crate::backend::Weight;
+pub use crate::backend::{FileBytes, Logits, SeqChunk};
+
+use crate::backend::{Batch, BatchEntry};
+
+use crate::backend::cpu_forward::{CpuForward, CpuForwardConfig};
+use crate::backend::{Backend, Weight};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
-use crate::kv_cache::KvCache;
 use crate::model::{Hparams, Model, TensorRef};
-use crate::quant;
-
-/// Bytes that cover some range of the model file, starting at file offset
-/// `base`: a whole memory map, a resident copy, or a streaming slot.
-#[derive(Debug, Clone, Copy)]
-pub struct FileBytes<'b> {
-    pub base: u64,
-    pub bytes: &'b [u8],
-}
-
-impl<'b> FileBytes<'b> {
-    /// The backend's view of a tensor inside these bytes.
-    pub fn weight(&self, t: &TensorRef) -> Weight<'b> {
-        let start = (t.file_range.start - self.base) as usize;
-        Weight {
-            ggml_type: t.ggml_type,
-            rows: t.rows,
-            cols: t.cols,
-            data: &self.bytes[start..start + t.bytes() as usize],
-        }
-    }
-}
 
 /// Where the engine gets weight bytes from. The memory map and a fully
 /// resident copy always have every layer; a streaming source hands out the
@@ -64,119 +48,88 @@ fn whole_map(file: &GgufFile) -> FileBytes<'_> {
     }
 }
 
-/// Which positions of a chunk need logits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Logits {
-    /// Only the last position (generation).
-    Last,
-    /// Every position (teacher-forced evaluation).
-    All,
-}
-
 /// Engine settings fixed at start.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Positions the KV cache holds.
+    /// Positions the KV cache holds per sequence.
     pub n_ctx: usize,
-    /// Most positions processed per forward call (prefill chunk size).
+    /// Most positions processed per forward call, over all sequences.
     pub max_chunk: usize,
+    /// Sequences decoded together (KV cache slots).
+    pub n_seq: usize,
     pub threads: usize,
 }
 
-/// Activation buffers, sized once for `max_chunk` positions and named by
-/// role as in llama2.c.
-struct Scratch {
-    x: Vec<f32>,       // (chunk, dim) residual stream
-    xb: Vec<f32>,      // (chunk, dim) normed input / attention output projected
-    q: Vec<f32>,       // (chunk, n_heads * head_dim)
-    k: Vec<f32>,       // (chunk, kv_dim)
-    v: Vec<f32>,       // (chunk, kv_dim)
-    att_out: Vec<f32>, // (chunk, n_heads * head_dim)
-    hb: Vec<f32>,      // (chunk, ffn_dim) gate, then silu(gate) * up
-    hb2: Vec<f32>,     // (chunk, ffn_dim) up
-    scores: Vec<f32>,  // (n_ctx) attention scores of one head
-    norm_w: Vec<f32>,  // (dim) a norm's weights, dequantized
-    logits: Vec<f32>,  // (chunk, vocab)
-}
-
-impl Scratch {
-    /// Element counts, in field order.
-    fn lengths(hp: &Hparams, n_ctx: usize, chunk: usize) -> [usize; 11] {
-        let q_dim = hp.n_heads * hp.head_dim;
-        [
-            chunk * hp.dim,
-            chunk * hp.dim,
-            chunk * q_dim,
-            chunk * hp.kv_dim(),
-            chunk * hp.kv_dim(),
-            chunk * q_dim,
-            chunk * hp.ffn_dim,
-            chunk * hp.ffn_dim,
-            n_ctx,
-            hp.dim,
-            chunk * hp.vocab_size,
-        ]
-    }
-
-    fn new(hp: &Hparams, n_ctx: usize, chunk: usize) -> Scratch {
-        let [x, xb, q, k, v, att_out, hb, hb2, scores, norm_w, logits] =
-            Self::lengths(hp, n_ctx, chunk).map(|n| vec![0.0f32; n]);
-        Scratch {
-            x,
-            xb,
-            q,
-            k,
-            v,
-            att_out,
-            hb,
-            hb2,
-            scores,
-            norm_w,
-            logits,
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            n_ctx: 2048,
+            max_chunk: 64,
+            n_seq: 1,
+            threads: 1,
         }
     }
 }
 
-pub struct Engine<'a, W: WeightSource> {
+impl EngineConfig {
+    fn cpu(&self) -> CpuForwardConfig {
+        CpuForwardConfig {
+            n_ctx: self.n_ctx,
+            max_chunk: self.max_chunk,
+            n_seq: self.n_seq,
+            threads: self.threads,
+        }
+    }
+}
+
+pub struct Engine<'a, W: WeightSource, B: Backend = CpuForward> {
     model: &'a Model,
     weights: W,
-    backend: CpuBackend,
-    kv: KvCache,
-    s: Scratch,
-    /// `(cos, sin)` per position and rotated pair: `[n_ctx][rope_dims / 2]`.
-    rope_table: Vec<(f32, f32)>,
+    backend: B,
+    n_ctx: usize,
+    n_seq: usize,
     max_chunk: usize,
+    /// The pass being built by `push`, reused across passes.
+    entries: Vec<BatchEntry>,
+    tokens: Vec<u32>,
 }
 
-impl<'a, W: WeightSource> Engine<'a, W> {
+impl<'a, W: WeightSource> Engine<'a, W, CpuForward> {
+    /// An engine on the CPU.
     pub fn new(model: &'a Model, weights: W, config: &EngineConfig) -> Result<Self> {
-        let hp = &model.hparams;
-        if config.n_ctx == 0 || config.max_chunk == 0 {
+        let backend = CpuForward::new(&model.hparams, config.cpu());
+        Self::with_backend(model, weights, backend, config)
+    }
+
+    /// Bytes the CPU engine allocates for a model at this shape; the
+    /// planner charges this against the budget.
+    pub fn memory_bytes(hp: &Hparams, config: &EngineConfig) -> u64 {
+        CpuForward::memory_bytes(hp, config.cpu())
+    }
+}
+
+impl<'a, W: WeightSource, B: Backend> Engine<'a, W, B> {
+    pub fn with_backend(
+        model: &'a Model,
+        weights: W,
+        backend: B,
+        config: &EngineConfig,
+    ) -> Result<Self> {
+        if config.n_ctx == 0 || config.max_chunk == 0 || config.n_seq == 0 {
             return Err(Error::config(
-                "context size and chunk size must be at least 1",
+                "context size, chunk size and batch size must be at least 1",
             ));
         }
-        let s = Scratch::new(hp, config.n_ctx, config.max_chunk);
         Ok(Engine {
             model,
             weights,
-            backend: CpuBackend::new(config.threads),
-            kv: KvCache::new(hp.n_layers, config.n_ctx, hp.kv_dim()),
-            s,
-            rope_table: rope_table(hp, config.n_ctx),
+            backend,
+            n_ctx: config.n_ctx,
+            n_seq: config.n_seq,
             max_chunk: config.max_chunk,
+            entries: Vec::with_capacity(config.n_seq),
+            tokens: Vec::with_capacity(config.max_chunk),
         })
-    }
-
-    /// Bytes the engine allocates for a model at this context and chunk
-    /// size: KV cache, activations, logits and the RoPE table. The planner
-    /// charges this against the budget.
-    pub fn memory_bytes(hp: &Hparams, n_ctx: usize, max_chunk: usize) -> u64 {
-        let f32s = Scratch::lengths(hp, n_ctx, max_chunk).iter().sum::<usize>();
-        let rope = n_ctx * (hp.rope_dims / 2) * std::mem::size_of::<(f32, f32)>();
-        KvCache::bytes_for(hp.n_layers, n_ctx, hp.kv_dim())
-            + (f32s * std::mem::size_of::<f32>() + rope) as u64
-            + backend_scratch_bytes(hp, max_chunk)
     }
 
     pub fn hparams(&self) -> &Hparams {
@@ -184,7 +137,11 @@ impl<'a, W: WeightSource> Engine<'a, W> {
     }
 
     pub fn n_ctx(&self) -> usize {
-        self.kv.n_ctx()
+        self.n_ctx
+    }
+
+    pub fn n_seq(&self) -> usize {
+        self.n_seq
     }
 
     pub fn max_chunk(&self) -> usize {
@@ -199,167 +156,106 @@ impl<'a, W: WeightSource> Engine<'a, W> {
         &mut self.weights
     }
 
-    /// Run `tokens` at positions `start_pos..` through the model, filling
-    /// the KV cache, and return logits: one `vocab`-long row per position
-    /// for [`Logits::All`], or the last position's row for [`Logits::Last`].
+    /// Run `tokens` of sequence 0 at positions `start_pos..`, filling the
+    /// KV cache, and return logits: one `vocab`-long row per position for
+    /// [`Logits::All`], the last position's row for [`Logits::Last`], none
+    /// for [`Logits::None`].
     pub fn forward(&mut self, tokens: &[u32], start_pos: usize, want: Logits) -> Result<&[f32]> {
-        let hp = self.model.hparams.clone();
-        let n = tokens.len();
-        if n == 0 || n > self.max_chunk {
+        self.forward_batch(&[SeqChunk {
+            seq: 0,
+            tokens,
+            start_pos,
+            logits: want,
+        }])
+    }
+
+    /// One pass over every layer for several sequences at once: each weight
+    /// is read once for all of them. Logits rows come back in batch order.
+    pub fn forward_batch(&mut self, batch: &[SeqChunk<'_>]) -> Result<&[f32]> {
+        self.clear_batch();
+        for c in batch {
+            self.push(c.seq, c.tokens, c.start_pos, c.logits);
+        }
+        self.run_batch()
+    }
+
+    /// Start building a pass without allocating: `push` entries, then
+    /// `run_batch`.
+    pub fn clear_batch(&mut self) {
+        self.entries.clear();
+        self.tokens.clear();
+    }
+
+    /// Add `tokens` of sequence `seq` at positions `start_pos..` to the
+    /// pass being built. Checked by `run_batch`.
+    pub fn push(&mut self, seq: usize, tokens: &[u32], start_pos: usize, logits: Logits) {
+        self.entries.push(BatchEntry {
+            seq,
+            first: self.tokens.len(),
+            len: tokens.len(),
+            start_pos,
+            logits,
+        });
+        self.tokens.extend_from_slice(tokens);
+    }
+
+    /// Run the pass built by `push`: logits rows in entry order.
+    pub fn run_batch(&mut self) -> Result<&[f32]> {
+        self.validate()?;
+        let model = self.model;
+        let batch = Batch {
+            entries: &self.entries,
+            tokens: &self.tokens,
+        };
+        self.backend
+            .begin(batch, self.weights.global(&model.token_embd))?;
+        for (l, layer) in model.layers.iter().enumerate() {
+            let bytes = self.weights.acquire_layer(l)?;
+            let result = self.backend.layer(l, layer, bytes);
+            self.weights.release_layer(l);
+            result?;
+        }
+        self.backend.finish(
+            self.weights.global(&model.output_norm),
+            self.weights.global(&model.output),
+        )
+    }
+
+    fn validate(&self) -> Result<()> {
+        let total = self.tokens.len();
+        if total == 0 || total > self.max_chunk {
             return Err(Error::usage(format!(
-                "forward: expected 1..={} tokens per call, found {n}",
+                "forward: expected 1..={} positions per pass, found {total}",
                 self.max_chunk
             )));
         }
-        if start_pos + n > self.kv.n_ctx() {
-            return Err(Error::usage(format!(
-                "context full: positions {}..{} do not fit in the context of {} tokens (raise --ctx-size)",
-                start_pos,
-                start_pos + n,
-                self.kv.n_ctx()
-            )));
-        }
-        let (dim, q_dim, kv_dim, ffn) = (hp.dim, hp.n_heads * hp.head_dim, hp.kv_dim(), hp.ffn_dim);
-        let half_rot = hp.rope_dims / 2;
-
-        // Embedding: dequantize each token's row into the residual stream.
-        let embd = self.weights.global(&self.model.token_embd);
-        for (p, &tok) in tokens.iter().enumerate() {
-            if tok as usize >= hp.vocab_size {
+        let vocab = self.model.hparams.vocab_size;
+        for (i, e) in self.entries.iter().enumerate() {
+            if e.len == 0 {
                 return Err(Error::usage(format!(
-                    "token id {tok} is out of range (vocabulary has {} tokens)",
-                    hp.vocab_size
+                    "forward: batch entry {i} has no tokens"
                 )));
             }
-            quant::dequantize_row(
-                embd.ggml_type,
-                embd.row(tok as usize),
-                &mut self.s.x[p * dim..(p + 1) * dim],
-            );
+            if e.seq >= self.n_seq || self.entries[..i].iter().any(|o| o.seq == e.seq) {
+                return Err(Error::usage(format!(
+                    "forward: sequence slot {} is out of range or repeated (engine has {})",
+                    e.seq, self.n_seq
+                )));
+            }
+            if e.start_pos + e.len > self.n_ctx {
+                return Err(Error::usage(format!(
+                    "context full: positions {}..{} do not fit in the context of {} tokens (raise --ctx-size)",
+                    e.start_pos,
+                    e.start_pos + e.len,
+                    self.n_ctx
+                )));
+            }
         }
-
-        let s = &mut self.s;
-        for (l, layer) in self.model.layers.iter().enumerate() {
-            let bytes = self.weights.acquire_layer(l)?;
-            let w = |t: &TensorRef| bytes.weight(t);
-
-            // Attention: xb = rmsnorm(x); q, k, v = xb Wq, xb Wk, xb Wv.
-            cpu::dequantize_vector(w(&layer.attn_norm), &mut s.norm_w);
-            for p in 0..n {
-                let r = p * dim..(p + 1) * dim;
-                cpu::rmsnorm(&mut s.xb[r.clone()], &s.x[r], &s.norm_w, hp.rms_eps);
-            }
-            let xb = &s.xb[..n * dim];
-            self.backend
-                .matmul(w(&layer.wq), xb, &mut s.q[..n * q_dim], n);
-            self.backend
-                .matmul(w(&layer.wk), xb, &mut s.k[..n * kv_dim], n);
-            self.backend
-                .matmul(w(&layer.wv), xb, &mut s.v[..n * kv_dim], n);
-
-            // RoPE on q and k, then append k, v to the cache.
-            for p in 0..n {
-                let pos = start_pos + p;
-                let cs = &self.rope_table[pos * half_rot..(pos + 1) * half_rot];
-                cpu::rope(&mut s.q[p * q_dim..(p + 1) * q_dim], hp.head_dim, cs);
-                cpu::rope(&mut s.k[p * kv_dim..(p + 1) * kv_dim], hp.head_dim, cs);
-                self.kv.store(
-                    l,
-                    pos,
-                    &s.k[p * kv_dim..(p + 1) * kv_dim],
-                    &s.v[p * kv_dim..(p + 1) * kv_dim],
-                );
-            }
-
-            // Causal attention: position p sees cache entries 0..=pos.
-            for p in 0..n {
-                let n_seen = start_pos + p + 1;
-                let (k_cache, v_cache) = self.kv.layer(l, n_seen);
-                cpu::attention(
-                    &mut s.att_out[p * q_dim..(p + 1) * q_dim],
-                    &s.q[p * q_dim..(p + 1) * q_dim],
-                    k_cache,
-                    v_cache,
-                    n_seen,
-                    hp.n_heads,
-                    hp.n_kv_heads,
-                    hp.head_dim,
-                    &mut s.scores,
-                );
-            }
-
-            // Output projection and residual: x += att_out Wo.
-            self.backend.matmul(
-                w(&layer.wo),
-                &s.att_out[..n * q_dim],
-                &mut s.xb[..n * dim],
-                n,
-            );
-            cpu::add_in_place(&mut s.x[..n * dim], &s.xb[..n * dim]);
-
-            // Feed-forward: x += (silu(xb Wgate) * (xb Wup)) Wdown, xb = rmsnorm(x).
-            cpu::dequantize_vector(w(&layer.ffn_norm), &mut s.norm_w);
-            for p in 0..n {
-                let r = p * dim..(p + 1) * dim;
-                cpu::rmsnorm(&mut s.xb[r.clone()], &s.x[r], &s.norm_w, hp.rms_eps);
-            }
-            let xb = &s.xb[..n * dim];
-            self.backend
-                .matmul(w(&layer.w_gate), xb, &mut s.hb[..n * ffn], n);
-            self.backend
-                .matmul(w(&layer.w_up), xb, &mut s.hb2[..n * ffn], n);
-            cpu::swiglu(&mut s.hb[..n * ffn], &s.hb2[..n * ffn]);
-            self.backend
-                .matmul(w(&layer.w_down), &s.hb[..n * ffn], &mut s.xb[..n * dim], n);
-            cpu::add_in_place(&mut s.x[..n * dim], &s.xb[..n * dim]);
-            self.weights.release_layer(l);
+        if let Some(&tok) = self.tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::usage(format!(
+                "token id {tok} is out of range (vocabulary has {vocab} tokens)"
+            )));
         }
-
-        // Final norm and output head, for the positions that need logits.
-        let first = match want {
-            Logits::All => 0,
-            Logits::Last => n - 1,
-        };
-        let m = n - first;
-        cpu::dequantize_vector(self.weights.global(&self.model.output_norm), &mut s.norm_w);
-        for p in first..n {
-            let (src, dst) = (
-                p * dim..(p + 1) * dim,
-                (p - first) * dim..(p - first + 1) * dim,
-            );
-            cpu::rmsnorm(&mut s.xb[dst], &s.x[src], &s.norm_w, hp.rms_eps);
-        }
-        let vocab = hp.vocab_size;
-        self.backend.matmul(
-            self.weights.global(&self.model.output),
-            &s.xb[..m * dim],
-            &mut s.logits[..m * vocab],
-            m,
-        );
-        Ok(&self.s.logits[..m * vocab])
+        Ok(())
     }
-}
-
-/// What the backend may keep per matmul input (8-bit activations with
-/// their scales): bounded by two bytes per input element of the widest
-/// matrix input, for a whole chunk.
-fn backend_scratch_bytes(hp: &Hparams, max_chunk: usize) -> u64 {
-    let widest = hp.dim.max(hp.ffn_dim).max(hp.n_heads * hp.head_dim);
-    (2 * widest * max_chunk) as u64
-}
-
-/// Precompute RoPE rotations: pair `i` of a head turns by
-/// `pos * base^(-2i / rope_dims)`. Computed in f64 so the table itself adds
-/// no error beyond the final rounding.
-fn rope_table(hp: &Hparams, n_ctx: usize) -> Vec<(f32, f32)> {
-    let half = hp.rope_dims / 2;
-    let mut table = Vec::with_capacity(n_ctx * half);
-    for pos in 0..n_ctx {
-        for i in 0..half {
-            let freq = (hp.rope_base as f64).powf(-2.0 * i as f64 / hp.rope_dims as f64);
-            let angle = pos as f64 * freq;
-            table.push((angle.cos() as f32, angle.sin() as f32));
-        }
-    }
-    table
 }

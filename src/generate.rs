@@ -122,8 +122,10 @@ impl<'a, W: WeightSource> Generator<'a, W> {
                     decode_time: Duration::ZERO,
                 });
             }
-            let logits = self.engine.forward(piece, pos, Logits::Last)?;
-            if pos + piece.len() == prompt.len() {
+            let last = pos + piece.len() == prompt.len();
+            let want = if last { Logits::Last } else { Logits::None };
+            let logits = self.engine.forward(piece, pos, want)?;
+            if last {
                 self.logits.copy_from_slice(logits);
             }
             pos += piece.len();

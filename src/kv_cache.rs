@@ -1,8 +1,10 @@
-//! The key/value cache: for every layer, the keys and values of every
-//! position seen so far, allocated once for the whole context.
+//! The key/value cache: for every layer and sequence, the keys and values
+//! of every position seen so far, allocated once for the whole context.
 
-/// Layout: `[layer][position][kv_dim]`, f32, for keys and values alike.
+/// Layout: `[layer][seq][position][kv_dim]`, f32, for keys and values alike,
+/// so one sequence's positions of one layer are contiguous for attention.
 pub struct KvCache {
+    n_seq: usize,
     n_ctx: usize,
     kv_dim: usize,
     k: Vec<f32>,
@@ -10,9 +12,10 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(n_layers: usize, n_ctx: usize, kv_dim: usize) -> KvCache {
-        let len = n_layers * n_ctx * kv_dim;
+    pub fn new(n_layers: usize, n_seq: usize, n_ctx: usize, kv_dim: usize) -> KvCache {
+        let len = n_layers * n_seq * n_ctx * kv_dim;
         KvCache {
+            n_seq,
             n_ctx,
             kv_dim,
             k: vec![0.0; len],
@@ -21,29 +24,32 @@ impl KvCache {
     }
 
     /// Bytes a cache of this shape takes.
-    pub fn bytes_for(n_layers: usize, n_ctx: usize, kv_dim: usize) -> u64 {
-        2 * (n_layers * n_ctx * kv_dim * std::mem::size_of::<f32>()) as u64
+    pub fn bytes_for(n_layers: usize, n_seq: usize, n_ctx: usize, kv_dim: usize) -> u64 {
+        2 * (n_layers * n_seq * n_ctx * kv_dim * std::mem::size_of::<f32>()) as u64
     }
 
     pub fn n_ctx(&self) -> usize {
         self.n_ctx
     }
 
-    fn layer_range(&self, layer: usize) -> std::ops::Range<usize> {
-        let per_layer = self.n_ctx * self.kv_dim;
-        layer * per_layer..(layer + 1) * per_layer
+    pub fn n_seq(&self) -> usize {
+        self.n_seq
     }
 
-    /// Store the key and value of `pos` in `layer`.
-    pub fn store(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
-        let at = self.layer_range(layer).start + pos * self.kv_dim;
+    fn start(&self, layer: usize, seq: usize) -> usize {
+        ((layer * self.n_seq + seq) * self.n_ctx) * self.kv_dim
+    }
+
+    /// Store the key and value of `pos` of sequence `seq` in `layer`.
+    pub fn store(&mut self, layer: usize, seq: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let at = self.start(layer, seq) + pos * self.kv_dim;
         self.k[at..at + self.kv_dim].copy_from_slice(k);
         self.v[at..at + self.kv_dim].copy_from_slice(v);
     }
 
-    /// Keys and values of positions `0..n` of `layer`.
-    pub fn layer(&self, layer: usize, n: usize) -> (&[f32], &[f32]) {
-        let start = self.layer_range(layer).start;
+    /// Keys and values of positions `0..n` of sequence `seq` in `layer`.
+    pub fn layer(&self, layer: usize, seq: usize, n: usize) -> (&[f32], &[f32]) {
+        let start = self.start(layer, seq);
         let end = start + n * self.kv_dim;
         (&self.k[start..end], &self.v[start..end])
     }

@@ -17,6 +17,8 @@ pub mod platform;
 pub mod quant;
 pub mod residency;
 pub mod sampler;
+pub mod speculative;
+pub mod synth;
 pub mod tokenizer;
 
 pub use error::{Error, ErrorKind, Result};

@@ -1,18 +1,21 @@
 //! `flea`: the command line. Parses arguments, calls the library, and maps
 //! errors to the exit codes documented in the README.
 
+mod cli_demo;
 mod cli_setup;
 
 use clap::{Args, Parser, Subcommand};
 use cli_setup::{open_session, CommonArgs};
 use flea::bench::{self, BenchOptions};
 use flea::config::ByteSize;
-use flea::generate::{teacher_forced, Generator};
+use flea::engine::Engine;
+use flea::generate::teacher_forced;
 use flea::gguf::GgufFile;
 use flea::model::Model;
 use flea::pipeline::{self, Format, Interrupt, RunOptions};
 use flea::residency::plan::Plan;
 use flea::sampler::{Sampler, SamplerConfig};
+use flea::speculative::Speculative;
 use flea::{Error, Result};
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
@@ -75,6 +78,54 @@ overlap efficiency. --compare runs fully resident and streamed back to back; --n
 loads each layer only when needed, to measure what overlap gains."
     )]
     Bench(BenchArgs),
+    /// Write a random-weight llama GGUF with real shapes, for benchmarks and sizing.
+    #[command(
+        long_about = "Write a random-weight llama GGUF with the real shapes of a preset \
+(tiny, 1b = TinyLlama-1.1B, 7b/13b/70b = Llama-2) and llama.cpp's per-tensor type mix for the \
+chosen quantization. Blocks hold random but valid values. The vocabulary is copied from --vocab \
+(a GGUF with tokenizer.ggml.* keys), or a placeholder SPM vocabulary is built."
+    )]
+    Synth(SynthArgs),
+    /// Stream a synthesized model ~4x larger than its budget and show the numbers.
+    #[command(
+        long_about = "Start here. With no download, synthesize (and cache) a 1B-shaped \
+Q4_K_M model, pick a budget about a quarter of its size, stream it through a few prompts, and \
+print the plan, tokens/s, peak RSS vs budget, bytes streamed per token vs the disk bound, and \
+streamed vs fully resident speed. --model runs the same demo on your own GGUF."
+    )]
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct SynthArgs {
+    /// Shape: tiny, 1b, 7b, 13b or 70b.
+    #[arg(long)]
+    preset: flea::synth::Preset,
+    /// Quantization mix: q4_k_m, q3_k_m, q3_k_s, q6_k, q8_0 or f16.
+    #[arg(long, default_value = "q4_k_m")]
+    quant: flea::synth::QuantMix,
+    /// Copy the tokenizer from this GGUF (e.g. a vocab-only file).
+    #[arg(long)]
+    vocab: Option<PathBuf>,
+    /// Random seed: same seed and options, same bytes.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Output file.
+    #[arg(long, short = 'o')]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Run the demo on this GGUF instead of a synthesized one.
+    #[arg(long, short = 'm')]
+    model: Option<PathBuf>,
+    /// Memory budget [default: a quarter of the model, or the minimum if larger].
+    #[arg(long, value_parser = flea::config::Budget::parse)]
+    budget: Option<flea::config::Budget>,
+    /// CPU threads [default: physical cores].
+    #[arg(long, short = 't')]
+    threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -102,6 +153,13 @@ struct RunArgs {
     /// Random seed; the same seed gives the same output [default 42].
     #[arg(long)]
     seed: Option<u64>,
+    /// A small model that drafts tokens for this one to verify (speculative
+    /// decoding); kept fully resident, its memory comes out of the budget.
+    #[arg(long)]
+    draft: Option<PathBuf>,
+    /// Tokens the draft proposes per verification pass.
+    #[arg(long, default_value_t = 4)]
+    draft_tokens: usize,
     /// Read JSON requests, one per line ({"id", "prompt", "max_tokens", "temperature",
     /// "seed", "stop", ...}), and write one JSON record per request.
     #[arg(long)]
@@ -156,6 +214,15 @@ struct BenchArgs {
     /// Load each layer only when needed (no overlap of I/O and compute).
     #[arg(long)]
     no_prefetch: bool,
+    /// Also measure these batch sizes (aggregate decode tokens/s), e.g. 1,4,16.
+    #[arg(long, value_delimiter = ',')]
+    batch_sweep: Vec<usize>,
+    /// Also measure speculative decoding with this draft model (fully resident).
+    #[arg(long)]
+    draft: Option<PathBuf>,
+    /// Tokens the draft proposes per target pass.
+    #[arg(long, default_value_t = 4)]
+    draft_tokens: usize,
     /// Print one JSON object on stdout instead of text.
     #[arg(long)]
     json: bool,
@@ -170,6 +237,8 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect(args),
         Command::Plan(args) => plan(args),
         Command::Bench(args) => bench_cmd(args),
+        Command::Synth(args) => synth_cmd(args),
+        Command::Demo(args) => cli_demo::demo(args.model, args.budget, args.threads),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -201,7 +270,7 @@ fn init_logging(flag: Option<&str>) {
 }
 
 fn run(args: RunArgs) -> Result<u8> {
-    let session = open_session(&args.common)?;
+    let mut session = open_session(&args.common)?;
     let g = &session.config.generation;
     let sampling = SamplerConfig {
         temperature: args.temperature.unwrap_or(g.temperature),
@@ -224,18 +293,46 @@ fn run(args: RunArgs) -> Result<u8> {
     };
     let interrupt = Arc::new(Interrupt::default());
     install_signal_handler(interrupt.clone())?;
-    let engine = session.engine()?;
-    let sampler = Sampler::new(sampling, session.model.hparams.vocab_size);
-    let mut generator = Generator::new(engine, sampler);
-    generator.set_interrupt(interrupt.requested.clone());
-    let summary = pipeline::run(
-        &mut generator,
-        &session.tokenizer,
-        std::io::stdin().lock(),
-        std::io::stdout().lock(),
-        &options,
-        &interrupt,
-    )?;
+    let input = pipeline::spawn_line_reader(|| std::io::stdin().lock(), 2 * session.engine.n_seq);
+    let summary = match &args.draft {
+        None => {
+            let mut engine = session.engine()?;
+            pipeline::run(
+                &mut engine,
+                &session.tokenizer,
+                input,
+                std::io::stdout().lock(),
+                &options,
+                &interrupt,
+            )?
+        }
+        Some(draft_path) => {
+            if session.engine.n_seq > 1 {
+                return Err(Error::usage(
+                    "--draft works on one sequence at a time; drop --batch (or set it to 1)",
+                ));
+            }
+            let draft = cli_setup::open_draft(&mut session, draft_path)?;
+            let target = session.engine()?;
+            let vocab = session.model.hparams.vocab_size;
+            let draft_engine = Engine::new(&draft.model, draft.weights, &session.engine)?;
+            let mut spec = Speculative::new(
+                target,
+                draft_engine,
+                Sampler::new(sampling.clone(), vocab),
+                Sampler::new(sampling.clone(), vocab),
+                args.draft_tokens,
+            )?;
+            pipeline::run_speculative(
+                &mut spec,
+                &session.tokenizer,
+                input,
+                std::io::stdout().lock(),
+                &options,
+                &interrupt,
+            )?
+        }
+    };
     if summary.interrupted {
         log::warn!(
             "interrupted after {} prompts; completed output was flushed",
@@ -274,7 +371,7 @@ fn logits(args: LogitsArgs) -> Result<u8> {
     if tokens.is_empty() {
         return Err(Error::usage("no tokens to evaluate"));
     }
-    if tokens.len() > session.n_ctx {
+    if tokens.len() > session.engine.n_ctx {
         session.replan_for_context(tokens.len())?;
     }
     let mut engine = session.engine()?;
@@ -385,12 +482,8 @@ fn plan(args: PlanArgs) -> Result<u8> {
     writeln!(
         out,
         "minimum budget for this model at context {}: {}",
-        session.n_ctx,
-        ByteSize(Plan::minimum_budget(
-            &session.model,
-            session.n_ctx,
-            session.max_chunk
-        ))
+        session.engine.n_ctx,
+        ByteSize(Plan::minimum_budget(&session.model, &session.engine))
     )
     .map_err(io)?;
     if args.no_measure {
@@ -398,7 +491,8 @@ fn plan(args: PlanArgs) -> Result<u8> {
     }
     log::info!("measuring disk bandwidth (O_DIRECT) and compute rate...");
     let disk = bench::measure_disk_bandwidth(&session.path, 512 << 20)?;
-    let compute = bench::measure_compute_rate(&session.path, &session.model, session.threads)?;
+    let compute =
+        bench::measure_compute_rate(&session.path, &session.model, session.engine.threads)?;
     let p = bench::predict(&session.plan, &session.model, disk.bytes_per_s, compute);
     writeln!(
         out,
@@ -406,7 +500,7 @@ fn plan(args: PlanArgs) -> Result<u8> {
         disk.bytes_per_s / 1e9,
         if disk.direct { "O_DIRECT" } else { "buffered" },
         compute / 1e9,
-        session.threads
+        session.engine.threads
     )
     .map_err(io)?;
     writeln!(
@@ -426,24 +520,17 @@ fn bench_cmd(args: BenchArgs) -> Result<u8> {
     let mut opts = BenchOptions {
         prompt_tokens: args.prompt_tokens,
         gen_tokens: args.gen_tokens,
-        threads: session.threads,
-        max_chunk: session.max_chunk,
-        n_ctx: session.n_ctx,
+        engine: session.engine.clone(),
         residency: session.residency_options(),
     };
     if args.no_prefetch {
         opts.residency.prefetch = false;
     }
     let need = args.prompt_tokens + args.gen_tokens;
-    if need > opts.n_ctx {
-        opts.n_ctx = need;
+    if need > opts.engine.n_ctx {
+        opts.engine.n_ctx = need;
     }
-    let plan = Plan::make(
-        &session.model,
-        opts.n_ctx,
-        opts.max_chunk,
-        session.plan.budget,
-    )?;
+    let plan = Plan::make(&session.model, &opts.engine, session.plan.budget)?;
     log::info!("plan:\n{plan}");
     log::info!("measuring disk bandwidth (O_DIRECT sequential read)...");
     let disk = bench::measure_disk_bandwidth(&session.path, 1 << 30)?;
@@ -458,7 +545,7 @@ fn bench_cmd(args: BenchArgs) -> Result<u8> {
         progress,
     )?;
     let resident = if args.compare {
-        let all = Plan::make(&session.model, opts.n_ctx, opts.max_chunk, u64::MAX)?;
+        let all = Plan::make(&session.model, &opts.engine, u64::MAX)?;
         Some(bench::run(
             &session.path,
             &session.model,
@@ -472,11 +559,67 @@ fn bench_cmd(args: BenchArgs) -> Result<u8> {
     };
     let disk_bound_s = plan.streamed_bytes_per_pass() as f64 / disk.bytes_per_s.max(1.0);
 
+    // Batch sizes: each plans its own KV caches inside the same budget.
+    let mut sweep = Vec::new();
+    for &n in &args.batch_sweep {
+        if n == 0 {
+            return Err(Error::usage("--batch-sweep: batch sizes start at 1"));
+        }
+        let mut o = opts.clone();
+        o.engine.n_seq = n;
+        o.engine.max_chunk = o.engine.max_chunk.max(n);
+        let p = Plan::make(&session.model, &o.engine, session.plan.budget)?;
+        sweep.push(bench::run(
+            &session.path,
+            &session.model,
+            &p,
+            &o,
+            &format!("batch {n}"),
+            progress,
+        )?);
+    }
+    let batch_gain = match (sweep.first(), sweep.last()) {
+        (Some(a), Some(b)) if sweep.len() > 1 => {
+            Some(b.decode_tokens_per_s / a.decode_tokens_per_s)
+        }
+        _ => None,
+    };
+
+    // Speculative decoding: the draft's memory comes out of the budget.
+    let speculative = match &args.draft {
+        None => None,
+        Some(draft_path) => {
+            let draft_file = GgufFile::open(draft_path)?;
+            let draft_model = Model::from_gguf(&draft_file)?;
+            let draft_bytes = Plan::make(&draft_model, &opts.engine, u64::MAX)?.total_bytes();
+            let target_budget = session.plan.budget.saturating_sub(draft_bytes);
+            let p = Plan::make(&session.model, &opts.engine, target_budget)?;
+            let plain = bench::run(
+                &session.path,
+                &session.model,
+                &p,
+                &opts,
+                "target alone",
+                progress,
+            )?;
+            let spec = bench::run_speculative(
+                &session.path,
+                &session.model,
+                &p,
+                draft_path,
+                &draft_model,
+                &opts,
+                args.draft_tokens,
+            )?;
+            Some((plain, spec))
+        }
+    };
+
     if args.json {
         let json = serde_json::json!({
             "model": session.path.display().to_string(),
             "model_bytes": session.file.file_len(),
-            "threads": session.threads,
+            "threads": session.engine.threads,
             "budget_bytes": plan.budget,
             "decode_tokens_per_s": streamed.decode_tokens_per_s,
             "prefill_tokens_per_s": streamed.prefill_tokens_per_s,
@@ -489,6 +632,11 @@ fn bench_cmd(args: BenchArgs) -> Result<u8> {
             "streamed": streamed,
             "resident": resident,
             "resident_over_streamed_decode": resident.as_ref().map(|r| r.decode_tokens_per_s / streamed.decode_tokens_per_s),
+            "batch_sweep": sweep,
+            "last_batch_over_first": batch_gain,
+            "speculative": speculative.as_ref().map(|(_, s)| s),
+            "speculative_target_alone": speculative.as_ref().map(|(p, _)| p),
+            "speculative_speedup": speculative.as_ref().map(|(p, s)| s.decode_tokens_per_s / p.decode_tokens_per_s),
         });
         println!("{json}");
         return Ok(0);
@@ -500,7 +648,7 @@ fn bench_cmd(args: BenchArgs) -> Result<u8> {
         "model {} ({}), {} threads",
         session.path.display(),
         ByteSize(session.file.file_len()),
-        session.threads
+        session.engine.threads
     )
     .map_err(io)?;
     writeln!(out, "{plan}").map_err(io)?;
@@ -566,6 +714,43 @@ fn bench_cmd(args: BenchArgs) -> Result<u8> {
         plan.streamed_bytes_per_pass() as f64 / (1 << 20) as f64
     )
     .map_err(io)?;
+    if !sweep.is_empty() {
+        writeln!(
+            out,
+            "\nbatch sweep (aggregate decode tokens/s, same budget):"
+        )
+        .map_err(io)?;
+        for r in &sweep {
+            writeln!(
+                out,
+                "  batch {:>3}: {:>8.2} tok/s ({} resident / {} streamed layers, {:.1} ms per step)",
+                r.batch, r.decode_tokens_per_s, r.resident_layers, r.streamed_layers, r.decode_ms_per_token
+            )
+            .map_err(io)?;
+        }
+        if let Some(g) = batch_gain {
+            writeln!(
+                out,
+                "  batch {} vs batch {}: {g:.2}x",
+                sweep[sweep.len() - 1].batch,
+                sweep[0].batch
+            )
+            .map_err(io)?;
+        }
+    }
+    if let Some((plain, spec)) = &speculative {
+        writeln!(
+            out,
+            "\nspeculative ({} draft tokens): {:.2} tok/s vs {:.2} tok/s alone = {:.2}x; acceptance {:.0}%, {:.2} tokens per target pass",
+            spec.draft_tokens,
+            spec.decode_tokens_per_s,
+            plain.decode_tokens_per_s,
+            spec.decode_tokens_per_s / plain.decode_tokens_per_s,
+            spec.acceptance_rate * 100.0,
+            spec.tokens_per_target_pass
+        )
+        .map_err(io)?;
+    }
     if let Some(r) = &resident {
         let bound = disk_bound_s.max(r.decode_ms_per_token / 1e3);
         writeln!(
@@ -578,5 +763,30 @@ fn bench_cmd(args: BenchArgs) -> Result<u8> {
         )
         .map_err(io)?;
     }
+    Ok(0)
+}
+
+fn synth_cmd(args: SynthArgs) -> Result<u8> {
+    let opts = flea::synth::SynthOptions {
+        preset: args.preset,
+        quant: args.quant,
+        vocab: args.vocab,
+        seed: args.seed,
+    };
+    log::info!(
+        "writing {} {} to {}",
+        opts.preset,
+        opts.quant,
+        args.out.display()
+    );
+    let report = flea::synth::synth(&opts, &args.out, cli_demo::progress_bar("synth"))?;
+    eprintln!();
+    log::info!(
+        "wrote {} ({} tensors) in {:.1} s: {:.0} MB/s",
+        ByteSize(report.bytes),
+        report.tensors,
+        report.seconds,
+        report.bytes_per_second() / 1e6
+    );
     Ok(0)
 }

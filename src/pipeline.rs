@@ -7,15 +7,19 @@
 //! current completion at the next token, emits it as `interrupted`, and ends
 //! the run; everything completed before was already flushed.
 
-use crate::engine::WeightSource;
+use crate::engine::{Engine, Logits, WeightSource};
 use crate::error::{Error, Result};
-use crate::generate::{Completion, FinishReason, Flow, Generator};
-use crate::sampler::SamplerConfig;
+use crate::generate::{Completion, FinishReason, Flow};
+use crate::sampler::{Sampler, SamplerConfig};
+use crate::speculative::Speculative;
 use crate::tokenizer::Tokenizer;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Input and output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,43 +169,243 @@ impl Outcome {
     }
 }
 
-/// Complete every request on `input` until EOF or an interrupt.
-pub fn run<W: WeightSource>(
-    generator: &mut Generator<'_, W>,
-    tokenizer: &Tokenizer,
-    input: impl BufRead,
-    mut output: impl Write,
-    options: &RunOptions,
-    interrupt: &Interrupt,
-) -> Result<RunSummary> {
-    let mut summary = RunSummary::default();
-    for (i, line) in input.lines().enumerate() {
-        let n = i + 1;
-        let line = line.map_err(|e| Error::io(format!("stdin: line {n}: {e}")))?;
-        if options.format == Format::Jsonl && line.trim().is_empty() {
-            continue;
-        }
-        summary.prompts += 1;
-        interrupt.busy.store(true, Ordering::SeqCst);
-        if interrupt.requested.load(Ordering::SeqCst) {
-            summary.interrupted = true;
-            summary.prompts -= 1;
-            break;
-        }
-        let outcome = complete_one(generator, tokenizer, &line, n, options);
-        interrupt.busy.store(false, Ordering::SeqCst);
-        if outcome.error.is_some() {
-            summary.failed += 1;
-        }
-        let record = match options.format {
+/// Read lines on a thread of their own, so the scheduler can keep decoding
+/// while it waits for input. `open` runs on that thread (stdin's lock is
+/// not `Send`). The channel is bounded: a fast producer waits.
+pub fn spawn_line_reader<R, F>(open: F, capacity: usize) -> Receiver<std::io::Result<String>>
+where
+    R: BufRead,
+    F: FnOnce() -> R + Send + 'static,
+{
+    let (tx, rx) = mpsc::sync_channel(capacity.max(1));
+    std::thread::Builder::new()
+        .name("flea-stdin".into())
+        .spawn(move || {
+            for line in open().lines() {
+                let failed = line.is_err();
+                if tx.send(line).is_err() || failed {
+                    break;
+                }
+            }
+        })
+        .expect("spawning the input thread");
+    rx
+}
+
+/// A request being served: its KV cache slot, its prompt, what it has
+/// generated so far, and its own sampler (so its random stream does not
+/// depend on its neighbours).
+struct Active {
+    slot: usize,
+    line: usize,
+    id: serde_json::Value,
+    prompt: Vec<u32>,
+    /// Tokens already in the KV cache (prompt, then generated).
+    pos: usize,
+    tokens: Vec<u32>,
+    history: Vec<u32>,
+    /// The sampled token that the next decode step feeds.
+    pending: u32,
+    sampler: Sampler,
+    max_tokens: usize,
+    stops: Vec<String>,
+    text: Vec<u8>,
+    stop_at: Option<usize>,
+    started: Instant,
+    prefill_time: Duration,
+    finish: Option<FinishReason>,
+}
+
+impl Active {
+    fn prefilling(&self) -> bool {
+        self.pos < self.prompt.len()
+    }
+}
+
+/// Where finished records go: straight out (JSONL), or held until every
+/// earlier line is out (text), so output order equals input order.
+struct Output<Wr: Write> {
+    out: Wr,
+    format: Format,
+    held: BTreeMap<usize, String>,
+    next_line: usize,
+}
+
+impl<Wr: Write> Output<Wr> {
+    fn emit(&mut self, line: usize, outcome: &Outcome) -> Result<()> {
+        let record = match self.format {
             Format::Text => escape_line(&outcome.text),
             Format::Jsonl => outcome.to_json().to_string(),
         };
-        writeln!(output, "{record}")
-            .and_then(|_| output.flush())
-            .map_err(|e| Error::io(format!("stdout: {e}")))?;
-        if matches!(&outcome.completion, Some(c) if c.finish == FinishReason::Interrupted) {
+        match self.format {
+            Format::Jsonl => self.write(&record),
+            Format::Text => {
+                self.held.insert(line, record);
+                while let Some(r) = self.held.remove(&self.next_line) {
+                    self.write(&r)?;
+                    self.next_line += 1;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn write(&mut self, record: &str) -> Result<()> {
+        writeln!(self.out, "{record}")
+            .and_then(|_| self.out.flush())
+            .map_err(|e| Error::io(format!("stdout: {e}")))
+    }
+}
+
+/// Serve requests from `input` until EOF or an interrupt, up to the
+/// engine's sequence count at once (continuous batching). Every pass of
+/// the engine applies each layer to all active sequences: prompt chunks and
+/// decode steps alike. A finished sequence leaves and the next request
+/// takes its slot.
+pub fn run<W: WeightSource>(
+    engine: &mut Engine<'_, W>,
+    tokenizer: &Tokenizer,
+    input: Receiver<std::io::Result<String>>,
+    output: impl Write,
+    options: &RunOptions,
+    interrupt: &Interrupt,
+) -> Result<RunSummary> {
+    let n_seq = engine.n_seq();
+    let max_chunk = engine.max_chunk();
+    let vocab = engine.hparams().vocab_size;
+    let mut out = Output {
+        out: output,
+        format: options.format,
+        held: BTreeMap::new(),
+        next_line: 1,
+    };
+    let mut summary = RunSummary::default();
+    let mut free: Vec<usize> = (0..n_seq).rev().collect();
+    let mut active: Vec<Active> = Vec::with_capacity(n_seq);
+    let mut fed: Vec<usize> = Vec::with_capacity(n_seq);
+    let n_ctx = engine.n_ctx();
+    let mut logits = vec![0.0f32; vocab];
+    let mut line_no = 0usize;
+    let mut eof = false;
+
+    loop {
+        // Admit requests while slots are free; wait for input only when
+        // nothing is running.
+        while !eof && !free.is_empty() && !summary.interrupted {
+            let next = if active.is_empty() {
+                interrupt.busy.store(false, Ordering::SeqCst);
+                input.recv().ok()
+            } else {
+                match input.try_recv() {
+                    Ok(line) => Some(line),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => None,
+                }
+            };
+            let Some(line) = next else {
+                eof = true;
+                break;
+            };
+            interrupt.busy.store(true, Ordering::SeqCst);
+            if interrupt.requested.load(Ordering::SeqCst) {
+                summary.interrupted = true;
+                break;
+            }
+            line_no += 1;
+            if let Some(mut a) = intake(
+                line,
+                line_no,
+                options,
+                tokenizer,
+                n_ctx,
+                vocab,
+                &mut summary,
+                &mut out,
+            )? {
+                a.slot = free.pop().expect("a free slot");
+                active.push(a);
+            }
+        }
+        if active.is_empty() {
+            if eof || summary.interrupted {
+                break;
+            }
+            continue;
+        }
+
+        // One pass: decode steps first (one position each), then prompt
+        // chunks in the room left. `fed[i]` is what sequence i feeds.
+        let mut room = max_chunk;
+        fed.clear();
+        fed.resize(active.len(), 0);
+        for (i, a) in active.iter().enumerate() {
+            if !a.prefilling() && room > 0 {
+                fed[i] = 1;
+                room -= 1;
+            }
+        }
+        for (i, a) in active.iter().enumerate() {
+            if a.prefilling() && room > 0 {
+                fed[i] = (a.prompt.len() - a.pos).min(room);
+                room -= fed[i];
+            }
+        }
+        engine.clear_batch();
+        for (i, a) in active.iter().enumerate().filter(|(i, _)| fed[*i] > 0) {
+            if a.prefilling() {
+                let end = a.pos + fed[i];
+                let want = if end == a.prompt.len() {
+                    Logits::Last
+                } else {
+                    Logits::None
+                };
+                engine.push(a.slot, &a.prompt[a.pos..end], a.pos, want);
+            } else {
+                engine.push(
+                    a.slot,
+                    std::slice::from_ref(&a.pending),
+                    a.pos,
+                    Logits::Last,
+                );
+            }
+        }
+        let rows = engine.run_batch()?;
+
+        // Sample for every sequence that got a logits row (in push order).
+        let mut row = 0;
+        for (i, a) in active.iter_mut().enumerate().filter(|(i, _)| fed[*i] > 0) {
+            let was_prefilling = a.prefilling();
+            a.pos += fed[i];
+            if was_prefilling && a.prefilling() {
+                continue;
+            }
+            logits.copy_from_slice(&rows[row * vocab..(row + 1) * vocab]);
+            row += 1;
+            if was_prefilling {
+                a.prefill_time = a.started.elapsed();
+            }
+            step(a, &mut logits, tokenizer, n_ctx);
+        }
+        if interrupt.requested.load(Ordering::SeqCst) {
             summary.interrupted = true;
+            for a in active.iter_mut().filter(|a| a.finish.is_none()) {
+                a.finish = Some(FinishReason::Interrupted);
+            }
+        }
+
+        // Finished sequences leave; their records go out now.
+        let mut i = 0;
+        while i < active.len() {
+            if active[i].finish.is_none() {
+                i += 1;
+                continue;
+            }
+            let a = active.swap_remove(i);
+            free.push(a.slot);
+            let outcome = finished(a, tokenizer);
+            out.emit(outcome.0, &outcome.1)?;
+        }
+        if summary.interrupted && active.is_empty() {
             break;
         }
     }
@@ -209,21 +413,160 @@ pub fn run<W: WeightSource>(
     Ok(summary)
 }
 
-fn complete_one<W: WeightSource>(
-    generator: &mut Generator<'_, W>,
+/// Serve requests one at a time with speculative decoding: the draft
+/// proposes, one pass of the (streamed) target verifies. Same input,
+/// output and signal handling as [`run`].
+pub fn run_speculative<W: WeightSource, D: WeightSource>(
+    spec: &mut Speculative<'_, W, D>,
     tokenizer: &Tokenizer,
+    input: Receiver<std::io::Result<String>>,
+    output: impl Write,
+    options: &RunOptions,
+    interrupt: &Interrupt,
+) -> Result<RunSummary> {
+    let n_ctx = spec.target.n_ctx().min(spec.draft.n_ctx());
+    let vocab = spec.target.hparams().vocab_size;
+    let mut out = Output {
+        out: output,
+        format: options.format,
+        held: BTreeMap::new(),
+        next_line: 1,
+    };
+    let mut summary = RunSummary::default();
+    let mut line_no = 0;
+    loop {
+        interrupt.busy.store(false, Ordering::SeqCst);
+        let Ok(line) = input.recv() else { break };
+        interrupt.busy.store(true, Ordering::SeqCst);
+        if interrupt.requested.load(Ordering::SeqCst) {
+            summary.interrupted = true;
+            break;
+        }
+        line_no += 1;
+        let Some(mut a) = intake(
+            line,
+            line_no,
+            options,
+            tokenizer,
+            n_ctx,
+            vocab,
+            &mut summary,
+            &mut out,
+        )?
+        else {
+            continue;
+        };
+        spec.target_sampler.set_config(a.sampler.config().clone());
+        spec.draft_sampler.set_config(a.sampler.config().clone());
+        let (stops, mut text, mut stop_at) = (a.stops.clone(), Vec::new(), None);
+        let result = spec.generate(&a.prompt, a.max_tokens, tokenizer.eos(), |t| {
+            if interrupt.requested.load(Ordering::SeqCst) {
+                return Flow::Finish(FinishReason::Interrupted);
+            }
+            if !stops.is_empty() {
+                text.extend_from_slice(&tokenizer.token_piece(t));
+                if let Some(at) = find_stop(&text, &stops) {
+                    stop_at = Some(at);
+                    return Flow::Finish(FinishReason::Stop);
+                }
+            }
+            Flow::Continue
+        });
+        match result {
+            Ok(c) => {
+                a.stop_at = stop_at;
+                a.prefill_time = c.prefill_time;
+                a.finish = Some(c.finish);
+                a.tokens = c.tokens;
+                let interrupted = c.finish == FinishReason::Interrupted;
+                let (line, outcome) = finished(a, tokenizer);
+                out.emit(line, &outcome)?;
+                if interrupted {
+                    summary.interrupted = true;
+                    break;
+                }
+            }
+            Err(e) => fail(
+                &mut out,
+                &mut summary,
+                line_no,
+                a.id,
+                format!("prompt {line_no}: {e}"),
+            )?,
+        }
+    }
+    let s = spec.stats;
+    if s.sweeps > 0 {
+        log::info!(
+            "speculative: {} target passes, {:.0}% of {} drafted tokens accepted, {:.2} tokens per pass",
+            s.sweeps,
+            s.acceptance_rate() * 100.0,
+            s.drafted,
+            s.tokens_per_sweep()
+        );
+    }
+    interrupt.busy.store(false, Ordering::SeqCst);
+    Ok(summary)
+}
+
+/// Turn one input line into a request, or into an error record (counted
+/// as failed). Blank JSONL lines are skipped. `None`: nothing to run.
+#[allow(clippy::too_many_arguments)]
+fn intake<Wr: Write>(
+    line: std::io::Result<String>,
+    n: usize,
+    options: &RunOptions,
+    tokenizer: &Tokenizer,
+    n_ctx: usize,
+    vocab: usize,
+    summary: &mut RunSummary,
+    out: &mut Output<Wr>,
+) -> Result<Option<Active>> {
+    let line = line.map_err(|e| Error::io(format!("stdin: line {n}: {e}")))?;
+    if options.format == Format::Jsonl && line.trim().is_empty() {
+        return Ok(None);
+    }
+    summary.prompts += 1;
+    match admit(&line, n, options, tokenizer, n_ctx, vocab) {
+        Ok(a) => Ok(Some(a)),
+        Err((id, msg)) => {
+            fail(out, summary, n, id, msg)?;
+            Ok(None)
+        }
+    }
+}
+
+/// Log a failed request and emit its error record.
+fn fail<Wr: Write>(
+    out: &mut Output<Wr>,
+    summary: &mut RunSummary,
+    line: usize,
+    id: serde_json::Value,
+    msg: String,
+) -> Result<()> {
+    log::error!("{msg}");
+    summary.failed += 1;
+    let outcome = Outcome {
+        id,
+        text: String::new(),
+        completion: None,
+        error: Some(msg),
+    };
+    out.emit(line, &outcome)
+}
+
+/// Parse and tokenize one input line into a request ready to run.
+fn admit(
     line: &str,
     n: usize,
     options: &RunOptions,
-) -> Outcome {
-    let mut outcome = Outcome {
-        id: serde_json::Value::Null,
-        text: String::new(),
-        completion: None,
-        error: None,
-    };
-    let (prompt, max_tokens, sampling, stops) = match options.format {
+    tokenizer: &Tokenizer,
+    n_ctx: usize,
+    vocab: usize,
+) -> std::result::Result<Active, (serde_json::Value, String)> {
+    let (id, prompt, max_tokens, sampling, stops) = match options.format {
         Format::Text => (
+            serde_json::Value::Null,
             line.to_string(),
             options.max_tokens,
             options.sampling.clone(),
@@ -231,7 +574,6 @@ fn complete_one<W: WeightSource>(
         ),
         Format::Jsonl => match serde_json::from_str::<Request>(line) {
             Ok(r) => {
-                outcome.id = r.id;
                 let d = &options.sampling;
                 let sampling = SamplerConfig {
                     temperature: r.temperature.unwrap_or(d.temperature),
@@ -242,78 +584,127 @@ fn complete_one<W: WeightSource>(
                     seed: r.seed.unwrap_or(d.seed),
                     ..d.clone()
                 };
-                (
-                    r.prompt,
-                    r.max_tokens.unwrap_or(options.max_tokens),
-                    sampling,
-                    r.stop.into_vec(),
-                )
+                let max = r.max_tokens.unwrap_or(options.max_tokens);
+                (r.id, r.prompt, max, sampling, r.stop.into_vec())
             }
             Err(e) => {
                 // Keep the id if the line is JSON with one, so the caller
                 // can match the error to its request.
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
-                    outcome.id = v.get("id").cloned().unwrap_or_default();
-                }
-                let msg = format!("stdin: line {n}: malformed request: {e}");
-                log::error!("{msg}");
-                outcome.error = Some(msg);
-                return outcome;
+                let id = serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v.get("id").cloned())
+                    .unwrap_or_default();
+                return Err((id, format!("stdin: line {n}: malformed request: {e}")));
             }
         },
     };
     if let Err(e) = sampling.validate() {
-        let msg = format!("stdin: line {n}: {e}");
-        log::error!("{msg}");
-        outcome.error = Some(msg);
-        return outcome;
+        return Err((id, format!("stdin: line {n}: {e}")));
     }
-    generator.sampler.set_config(sampling);
     let tokens = tokenizer.encode(&prompt, tokenizer.add_bos_default());
-    let mut text: Vec<u8> = Vec::with_capacity(max_tokens * 8);
-    let mut stop_at = None;
-    let result = generator.generate(&tokens, max_tokens, tokenizer.eos(), |t| {
-        if stops.is_empty() {
-            return Flow::Continue;
-        }
-        text.extend_from_slice(&tokenizer.token_piece(t));
-        match find_stop(&text, &stops) {
-            Some(at) => {
-                stop_at = Some(at);
-                Flow::Finish(FinishReason::Stop)
-            }
-            None => Flow::Continue,
-        }
-    });
-    match result {
-        Ok(c) => {
-            let prefill_s = c.prefill_time.as_secs_f64().max(1e-9);
-            let decode_s = c.decode_time.as_secs_f64().max(1e-9);
-            log::info!(
-                "prompt {n}: {} prompt tokens in {:.1} ms ({:.1} tok/s), {} generated in {:.1} ms ({:.2} tok/s), finish {}",
-                c.prompt_tokens,
-                prefill_s * 1e3,
-                c.prompt_tokens as f64 / prefill_s,
-                c.tokens.len(),
-                decode_s * 1e3,
-                c.tokens.len() as f64 / decode_s,
-                c.finish.as_str()
-            );
-            let mut full = completion_text(tokenizer, &c.tokens);
-            if let Some(at) = stop_at {
-                // The stop string and anything after it are not output.
-                full = String::from_utf8_lossy(&full.as_bytes()[..at]).into_owned();
-            }
-            outcome.text = full;
-            outcome.completion = Some(c);
-        }
-        Err(e) => {
-            let msg = format!("prompt {n}: {e}");
-            log::error!("{msg}");
-            outcome.error = Some(msg);
+    if tokens.is_empty() {
+        return Err((
+            id,
+            format!("prompt {n}: empty prompt: nothing to condition on"),
+        ));
+    }
+    if tokens.len() > n_ctx {
+        return Err((
+            id,
+            format!(
+                "prompt {n}: prompt of {} tokens does not fit in the context of {n_ctx} tokens (raise --ctx-size)",
+                tokens.len()
+            ),
+        ));
+    }
+    let mut history = Vec::with_capacity(tokens.len() + max_tokens);
+    history.extend_from_slice(&tokens);
+    Ok(Active {
+        slot: 0,
+        line: n,
+        id,
+        prompt: tokens,
+        pos: 0,
+        tokens: Vec::with_capacity(max_tokens),
+        history,
+        pending: 0,
+        sampler: Sampler::new(sampling, vocab),
+        max_tokens,
+        stops,
+        text: Vec::new(),
+        stop_at: None,
+        started: Instant::now(),
+        prefill_time: Duration::ZERO,
+        finish: None,
+    })
+}
+
+/// Sample the next token of `a` from `logits` and decide whether it ends.
+fn step(a: &mut Active, logits: &mut [f32], tokenizer: &Tokenizer, n_ctx: usize) {
+    if a.max_tokens == 0 {
+        a.finish = Some(FinishReason::Length);
+        return;
+    }
+    let next = a.sampler.sample(logits, &a.history);
+    if Some(next) == tokenizer.eos() {
+        a.finish = Some(FinishReason::Stop);
+        return;
+    }
+    a.tokens.push(next);
+    a.history.push(next);
+    a.pending = next;
+    if !a.stops.is_empty() {
+        a.text.extend_from_slice(&tokenizer.token_piece(next));
+        if let Some(at) = find_stop(&a.text, &a.stops) {
+            a.stop_at = Some(at);
+            a.finish = Some(FinishReason::Stop);
+            return;
         }
     }
-    outcome
+    // A full context cannot take the pending token.
+    if a.tokens.len() == a.max_tokens || a.pos == n_ctx {
+        a.finish = Some(FinishReason::Length);
+    }
+}
+
+/// The record of a finished sequence, and its input line.
+fn finished(a: Active, tokenizer: &Tokenizer) -> (usize, Outcome) {
+    let finish = a.finish.expect("finished");
+    let total = a.started.elapsed();
+    let completion = Completion {
+        prompt_tokens: a.prompt.len(),
+        prefill_time: a.prefill_time,
+        decode_time: total.saturating_sub(a.prefill_time),
+        finish,
+        tokens: a.tokens,
+    };
+    let prefill_s = completion.prefill_time.as_secs_f64().max(1e-9);
+    let decode_s = completion.decode_time.as_secs_f64().max(1e-9);
+    log::info!(
+        "prompt {}: {} prompt tokens in {:.1} ms ({:.1} tok/s), {} generated in {:.1} ms ({:.2} tok/s), finish {}",
+        a.line,
+        completion.prompt_tokens,
+        prefill_s * 1e3,
+        completion.prompt_tokens as f64 / prefill_s,
+        completion.tokens.len(),
+        decode_s * 1e3,
+        completion.tokens.len() as f64 / decode_s,
+        finish.as_str()
+    );
+    let mut text = completion_text(tokenizer, &completion.tokens);
+    if let Some(at) = a.stop_at {
+        // The stop string and anything after it are not output.
+        text = String::from_utf8_lossy(&text.as_bytes()[..at]).into_owned();
+    }
+    (
+        a.line,
+        Outcome {
+            id: a.id,
+            text,
+            completion: Some(completion),
+            error: None,
+        },
+    )
 }
 
 #[cfg(test)]

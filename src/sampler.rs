@@ -128,28 +128,80 @@ impl Sampler {
     /// Pick the next token. `logits` is modified by the repetition penalty;
     /// `history` holds the tokens so far (prompt and generated).
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
-        let c = &self.config;
-        if c.repeat_penalty != 1.0 {
-            let recent = &history[history.len().saturating_sub(c.repeat_last_n)..];
-            // Penalize each distinct token once, as llama.cpp does.
-            for (i, &t) in recent.iter().enumerate() {
-                if recent[..i].contains(&t) {
-                    continue;
-                }
-                if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l > 0.0 {
-                        *l / c.repeat_penalty
-                    } else {
-                        *l * c.repeat_penalty
-                    };
+        self.penalize(logits, history);
+        if self.config.temperature == 0.0 {
+            return argmax(logits);
+        }
+        self.filter(logits);
+        self.draw()
+    }
+
+    /// The distribution `sample` draws from, densely: `probs[t]` for every
+    /// token (zero where filtered out). Greedy is all mass on the argmax.
+    /// Speculative decoding compares the draft's and the target's.
+    pub fn distribution(&mut self, logits: &mut [f32], history: &[u32], probs: &mut [f32]) {
+        self.penalize(logits, history);
+        probs.fill(0.0);
+        if self.config.temperature == 0.0 {
+            probs[argmax(logits) as usize] = 1.0;
+            return;
+        }
+        self.filter(logits);
+        let total: f32 = self.candidates.iter().map(|e| e.0).sum();
+        for &(p, t) in &self.candidates {
+            probs[t as usize] = p / total;
+        }
+    }
+
+    /// A uniform draw in [0, 1) from this sampler's stream.
+    pub fn uniform(&mut self) -> f32 {
+        self.rng.next_f32()
+    }
+
+    /// Draw a token from a dense distribution (which need not sum to 1).
+    pub fn draw_from(&mut self, probs: &[f32]) -> u32 {
+        let total: f32 = probs.iter().sum();
+        let mut r = self.rng.next_f32() * total;
+        let mut last = 0;
+        for (t, &p) in probs.iter().enumerate() {
+            if p > 0.0 {
+                last = t;
+                r -= p;
+                if r < 0.0 {
+                    return t as u32;
                 }
             }
         }
-        if c.temperature == 0.0 {
-            return argmax(logits);
-        }
+        last as u32
+    }
 
-        // Candidates sorted by logit, best first; then the filters.
+    /// Divide positive logits (multiply negative ones) of recent tokens.
+    fn penalize(&self, logits: &mut [f32], history: &[u32]) {
+        let c = &self.config;
+        if c.repeat_penalty == 1.0 {
+            return;
+        }
+        let recent = &history[history.len().saturating_sub(c.repeat_last_n)..];
+        // Penalize each distinct token once, as llama.cpp does.
+        for (i, &t) in recent.iter().enumerate() {
+            if recent[..i].contains(&t) {
+                continue;
+            }
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = if *l > 0.0 {
+                    *l / c.repeat_penalty
+                } else {
+                    *l * c.repeat_penalty
+                };
+            }
+        }
+    }
+
+    /// Fill `candidates` with (probability, token), best first, after
+    /// top-k, temperature softmax, top-p and min-p. Not normalized after
+    /// the last two filters; `draw` scales by the total.
+    fn filter(&mut self, logits: &[f32]) {
+        let c = &self.config;
         let cand = &mut self.candidates;
         cand.clear();
         cand.extend(logits.iter().enumerate().map(|(i, &l)| (l, i as u32)));
@@ -188,6 +240,11 @@ impl Sampler {
             let keep = cand.iter().take_while(|e| e.0 >= floor).count().max(1);
             cand.truncate(keep);
         }
+    }
+
+    /// Draw from `candidates`.
+    fn draw(&mut self) -> u32 {
+        let cand = &self.candidates;
         let total: f32 = cand.iter().map(|e| e.0).sum();
         let mut r = self.rng.next_f32() * total;
         for e in cand.iter() {

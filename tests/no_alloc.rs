@@ -43,20 +43,15 @@ fn decode_allocations(threads: usize, sampling: SamplerConfig) -> Vec<usize> {
     let file = GgufFile::open(&path).unwrap();
     let model = Model::from_gguf(&file).unwrap();
     let (n_ctx, chunk) = (64, 8);
-    let plan = Plan::make(
-        &model,
-        n_ctx,
-        chunk,
-        Plan::minimum_budget(&model, n_ctx, chunk),
-    )
-    .unwrap();
-    assert!(plan.is_streaming());
-    let source = Residency::open(&path, &model, &plan, ResidencyOptions::default()).unwrap();
     let config = EngineConfig {
         n_ctx,
         max_chunk: chunk,
+        n_seq: 1,
         threads,
     };
+    let plan = Plan::make(&model, &config, Plan::minimum_budget(&model, &config)).unwrap();
+    assert!(plan.is_streaming());
+    let source = Residency::open(&path, &model, &plan, ResidencyOptions::default()).unwrap();
     let engine = Engine::new(&model, source, &config).unwrap();
     let mut generator = Generator::new(engine, Sampler::new(sampling, model.hparams.vocab_size));
     let mut counts = Vec::with_capacity(64);

@@ -64,7 +64,7 @@ fn jsonl_records_errors_and_order() {
     assert_eq!(r["id"], "a");
     assert_eq!(r["tokens"], 5);
     assert_eq!(r["finish_reason"], "length");
-    assert!(r["text"].as_str().unwrap().len() > 0);
+    assert!(!r["text"].as_str().unwrap().is_empty());
     assert!(r["timing"]["decode_ms"].is_number() && r["timing"]["prompt_tokens"] == 5);
     assert_eq!(records[1]["finish_reason"], "error");
     assert!(records[1]["error"].as_str().unwrap().contains("line 2"));
@@ -198,4 +198,68 @@ fn log_level_controls_stderr() {
     child.stdin.take().unwrap().write_all(b"x\n").unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("INFO"));
+}
+
+fn run_text(input: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let m = model();
+    let mut args = vec!["run", "--model", &m, "--max-tokens", "12"];
+    args.extend_from_slice(extra);
+    let mut child = spawn(&args);
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), String::from_utf8(out.stdout).unwrap())
+}
+
+const PROMPTS: &str = "Once upon a time\nHi\nThe quick brown fox jumps over the lazy dog and keeps running far away\n\nA\nIn a galaxy far, far away, there lived\nZ\n";
+
+#[test]
+fn batched_output_equals_each_prompt_alone() {
+    for sampling in [
+        &["--temperature", "0"][..],
+        &["--temperature", "0.9", "--seed", "11"][..],
+    ] {
+        let (code, alone) = run_text(PROMPTS, sampling);
+        assert_eq!(code, Some(0));
+        assert_eq!(alone.lines().count(), PROMPTS.lines().count());
+        for batch in ["2", "4", "16"] {
+            let mut args = sampling.to_vec();
+            args.extend(["--batch", batch, "--chunk", "8"]);
+            let (code, batched) = run_text(PROMPTS, &args);
+            assert_eq!(code, Some(0));
+            assert_eq!(batched, alone, "batch {batch}, {sampling:?}");
+        }
+    }
+}
+
+#[test]
+fn jsonl_batched_records_keep_their_ids() {
+    let input: String = PROMPTS
+        .lines()
+        .enumerate()
+        .map(|(i, p)| {
+            let max = 4 + (i * 5) % 11;
+            format!(
+                "{}\n",
+                serde_json::json!({"id": i, "prompt": p, "max_tokens": max, "temperature": 0})
+            )
+        })
+        .collect();
+    let (code, alone, _) = run_jsonl(&input, &[]);
+    assert_eq!(code, Some(0));
+    let (code, batched, _) = run_jsonl(&input, &["--batch", "3"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(batched.len(), alone.len());
+    for r in &alone {
+        let twin = batched
+            .iter()
+            .find(|b| b["id"] == r["id"])
+            .expect("same ids");
+        assert_eq!(twin["text"], r["text"], "id {}", r["id"]);
+        assert_eq!(twin["tokens"], r["tokens"]);
+    }
 }

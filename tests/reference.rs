@@ -47,6 +47,7 @@ fn config(n_ctx: usize) -> EngineConfig {
     EngineConfig {
         n_ctx,
         max_chunk: 16,
+        n_seq: 1,
         threads: 2,
     }
 }
@@ -135,6 +136,7 @@ fn chunking_and_threads_do_not_change_logits() {
         let cfg = EngineConfig {
             n_ctx: 64,
             max_chunk,
+            n_seq: 1,
             threads,
         };
         let mut engine = Engine::new(&model, &file, &cfg).unwrap();

@@ -21,6 +21,7 @@ fn config() -> EngineConfig {
     EngineConfig {
         n_ctx: N_CTX,
         max_chunk: CHUNK,
+        n_seq: 1,
         threads: 2,
     }
 }
@@ -57,14 +58,14 @@ fn streamed_logits_equal_resident_for_every_fixture() {
         let file = GgufFile::open(&path).unwrap();
         let model = Model::from_gguf(&file).unwrap();
         let reference = logits(&model, &file, &tokens());
-        let min = Plan::minimum_budget(&model, N_CTX, CHUNK);
-        let all = Plan::make(&model, N_CTX, CHUNK, u64::MAX)
+        let min = Plan::minimum_budget(&model, &config());
+        let all = Plan::make(&model, &config(), u64::MAX)
             .unwrap()
             .total_bytes();
         let half = min + (all - min) / 2;
         for (label, budget) in [("minimum", min), ("half", half), ("everything", all)] {
             for prefetch in [true, false] {
-                let plan = Plan::make(&model, N_CTX, CHUNK, budget).unwrap();
+                let plan = Plan::make(&model, &config(), budget).unwrap();
                 assert!(
                     plan.total_bytes() <= budget,
                     "{name} {label}: plan exceeds budget"
@@ -82,7 +83,7 @@ fn streamed_logits_equal_resident_for_every_fixture() {
                 );
             }
         }
-        let min_plan = Plan::make(&model, N_CTX, CHUNK, min).unwrap();
+        let min_plan = Plan::make(&model, &config(), min).unwrap();
         if model.layers.len() > 1 {
             assert_eq!(
                 min_plan.streamed_layers().count(),
@@ -97,8 +98,8 @@ fn streamed_logits_equal_resident_for_every_fixture() {
 fn budget_below_minimum_is_a_clear_error() {
     let file = GgufFile::open(common::model("synth-256-Q4_K_M.gguf")).unwrap();
     let model = Model::from_gguf(&file).unwrap();
-    let min = Plan::minimum_budget(&model, N_CTX, CHUNK);
-    let e = Plan::make(&model, N_CTX, CHUNK, min - 1).unwrap_err();
+    let min = Plan::minimum_budget(&model, &config());
+    let e = Plan::make(&model, &config(), min - 1).unwrap_err();
     assert_eq!(e.kind, flea::ErrorKind::Config);
     for part in [
         "below the minimum",
@@ -108,31 +109,25 @@ fn budget_below_minimum_is_a_clear_error() {
     ] {
         assert!(e.message.contains(part), "missing {part:?}: {e}");
     }
-    Plan::make(&model, N_CTX, CHUNK, min).unwrap();
+    Plan::make(&model, &config(), min).unwrap();
 }
 
 #[test]
 fn plan_spreads_resident_layers_and_prints_ranges() {
     let file = GgufFile::open(common::model("synth-256-Q8_0.gguf")).unwrap();
     let model = Model::from_gguf(&file).unwrap();
-    let min = Plan::minimum_budget(&model, N_CTX, CHUNK);
-    let layer = Plan::make(&model, N_CTX, CHUNK, u64::MAX)
-        .unwrap()
-        .layer_reads[0]
-        .len();
+    let min = Plan::minimum_budget(&model, &config());
+    let layer = Plan::make(&model, &config(), u64::MAX).unwrap().layer_reads[0].len();
     // Room for one layer beyond the minimum: it goes in the middle.
-    let plan = Plan::make(&model, N_CTX, CHUNK, min + layer).unwrap();
+    let plan = Plan::make(&model, &config(), min + layer).unwrap();
     let text = plan.to_string();
     assert_eq!(
         plan.streamed_layers().collect::<Vec<_>>(),
         vec![0, 1, 3],
         "{text}"
     );
-    assert!(
-        text.contains("layers 0-1 streamed") && text.contains("2 resident"),
-        "{text}"
-    );
-    assert!(text.contains("3 streamed"), "{text}");
+    assert!(text.contains("resident layers 2 ("), "{text}");
+    assert!(text.contains("streamed layers 0-1, 3 ("), "{text}");
 }
 
 /// A reader that fails with EIO on some calls and returns short reads.
@@ -163,13 +158,7 @@ fn flaky_storage_is_retried_and_results_unchanged() {
     let file = GgufFile::open(&path).unwrap();
     let model = Model::from_gguf(&file).unwrap();
     let reference = logits(&model, &file, &tokens());
-    let plan = Plan::make(
-        &model,
-        N_CTX,
-        CHUNK,
-        Plan::minimum_budget(&model, N_CTX, CHUNK),
-    )
-    .unwrap();
+    let plan = Plan::make(&model, &config(), Plan::minimum_budget(&model, &config())).unwrap();
     let reader = Flaky {
         inner: FileReader::open(&path, true).unwrap(),
         calls: 0,
@@ -208,13 +197,7 @@ fn dead_storage_fails_with_layer_and_offset() {
     let path = common::model("synth-256-Q4_K_M.gguf");
     let file = GgufFile::open(&path).unwrap();
     let model = Model::from_gguf(&file).unwrap();
-    let plan = Plan::make(
-        &model,
-        N_CTX,
-        CHUNK,
-        Plan::minimum_budget(&model, N_CTX, CHUNK),
-    )
-    .unwrap();
+    let plan = Plan::make(&model, &config(), Plan::minimum_budget(&model, &config())).unwrap();
     let reader = Dying {
         inner: FileReader::open(&path, true).unwrap(),
         calls: 0,

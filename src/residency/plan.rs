@@ -8,7 +8,7 @@
 
 use super::buffer::{align_down, align_up};
 use crate::config::ByteSize;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineConfig};
 use crate::error::{Error, Result};
 use crate::model::{Model, TensorRef};
 use std::fmt;
@@ -79,17 +79,17 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Plan a run of `model` with `n_ctx` context and prefill chunks of
-    /// `max_chunk` positions inside `budget` bytes.
-    pub fn make(model: &Model, n_ctx: usize, max_chunk: usize, budget: u64) -> Result<Plan> {
+    /// Plan a run of `model` with the engine shape `engine` (context,
+    /// chunk, sequences, threads) inside `budget` bytes.
+    pub fn make(model: &Model, engine: &EngineConfig, budget: u64) -> Result<Plan> {
+        let n_ctx = engine.n_ctx;
         let layer_reads: Vec<LayerRead> = model
             .layers
             .iter()
             .map(|l| LayerRead::covering(l.file_span()))
             .collect();
         let global_bytes = global_reads(model).iter().map(LayerRead::len).sum();
-        let engine_bytes =
-            Engine::<&crate::gguf::GgufFile>::memory_bytes(&model.hparams, n_ctx, max_chunk);
+        let engine_bytes = Engine::<&crate::gguf::GgufFile>::memory_bytes(&model.hparams, engine);
         let n = layer_reads.len();
         let all_layers: u64 = layer_reads.iter().map(LayerRead::len).sum();
         let fixed = global_bytes + engine_bytes;
@@ -119,7 +119,7 @@ impl Plan {
             return Err(Error::config(format!(
                 "memory budget {} is below the minimum {} for this model at context {n_ctx}: \
                  embeddings and output head {}, KV cache and scratch {}, {SLOTS} streaming slots of {} \
-                 (one layer each); raise the budget or lower --ctx-size",
+                 (one layer each); raise the budget or lower --ctx-size (or the batch size)",
                 ByteSize(budget),
                 ByteSize(minimum),
                 ByteSize(global_bytes),
@@ -153,8 +153,8 @@ impl Plan {
 
     /// The smallest budget that can run this model: everything resident
     /// when that is smaller (tiny models), else one layer per slot.
-    pub fn minimum_budget(model: &Model, n_ctx: usize, max_chunk: usize) -> u64 {
-        let all = Plan::make(model, n_ctx, max_chunk, u64::MAX).expect("an unbounded budget fits");
+    pub fn minimum_budget(model: &Model, engine: &EngineConfig) -> u64 {
+        let all = Plan::make(model, engine, u64::MAX).expect("an unbounded budget fits");
         let slot = all
             .layer_reads
             .iter()
@@ -210,26 +210,38 @@ impl Plan {
 }
 
 impl fmt::Display for Plan {
-    /// "layers 0-3 resident (1.2 GiB), 4-39 streamed (...)" plus the budget
-    /// breakdown.
+    /// "resident layers 0-3, 8 (1.2 GiB); streamed layers 4-7, 9-39 (...)"
+    /// plus the budget breakdown.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self
-            .ranges()
-            .iter()
-            .map(|(r, p, bytes)| {
-                let what = match p {
-                    Placement::Resident => "resident",
-                    Placement::Streamed => "streamed",
-                };
-                let layers = if r.len() == 1 {
-                    format!("{}", r.start)
-                } else {
-                    format!("{}-{}", r.start, r.end - 1)
-                };
-                format!("{layers} {what} ({})", ByteSize(*bytes))
-            })
-            .collect();
-        writeln!(f, "layers {}", parts.join(", "))?;
+        let mut parts = Vec::new();
+        for (what, placement) in [
+            ("resident", Placement::Resident),
+            ("streamed", Placement::Streamed),
+        ] {
+            let runs: Vec<(Range<usize>, u64)> = self
+                .ranges()
+                .into_iter()
+                .filter(|(_, p, _)| *p == placement)
+                .map(|(r, _, b)| (r, b))
+                .collect();
+            if runs.is_empty() {
+                continue;
+            }
+            let bytes: u64 = runs.iter().map(|(_, b)| b).sum();
+            let list: Vec<String> = runs
+                .iter()
+                .map(|(r, _)| match r.len() {
+                    1 => r.start.to_string(),
+                    _ => format!("{}-{}", r.start, r.end - 1),
+                })
+                .collect();
+            parts.push(format!(
+                "{what} layers {} ({})",
+                list.join(", "),
+                ByteSize(bytes)
+            ));
+        }
+        writeln!(f, "{}", parts.join("; "))?;
         writeln!(
             f,
             "budget {}: embeddings+output {}, KV cache+scratch {} (context {}), resident layers {}, streaming slots {} x {}; total {}",

@@ -1,0 +1,277 @@
+//! The llama forward pass on the CPU: the [`Backend`] that owns the
+//! activations, the KV cache and the kernels, and reads top to bottom like
+//! the math.
+
+use super::cpu::{self, CpuBackend};
+use super::{Backend, Batch, FileBytes, Logits, Weight};
+use crate::error::Result;
+use crate::kv_cache::KvCache;
+use crate::model::{Hparams, LayerTensors};
+use crate::quant;
+
+/// Activation buffers, sized once for `max_chunk` positions and named by
+/// role as in llama2.c.
+struct Scratch {
+    x: Vec<f32>,       // (chunk, dim) residual stream
+    xb: Vec<f32>,      // (chunk, dim) normed input / attention output projected
+    q: Vec<f32>,       // (chunk, n_heads * head_dim)
+    k: Vec<f32>,       // (chunk, kv_dim)
+    v: Vec<f32>,       // (chunk, kv_dim)
+    att_out: Vec<f32>, // (chunk, n_heads * head_dim)
+    hb: Vec<f32>,      // (chunk, ffn_dim) gate, then silu(gate) * up
+    hb2: Vec<f32>,     // (chunk, ffn_dim) up
+    scores: Vec<f32>,  // (threads, n_ctx) attention scores, a row per thread
+    norm_w: Vec<f32>,  // (dim) a norm's weights, dequantized
+    logits: Vec<f32>,  // (chunk, vocab)
+}
+
+impl Scratch {
+    /// Element counts, in field order.
+    fn lengths(hp: &Hparams, n_ctx: usize, chunk: usize, threads: usize) -> [usize; 11] {
+        let q_dim = hp.n_heads * hp.head_dim;
+        [
+            chunk * hp.dim,
+            chunk * hp.dim,
+            chunk * q_dim,
+            chunk * hp.kv_dim(),
+            chunk * hp.kv_dim(),
+            chunk * q_dim,
+            chunk * hp.ffn_dim,
+            chunk * hp.ffn_dim,
+            threads * n_ctx,
+            hp.dim,
+            chunk * hp.vocab_size,
+        ]
+    }
+
+    fn new(hp: &Hparams, n_ctx: usize, chunk: usize, threads: usize) -> Scratch {
+        let [x, xb, q, k, v, att_out, hb, hb2, scores, norm_w, logits] =
+            Self::lengths(hp, n_ctx, chunk, threads).map(|n| vec![0.0f32; n]);
+        Scratch {
+            x,
+            xb,
+            q,
+            k,
+            v,
+            att_out,
+            hb,
+            hb2,
+            scores,
+            norm_w,
+            logits,
+        }
+    }
+}
+
+/// One sequence's run of positions inside the current pass.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    seq: usize,
+    /// First row of this run in the activation buffers.
+    row: usize,
+    len: usize,
+    start_pos: usize,
+    logits: Logits,
+}
+
+/// Shape of a CPU forward pass, fixed at start.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuForwardConfig {
+    pub n_ctx: usize,
+    pub max_chunk: usize,
+    /// Sequences the KV cache holds (batched decoding).
+    pub n_seq: usize,
+    pub threads: usize,
+}
+
+pub struct CpuForward {
+    hp: Hparams,
+    kernels: CpuBackend,
+    kv: KvCache,
+    s: Scratch,
+    /// `(cos, sin)` per position and rotated pair: `[n_ctx][rope_dims / 2]`.
+    rope_table: Vec<(f32, f32)>,
+    runs: Vec<Run>,
+    /// Positions in the current pass.
+    n: usize,
+}
+
+impl CpuForward {
+    pub fn new(hp: &Hparams, config: CpuForwardConfig) -> CpuForward {
+        let kernels = CpuBackend::new(config.threads);
+        let widest = hp.dim.max(hp.ffn_dim).max(hp.n_heads * hp.head_dim);
+        kernels.reserve(config.max_chunk, widest);
+        CpuForward {
+            hp: hp.clone(),
+            kv: KvCache::new(hp.n_layers, config.n_seq, config.n_ctx, hp.kv_dim()),
+            s: Scratch::new(hp, config.n_ctx, config.max_chunk, kernels.threads()),
+            rope_table: rope_table(hp, config.n_ctx),
+            runs: Vec::with_capacity(config.max_chunk),
+            n: 0,
+            kernels,
+        }
+    }
+
+    /// Bytes this backend allocates for the given shape: KV cache,
+    /// activations, logits, RoPE table and the kernels' activation scratch.
+    /// The planner charges this against the budget.
+    pub fn memory_bytes(hp: &Hparams, config: CpuForwardConfig) -> u64 {
+        let f32s: usize = Scratch::lengths(hp, config.n_ctx, config.max_chunk, config.threads)
+            .iter()
+            .sum();
+        let rope = config.n_ctx * (hp.rope_dims / 2) * std::mem::size_of::<(f32, f32)>();
+        let widest = hp.dim.max(hp.ffn_dim).max(hp.n_heads * hp.head_dim);
+        // The kernels quantize a matmul input to at most 1.25 bytes a value.
+        let act_quant = config.max_chunk * widest * 5 / 4;
+        KvCache::bytes_for(hp.n_layers, config.n_seq, config.n_ctx, hp.kv_dim())
+            + (f32s * std::mem::size_of::<f32>() + rope + act_quant) as u64
+    }
+}
+
+impl Backend for CpuForward {
+    fn begin(&mut self, batch: Batch<'_>, embd: Weight<'_>) -> Result<()> {
+        let dim = self.hp.dim;
+        self.runs.clear();
+        let mut row = 0;
+        for e in batch.entries {
+            for (i, &tok) in batch.tokens[e.first..e.first + e.len].iter().enumerate() {
+                let r = (row + i) * dim..(row + i + 1) * dim;
+                quant::dequantize_row(embd.ggml_type, embd.row(tok as usize), &mut self.s.x[r]);
+            }
+            self.runs.push(Run {
+                seq: e.seq,
+                row,
+                len: e.len,
+                start_pos: e.start_pos,
+                logits: e.logits,
+            });
+            row += e.len;
+        }
+        self.n = row;
+        Ok(())
+    }
+
+    fn layer(&mut self, l: usize, layer: &LayerTensors, bytes: FileBytes<'_>) -> Result<()> {
+        let hp = &self.hp;
+        let (n, dim, q_dim, kv_dim, ffn) = (
+            self.n,
+            hp.dim,
+            hp.n_heads * hp.head_dim,
+            hp.kv_dim(),
+            hp.ffn_dim,
+        );
+        let half_rot = hp.rope_dims / 2;
+        let s = &mut self.s;
+        let mm = &self.kernels;
+        let w = |t| bytes.weight(t);
+
+        // Attention: xb = rmsnorm(x); q, k, v = xb Wq, xb Wk, xb Wv.
+        cpu::dequantize_vector(w(&layer.attn_norm), &mut s.norm_w);
+        for p in 0..n {
+            let r = p * dim..(p + 1) * dim;
+            cpu::rmsnorm(&mut s.xb[r.clone()], &s.x[r], &s.norm_w, hp.rms_eps);
+        }
+        let xb = &s.xb[..n * dim];
+        mm.matmul(w(&layer.wq), xb, &mut s.q[..n * q_dim], n);
+        mm.matmul(w(&layer.wk), xb, &mut s.k[..n * kv_dim], n);
+        mm.matmul(w(&layer.wv), xb, &mut s.v[..n * kv_dim], n);
+
+        for run in &self.runs {
+            // RoPE on q and k at each position, then append k, v to the
+            // run's sequence in the cache.
+            for i in 0..run.len {
+                let (p, pos) = (run.row + i, run.start_pos + i);
+                let cs = &self.rope_table[pos * half_rot..(pos + 1) * half_rot];
+                cpu::rope(&mut s.q[p * q_dim..(p + 1) * q_dim], hp.head_dim, cs);
+                cpu::rope(&mut s.k[p * kv_dim..(p + 1) * kv_dim], hp.head_dim, cs);
+                self.kv.store(
+                    l,
+                    run.seq,
+                    pos,
+                    &s.k[p * kv_dim..(p + 1) * kv_dim],
+                    &s.v[p * kv_dim..(p + 1) * kv_dim],
+                );
+            }
+            // Causal attention: position p sees its sequence's entries 0..=pos.
+            let (k_cache, v_cache) = self.kv.layer(l, run.seq, run.start_pos + run.len);
+            let rows = run.row * q_dim..(run.row + run.len) * q_dim;
+            mm.attention_batch(
+                &mut s.att_out[rows.clone()],
+                &s.q[rows],
+                k_cache,
+                v_cache,
+                run.start_pos,
+                run.len,
+                hp.n_heads,
+                hp.n_kv_heads,
+                hp.head_dim,
+                &mut s.scores,
+            );
+        }
+
+        // Output projection and residual: x += att_out Wo.
+        mm.matmul(
+            w(&layer.wo),
+            &s.att_out[..n * q_dim],
+            &mut s.xb[..n * dim],
+            n,
+        );
+        cpu::add_in_place(&mut s.x[..n * dim], &s.xb[..n * dim]);
+
+        // Feed-forward: x += (silu(xb Wgate) * (xb Wup)) Wdown, xb = rmsnorm(x).
+        cpu::dequantize_vector(w(&layer.ffn_norm), &mut s.norm_w);
+        for p in 0..n {
+            let r = p * dim..(p + 1) * dim;
+            cpu::rmsnorm(&mut s.xb[r.clone()], &s.x[r], &s.norm_w, hp.rms_eps);
+        }
+        let xb = &s.xb[..n * dim];
+        mm.matmul(w(&layer.w_gate), xb, &mut s.hb[..n * ffn], n);
+        mm.matmul(w(&layer.w_up), xb, &mut s.hb2[..n * ffn], n);
+        cpu::swiglu(&mut s.hb[..n * ffn], &s.hb2[..n * ffn]);
+        mm.matmul(w(&layer.w_down), &s.hb[..n * ffn], &mut s.xb[..n * dim], n);
+        cpu::add_in_place(&mut s.x[..n * dim], &s.xb[..n * dim]);
+        Ok(())
+    }
+
+    fn finish(&mut self, output_norm: Weight<'_>, output: Weight<'_>) -> Result<&[f32]> {
+        let (dim, vocab) = (self.hp.dim, self.hp.vocab_size);
+        let s = &mut self.s;
+        // Gather the rows that want logits, normed, into xb.
+        cpu::dequantize_vector(output_norm, &mut s.norm_w);
+        let mut m = 0;
+        for run in &self.runs {
+            let first = match run.logits {
+                Logits::All => 0,
+                Logits::Last => run.len - 1,
+                Logits::None => run.len,
+            };
+            for i in first..run.len {
+                let src = (run.row + i) * dim..(run.row + i + 1) * dim;
+                let dst = m * dim..(m + 1) * dim;
+                cpu::rmsnorm(&mut s.xb[dst], &s.x[src], &s.norm_w, self.hp.rms_eps);
+                m += 1;
+            }
+        }
+        if m > 0 {
+            self.kernels
+                .matmul(output, &s.xb[..m * dim], &mut s.logits[..m * vocab], m);
+        }
+        Ok(&self.s.logits[..m * vocab])
+    }
+}
+
+/// Precompute RoPE rotations: pair `i` of a head turns by
+/// `pos * base^(-2i / rope_dims)`. Computed in f64 so the table itself adds
+/// no error beyond the final rounding.
+fn rope_table(hp: &Hparams, n_ctx: usize) -> Vec<(f32, f32)> {
+    let half = hp.rope_dims / 2;
+    let mut table = Vec::with_capacity(n_ctx * half);
+    for pos in 0..n_ctx {
+        for i in 0..half {
+            let freq = (hp.rope_base as f64).powf(-2.0 * i as f64 / hp.rope_dims as f64);
+            let angle = pos as f64 * freq;
+            table.push((angle.cos() as f32, angle.sin() as f32));
+        }
+    }
+    table
+}

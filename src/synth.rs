@@ -1,0 +1,1100 @@
+//! `flea synth`: random-weight llama GGUF files with the shapes of real
+//! models (TinyLlama-1.1B, Llama-2-7B/13B/70B) and llama.cpp's per-tensor
+//! quantization mixes, so that streaming, planning and speed can be tested
+//! at full size without downloading weights.
+//!
+//! The file is laid out the way `llama-quantize` writes it (output head,
+//! output norm and embeddings first, then each layer's tensors together in
+//! name order), and its tensor data is generated while it is written, a few
+//! MiB at a time, so a 40 GB model needs no more memory than a tiny one.
+//! [`preset_model`] gives the same layout without writing anything.
+//!
+//! The weights are random but valid: every block has finite f16 factors and
+//! random quants, scaled so that each weight has a standard deviation of
+//! `1/sqrt(fan_in)`; activations then keep unit scale through the layers
+//! and logits stay finite. The output head is scaled up so logits spread
+//! (std about 3) as in the fixture models.
+
+use crate::error::{Error, Result};
+use crate::gguf::{GgufFile, GgufWriter, TensorInfo, Value, ValueType};
+use crate::model::{Hparams, LayerTensors, Model, TensorRef};
+use crate::quant::GgmlType;
+use crate::tokenizer::Tokenizer;
+use half::f16;
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Instant;
+
+/// Vocabulary size of the placeholder tokenizer (Llama-2's).
+pub const PLACEHOLDER_VOCAB: usize = 32000;
+
+/// Bytes generated per write: large enough that writes run at disk speed,
+/// small enough to stay in cache.
+const CHUNK_BYTES: usize = 4 << 20;
+
+/// Logit spread of the output head, relative to a unit-variance projection.
+const OUTPUT_GAIN: f32 = 3.0;
+
+/// Half-width of the uniform noise around 1.0 in norm weights.
+const NORM_NOISE: f32 = 0.05;
+
+/// A model shape to synthesize.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Preset {
+    /// The fixture shape: dim 256, 4 layers, GQA; small enough for tests.
+    Tiny,
+    /// TinyLlama-1.1B.
+    B1,
+    /// Llama-2-7B.
+    B7,
+    /// Llama-2-13B.
+    B13,
+    /// Llama-2-70B (GQA, 8 KV heads).
+    B70,
+}
+
+/// The numbers that make a llama shape.
+struct Shape {
+    dim: usize,
+    n_layers: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    ffn_dim: usize,
+    context_length: usize,
+}
+
+impl Preset {
+    pub const ALL: [Preset; 5] = [
+        Preset::Tiny,
+        Preset::B1,
+        Preset::B7,
+        Preset::B13,
+        Preset::B70,
+    ];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Tiny => "tiny",
+            Preset::B1 => "1b",
+            Preset::B7 => "7b",
+            Preset::B13 => "13b",
+            Preset::B70 => "70b",
+        }
+    }
+
+    fn shape(self) -> Shape {
+        let (dim, n_layers, n_heads, n_kv_heads, ffn_dim, context_length) = match self {
+            Preset::Tiny => (256, 4, 4, 2, 768, 2048),
+            Preset::B1 => (2048, 22, 32, 4, 5632, 2048),
+            Preset::B7 => (4096, 32, 32, 32, 11008, 4096),
+            Preset::B13 => (5120, 40, 40, 40, 13824, 4096),
+            Preset::B70 => (8192, 80, 64, 8, 28672, 4096),
+        };
+        Shape {
+            dim,
+            n_layers,
+            n_heads,
+            n_kv_heads,
+            ffn_dim,
+            context_length,
+        }
+    }
+}
+
+impl fmt::Display for Preset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Preset {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Preset> {
+        Preset::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                Error::usage(format!(
+                    "unknown model preset {s:?} (expected tiny, 1b, 7b, 13b or 70b)"
+                ))
+            })
+    }
+}
+
+/// A llama.cpp quantization mix (`llama-quantize` file types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuantMix {
+    Q4KM,
+    Q3KM,
+    Q3KS,
+    Q6K,
+    Q8_0,
+    F16,
+}
+
+impl QuantMix {
+    pub const ALL: [QuantMix; 6] = [
+        QuantMix::Q4KM,
+        QuantMix::Q3KM,
+        QuantMix::Q3KS,
+        QuantMix::Q6K,
+        QuantMix::Q8_0,
+        QuantMix::F16,
+    ];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantMix::Q4KM => "q4_k_m",
+            QuantMix::Q3KM => "q3_k_m",
+            QuantMix::Q3KS => "q3_k_s",
+            QuantMix::Q6K => "q6_k",
+            QuantMix::Q8_0 => "q8_0",
+            QuantMix::F16 => "f16",
+        }
+    }
+
+    /// llama.cpp's `llama_ftype` number, stored as `general.file_type`.
+    pub fn file_type(self) -> u32 {
+        match self {
+            QuantMix::F16 => 1,
+            QuantMix::Q8_0 => 7,
+            QuantMix::Q3KS => 11,
+            QuantMix::Q3KM => 12,
+            QuantMix::Q4KM => 15,
+            QuantMix::Q6K => 18,
+        }
+    }
+
+    /// The type most tensors get; llama.cpp's `default_type`.
+    fn base_type(self) -> GgmlType {
+        match self {
+            QuantMix::Q4KM => GgmlType::Q4K,
+            QuantMix::Q3KM | QuantMix::Q3KS => GgmlType::Q3K,
+            QuantMix::Q6K => GgmlType::Q6K,
+            QuantMix::Q8_0 => GgmlType::Q8_0,
+            QuantMix::F16 => GgmlType::F16,
+        }
+    }
+}
+
+impl fmt::Display for QuantMix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for QuantMix {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<QuantMix> {
+        QuantMix::ALL
+            .into_iter()
+            .find(|q| q.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                Error::usage(format!(
+                    "unknown quantization {s:?} (expected q4_k_m, q3_k_m, q3_k_s, q6_k, q8_0 or f16)"
+                ))
+            })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SynthOptions {
+    pub preset: Preset,
+    pub quant: QuantMix,
+    /// A GGUF whose `tokenizer.ggml.*` keys are copied (its vocabulary size
+    /// is used); `None` builds a placeholder SPM vocabulary of 32000.
+    pub vocab: Option<PathBuf>,
+    /// Same seed, same options: same bytes.
+    pub seed: u64,
+}
+
+impl SynthOptions {
+    pub fn new(preset: Preset, quant: QuantMix) -> SynthOptions {
+        SynthOptions {
+            preset,
+            quant,
+            vocab: None,
+            seed: 42,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SynthReport {
+    /// Size of the written file.
+    pub bytes: u64,
+    pub tensors: usize,
+    /// Wall time, including the final sync to disk.
+    pub seconds: f64,
+}
+
+impl SynthReport {
+    pub fn bytes_per_second(&self) -> f64 {
+        self.bytes as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// Write a synthetic model to `out`. `progress(written, total)` is called
+/// as the data goes out (every few MiB). The file appears under its name
+/// only once complete: it is written to `out` + `.partial`, synced, then
+/// renamed.
+pub fn synth(
+    opts: &SynthOptions,
+    out: &Path,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<SynthReport> {
+    let start = Instant::now();
+    let plan = Plan::new(opts)?;
+    let total = plan.writer.file_len();
+    let partial = partial_path(out);
+    let cannot = |e: io::Error| Error::io(format!("{}: cannot write: {e}", partial.display()));
+    let written = write_file(&plan, &partial, opts.seed, total, &mut progress).map_err(cannot);
+    if let Err(e) = written {
+        // A partial file is useless; leaving it would only fill the disk.
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
+    std::fs::rename(&partial, out).map_err(|e| {
+        Error::io(format!(
+            "{}: cannot rename to {}: {e}",
+            partial.display(),
+            out.display()
+        ))
+    })?;
+    progress(total, total);
+    Ok(SynthReport {
+        bytes: total,
+        tensors: plan.fills.len(),
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// The model [`synth`] would write for `opts`, located as in the file,
+/// without writing it. Reads the vocabulary file when one is given.
+pub fn synth_model(opts: &SynthOptions) -> Result<Model> {
+    let plan = Plan::new(opts)?;
+    let (data_offset, table) = plan.writer.layout();
+    Ok(model_from_layout(plan.hparams, data_offset, &table))
+}
+
+/// The model of a preset with the placeholder vocabulary, exactly as
+/// [`synth`] lays it out, for planning at sizes not worth writing.
+pub fn preset_model(preset: Preset, quant: QuantMix) -> Model {
+    synth_model(&SynthOptions::new(preset, quant))
+        .expect("a preset with the placeholder vocabulary always plans")
+}
+
+fn partial_path(out: &Path) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".partial");
+    PathBuf::from(name)
+}
+
+fn write_file(
+    plan: &Plan,
+    path: &Path,
+    seed: u64,
+    total: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> io::Result<()> {
+    let (data_offset, _) = plan.writer.layout();
+    let mut w = BufWriter::with_capacity(1 << 20, File::create(path)?);
+    let mut buf = Vec::with_capacity(CHUNK_BYTES);
+    plan.writer.write_streaming(&mut w, |index, t, sink| {
+        let start = data_offset + t.offset;
+        let mut report = |done: u64| progress(start + done, total);
+        let rng = Rng::new(tensor_seed(seed, index as u64));
+        write_tensor(t, plan.fills[index], rng, &mut buf, sink, &mut report)
+    })?;
+    let file = w.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()
+}
+
+/// What a tensor's values look like.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fill {
+    /// RMS-norm weights: 1 plus a little noise.
+    Norm,
+    /// Zero-mean weights with this standard deviation.
+    Weights { sigma: f32 },
+}
+
+/// The metadata and tensor table of a synthetic model, and how to fill
+/// each tensor (in table order).
+struct Plan {
+    writer: GgufWriter<'static>,
+    hparams: Hparams,
+    fills: Vec<Fill>,
+}
+
+/// The role of a tensor, as llama.cpp's type rules see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    TokenEmbd,
+    Output,
+    Norm,
+    AttnQ,
+    AttnK,
+    AttnV,
+    AttnOutput,
+    FfnGate,
+    FfnUp,
+    FfnDown,
+}
+
+impl Plan {
+    fn new(opts: &SynthOptions) -> Result<Plan> {
+        let s = opts.preset.shape();
+        let (vocab_meta, n_vocab) = match &opts.vocab {
+            Some(path) => copied_vocab(path)?,
+            None => (placeholder_vocab(), PLACEHOLDER_VOCAB),
+        };
+        let head_dim = s.dim / s.n_heads;
+        let hparams = Hparams {
+            n_layers: s.n_layers,
+            dim: s.dim,
+            n_heads: s.n_heads,
+            n_kv_heads: s.n_kv_heads,
+            head_dim,
+            ffn_dim: s.ffn_dim,
+            vocab_size: n_vocab,
+            rope_base: 10000.0,
+            rope_dims: head_dim,
+            rms_eps: 1e-5,
+            context_length: s.context_length,
+        };
+
+        let mut w = GgufWriter::new();
+        let u32v = |v: usize| Value::U32(v as u32);
+        let name = format!("synth-{}-{}", opts.preset, opts.quant.name().to_uppercase());
+        w.set("general.architecture", Value::String("llama".into()));
+        w.set("general.name", Value::String(name));
+        w.set("general.file_type", Value::U32(opts.quant.file_type()));
+        w.set("general.quantization_version", Value::U32(2));
+        w.set("general.alignment", Value::U32(32));
+        w.set("llama.context_length", u32v(s.context_length));
+        w.set("llama.embedding_length", u32v(s.dim));
+        w.set("llama.block_count", u32v(s.n_layers));
+        w.set("llama.feed_forward_length", u32v(s.ffn_dim));
+        w.set("llama.rope.dimension_count", u32v(head_dim));
+        w.set("llama.attention.head_count", u32v(s.n_heads));
+        w.set("llama.attention.head_count_kv", u32v(s.n_kv_heads));
+        w.set(
+            "llama.attention.layer_norm_rms_epsilon",
+            Value::F32(hparams.rms_eps),
+        );
+        w.set("llama.rope.freq_base", Value::F32(hparams.rope_base));
+        w.set("llama.vocab_size", u32v(n_vocab));
+        for (key, value) in vocab_meta {
+            w.set(&key, value);
+        }
+
+        // llama.cpp gives 70B-class llamas (80 layers, GQA) more bits in
+        // attn_v, which is 8x smaller than attn_q there.
+        let is_70b = s.n_layers == 80 && s.n_kv_heads != s.n_heads;
+        let q_dim = s.n_heads * head_dim;
+        let kv_dim = s.n_kv_heads * head_dim;
+        let mut fills = Vec::new();
+        let mut add = |name: &str, role: Role, layer: usize, rows: usize, cols: usize| {
+            let ty = tensor_type(opts.quant, role, layer, s.n_layers, is_70b);
+            let (dims, fill) = if role == Role::Norm {
+                (vec![cols as u64], Fill::Norm)
+            } else {
+                let gain = if role == Role::Output {
+                    OUTPUT_GAIN
+                } else {
+                    1.0
+                };
+                let sigma = gain / (cols as f32).sqrt();
+                (vec![cols as u64, rows as u64], Fill::Weights { sigma })
+            };
+            fills.push(fill);
+            w.add_tensor_streamed(name, dims, ty)
+        };
+        // llama-quantize's order: tensors outside the layers first, by name,
+        // then the layers in number order, each layer's tensors by name.
+        add("output.weight", Role::Output, 0, n_vocab, s.dim)?;
+        add("output_norm.weight", Role::Norm, 0, 1, s.dim)?;
+        add("token_embd.weight", Role::TokenEmbd, 0, n_vocab, s.dim)?;
+        let layer_tensors = [
+            ("attn_k", Role::AttnK, kv_dim, s.dim),
+            ("attn_norm", Role::Norm, 1, s.dim),
+            ("attn_output", Role::AttnOutput, s.dim, q_dim),
+            ("attn_q", Role::AttnQ, q_dim, s.dim),
+            ("attn_v", Role::AttnV, kv_dim, s.dim),
+            ("ffn_down", Role::FfnDown, s.dim, s.ffn_dim),
+            ("ffn_gate", Role::FfnGate, s.ffn_dim, s.dim),
+            ("ffn_norm", Role::Norm, 1, s.dim),
+            ("ffn_up", Role::FfnUp, s.ffn_dim, s.dim),
+        ];
+        for layer in 0..s.n_layers {
+            for (short, role, rows, cols) in layer_tensors {
+                add(
+                    &format!("blk.{layer}.{short}.weight"),
+                    role,
+                    layer,
+                    rows,
+                    cols,
+                )?;
+            }
+        }
+        Ok(Plan {
+            writer: w,
+            hparams,
+            fills,
+        })
+    }
+}
+
+/// llama.cpp's "use more bits" layers: the first and last eighth, and every
+/// third layer in between.
+fn use_more_bits(layer: usize, n_layers: usize) -> bool {
+    layer < n_layers / 8 || layer >= 7 * n_layers / 8 || (layer - n_layers / 8) % 3 == 2
+}
+
+/// The type `llama-quantize` picks for a llama tensor (its
+/// `llama_tensor_get_type`, for the mixes offered here). Every row length
+/// of the presets is a multiple of 256, so its fallbacks never apply.
+fn tensor_type(
+    quant: QuantMix,
+    role: Role,
+    layer: usize,
+    n_layers: usize,
+    is_70b: bool,
+) -> GgmlType {
+    use GgmlType::*;
+    // Only matrices are quantized; f16 files are converted, not quantized,
+    // so no rule applies to them either.
+    if role == Role::Norm {
+        return F32;
+    }
+    let base = quant.base_type();
+    if quant == QuantMix::F16 {
+        return base;
+    }
+    match role {
+        Role::Output => {
+            if base == Q8_0 {
+                Q8_0
+            } else {
+                Q6K
+            }
+        }
+        Role::AttnV => {
+            let ty = match quant {
+                QuantMix::Q3KM if layer < 2 => Q5K,
+                QuantMix::Q3KM => Q4K,
+                QuantMix::Q4KM if use_more_bits(layer, n_layers) => Q6K,
+                _ => base,
+            };
+            if is_70b && matches!(ty, Q3K | Q4K) {
+                Q5K
+            } else {
+                ty
+            }
+        }
+        Role::FfnDown => match quant {
+            QuantMix::Q3KM if layer < n_layers / 16 => Q5K,
+            QuantMix::Q3KM => Q4K,
+            QuantMix::Q4KM if use_more_bits(layer, n_layers) => Q6K,
+            _ => base,
+        },
+        Role::AttnOutput if quant == QuantMix::Q3KM => Q4K,
+        _ => base,
+    }
+}
+
+/// The `tokenizer.ggml.*` keys of `path`, checked to give a tokenizer this
+/// runtime can load, and the vocabulary size.
+fn copied_vocab(path: &Path) -> Result<(Vec<(String, Value)>, usize)> {
+    let file = GgufFile::open(path)?;
+    let tokenizer = Tokenizer::from_gguf(&file)?;
+    let keys = file
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.starts_with("tokenizer.ggml."))
+        .cloned()
+        .collect();
+    Ok((keys, tokenizer.vocab_size()))
+}
+
+/// A stand-in SPM vocabulary of [`PLACEHOLDER_VOCAB`] tokens: `<unk>`,
+/// `<s>`, `</s>`, the 256 byte tokens (so any text encodes, by byte
+/// fallback), the space mark alone (so spaces are not spelled as the three
+/// bytes of U+2581 and decode back to spaces), then made-up words so that
+/// generated text reads as words.
+fn placeholder_vocab() -> Vec<(String, Value)> {
+    let mut tokens = vec!["<unk>".to_string(), "<s>".into(), "</s>".into()];
+    let mut types = vec![2, 3, 3];
+    for b in 0..=255u8 {
+        tokens.push(format!("<0x{b:02X}>"));
+        types.push(6);
+    }
+    let mut scores = vec![0.0f32; tokens.len()];
+    tokens.push("\u{2581}".into());
+    types.push(1);
+    scores.push(0.0);
+    let fixed = tokens.len();
+    for i in 0..PLACEHOLDER_VOCAB - fixed {
+        tokens.push(filler_word(i));
+        types.push(1);
+        // Shorter words first and scored higher, as in a trained vocabulary.
+        scores.push(-1.0 - i as f32);
+    }
+    let strings = tokens.into_iter().map(Value::String).collect();
+    let scores = scores.into_iter().map(Value::F32).collect();
+    let types = types.into_iter().map(Value::I32).collect();
+    vec![
+        ("tokenizer.ggml.model".into(), Value::String("llama".into())),
+        ("tokenizer.ggml.pre".into(), Value::String("default".into())),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(ValueType::String, strings),
+        ),
+        (
+            "tokenizer.ggml.scores".into(),
+            Value::Array(ValueType::F32, scores),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(ValueType::I32, types),
+        ),
+        ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
+        ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
+        ("tokenizer.ggml.unknown_token_id".into(), Value::U32(0)),
+        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(true)),
+        ("tokenizer.ggml.add_eos_token".into(), Value::Bool(false)),
+    ]
+}
+
+/// Word `i` of the placeholder vocabulary: `i` in bijective base 70 over
+/// two-letter syllables, after a word-start mark. Syllables all have two
+/// letters, so different numbers give different words.
+fn filler_word(i: usize) -> String {
+    const CONSONANTS: &[u8] = b"bdfgklmnprstvz";
+    const VOWELS: &[u8] = b"aeiou";
+    let base = CONSONANTS.len() * VOWELS.len();
+    let mut syllables = Vec::new();
+    let mut n = i + 1;
+    while n > 0 {
+        let digit = (n - 1) % base;
+        syllables.push([
+            CONSONANTS[digit / VOWELS.len()],
+            VOWELS[digit % VOWELS.len()],
+        ]);
+        n = (n - 1) / base;
+    }
+    let mut word = String::from("\u{2581}");
+    for s in syllables.iter().rev() {
+        word.push(s[0] as char);
+        word.push(s[1] as char);
+    }
+    word
+}
+
+fn model_from_layout(hparams: Hparams, data_offset: u64, table: &[TensorInfo]) -> Model {
+    let by_name: HashMap<&str, &TensorInfo> = table.iter().map(|t| (t.name.as_str(), t)).collect();
+    let get = |name: &str| -> TensorRef {
+        let t = by_name[name];
+        let (rows, cols) = match t.dims[..] {
+            [cols] => (1, cols as usize),
+            [cols, rows] => (rows as usize, cols as usize),
+            _ => unreachable!("synth tensors have one or two dimensions"),
+        };
+        let start = data_offset + t.offset;
+        TensorRef {
+            name: t.name.clone(),
+            ggml_type: t.ggml_type,
+            rows,
+            cols,
+            file_range: start..start + t.size_bytes,
+        }
+    };
+    let layers = (0..hparams.n_layers)
+        .map(|i| {
+            let l = |t: &str| get(&format!("blk.{i}.{t}.weight"));
+            LayerTensors {
+                attn_norm: l("attn_norm"),
+                wq: l("attn_q"),
+                wk: l("attn_k"),
+                wv: l("attn_v"),
+                wo: l("attn_output"),
+                ffn_norm: l("ffn_norm"),
+                w_gate: l("ffn_gate"),
+                w_up: l("ffn_up"),
+                w_down: l("ffn_down"),
+            }
+        })
+        .collect();
+    Model {
+        token_embd: get("token_embd.weight"),
+        output_norm: get("output_norm.weight"),
+        output: get("output.weight"),
+        layers,
+        hparams,
+    }
+}
+
+// --- weight generation --------------------------------------------------
+
+/// wyrand: fast, statistically fine for weights, and seedable per tensor.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    #[inline]
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0xa076_1d64_78bd_642f);
+        let t = u128::from(self.0) * u128::from(self.0 ^ 0xe703_7ed1_a0b4_28db);
+        (t >> 64) as u64 ^ t as u64
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// Uniform integer in lo..=hi.
+    fn range(&mut self, lo: i32, hi: i32) -> i32 {
+        lo + (self.next_u64() % (hi - lo + 1) as u64) as i32
+    }
+
+    fn sign(&mut self) -> i32 {
+        if self.next_u64() & 1 == 0 {
+            1
+        } else {
+            -1
+        }
+    }
+
+    fn fill(&mut self, bytes: &mut [u8]) {
+        let mut chunks = bytes.chunks_exact_mut(8);
+        for c in &mut chunks {
+            c.copy_from_slice(&self.next_u64().to_le_bytes());
+        }
+        let rest = chunks.into_remainder();
+        let last = self.next_u64().to_le_bytes();
+        rest.copy_from_slice(&last[..rest.len()]);
+    }
+}
+
+/// splitmix64's finalizer, to derive independent per-tensor seeds (so a
+/// tensor's bytes do not depend on how the others were generated).
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn tensor_seed(seed: u64, index: u64) -> u64 {
+    mix(seed ^ mix(index))
+}
+
+/// Root mean square of the integers lo..=hi, each equally likely.
+fn rms(lo: i32, hi: i32) -> f32 {
+    let n = (hi - lo + 1) as f64;
+    let sum: f64 = (lo..=hi).map(|v| f64::from(v * v)).sum();
+    (sum / n).sqrt() as f32
+}
+
+/// Standard deviation of the integers lo..=hi, each equally likely.
+fn std_dev(lo: i32, hi: i32) -> f32 {
+    let n = f64::from(hi - lo + 1);
+    (((n * n - 1.0) / 12.0).sqrt()) as f32
+}
+
+/// Random block factors vary this much around the target, so blocks differ.
+fn jitter(rng: &mut Rng) -> f32 {
+    0.9 + 0.2 * rng.unit()
+}
+
+/// Distinct block headers (factors and sub-block scales) per tensor; each
+/// block takes one at random, the quants are fresh random bits.
+const HEADERS: usize = 256;
+
+/// How to make a block: random bytes with a header from the table at
+/// `header_at`.
+struct BlockGen {
+    block_bytes: usize,
+    header_at: usize,
+    header_len: usize,
+    headers: Vec<u8>,
+}
+
+impl BlockGen {
+    /// Headers for `ty` giving weights of standard deviation `sigma`.
+    fn new(ty: GgmlType, sigma: f32, rng: &mut Rng) -> BlockGen {
+        use crate::quant::{q3_k, q4_k, q5_k, q6_k, q8_0};
+        let (block_bytes, header_at, header_len) = match ty {
+            GgmlType::Q8_0 => (q8_0::BLOCK_BYTES, 0, 2),
+            GgmlType::Q4K => (q4_k::BLOCK_BYTES, 0, 16),
+            GgmlType::Q5K => (q5_k::BLOCK_BYTES, 0, 16),
+            GgmlType::Q3K => (q3_k::BLOCK_BYTES, 96, 14),
+            GgmlType::Q6K => (q6_k::BLOCK_BYTES, 192, 18),
+            other => unreachable!("synth does not generate {other} blocks"),
+        };
+        let mut headers = Vec::with_capacity(HEADERS * header_len);
+        for _ in 0..HEADERS {
+            let h = match ty {
+                GgmlType::Q8_0 => q8_0_header(sigma, rng),
+                GgmlType::Q4K => q4_5_k_header(sigma, 15, rng),
+                GgmlType::Q5K => q4_5_k_header(sigma, 31, rng),
+                GgmlType::Q3K => q3_k_header(sigma, rng),
+                _ => q6_k_header(sigma, rng),
+            };
+            debug_assert_eq!(h.len(), header_len);
+            headers.extend_from_slice(&h);
+        }
+        BlockGen {
+            block_bytes,
+            header_at,
+            header_len,
+            headers,
+        }
+    }
+
+    fn fill(&self, blocks: &mut [u8], rng: &mut Rng) {
+        rng.fill(blocks);
+        for block in blocks.chunks_exact_mut(self.block_bytes) {
+            let i = (rng.next_u64() as usize % HEADERS) * self.header_len;
+            block[self.header_at..self.header_at + self.header_len]
+                .copy_from_slice(&self.headers[i..i + self.header_len]);
+        }
+    }
+}
+
+/// Q8_0: weight = d * q with q uniform over the i8 range.
+fn q8_0_header(sigma: f32, rng: &mut Rng) -> Vec<u8> {
+    let d = sigma / rms(-128, 127) * jitter(rng);
+    f16::from_f32(d).to_le_bytes().to_vec()
+}
+
+/// Q4_K (`q_max` 15) and Q5_K (`q_max` 31): weight = d*sc*q - dmin*m.
+/// The min is set to cancel the quants' mean, so weights are centred:
+/// dmin = d * (q_max + 1) / 2 and m = sc * q_max / (q_max + 1), rounded,
+/// which is below 64 for scales up to 63.
+fn q4_5_k_header(sigma: f32, q_max: i32, rng: &mut Rng) -> Vec<u8> {
+    let (sc_lo, sc_hi) = (32, 63);
+    let d = f16::from_f32(sigma / (rms(sc_lo, sc_hi) * std_dev(0, q_max)) * jitter(rng));
+    // Exact in f16: a power-of-two multiple.
+    let dmin = f16::from_f32(d.to_f32() * ((q_max + 1) / 2) as f32);
+    let mut sc = [0u8; 8];
+    let mut m = [0u8; 8];
+    for j in 0..8 {
+        let s = rng.range(sc_lo, sc_hi);
+        sc[j] = s as u8;
+        m[j] = ((s * q_max) as f32 / (q_max + 1) as f32).round() as u8;
+    }
+    let mut h = Vec::with_capacity(16);
+    h.extend_from_slice(&d.to_le_bytes());
+    h.extend_from_slice(&dmin.to_le_bytes());
+    h.extend_from_slice(&pack_k_scales(&sc, &m));
+    h
+}
+
+/// The twelve scale bytes of Q4_K/Q5_K (see `quant::q4_k::scale_min`):
+/// sub-blocks 0-3 whole in bytes 0-3 (scales) and 4-7 (mins); 4-7 with
+/// their low nibbles in bytes 8-11 and top two bits in the spare top bits
+/// of bytes 0-7.
+fn pack_k_scales(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
+    let mut s = [0u8; 12];
+    for j in 0..4 {
+        s[j] = sc[j] & 0x3F;
+        s[j + 4] = m[j] & 0x3F;
+    }
+    for j in 4..8 {
+        s[j + 4] = (sc[j] & 0x0F) | ((m[j] & 0x0F) << 4);
+        s[j - 4] |= (sc[j] >> 4) << 6;
+        s[j] |= (m[j] >> 4) << 6;
+    }
+    s
+}
+
+/// Q3_K: weight = d * (s - 32) * q, q in -4..=3. Scales of either sign
+/// cancel the quants' -0.5 mean across sub-blocks.
+fn q3_k_header(sigma: f32, rng: &mut Rng) -> Vec<u8> {
+    let (mag_lo, mag_hi) = (16, 31);
+    let d = f16::from_f32(sigma / (rms(mag_lo, mag_hi) * rms(-4, 3)) * jitter(rng));
+    let scales: [u8; 16] =
+        std::array::from_fn(|_| (32 + rng.sign() * rng.range(mag_lo, mag_hi)) as u8);
+    let mut h = pack_q3_k_scales(&scales).to_vec();
+    h.extend_from_slice(&d.to_le_bytes());
+    h
+}
+
+/// The twelve scale bytes of Q3_K (see `quant::q3_k::unpack_scales`): low
+/// nibbles of scales 0-7 and 8-15 in the low and high halves of bytes 0-7,
+/// top two bits of scale `i` at bits `2 * (i / 4)` of byte `8 + i % 4`.
+fn pack_q3_k_scales(s: &[u8; 16]) -> [u8; 12] {
+    let mut b = [0u8; 12];
+    for (i, &v) in s.iter().enumerate() {
+        let low = v & 0x0F;
+        if i < 8 {
+            b[i] |= low;
+        } else {
+            b[i - 8] |= low << 4;
+        }
+        b[8 + i % 4] |= ((v >> 4) & 0x03) << (2 * (i / 4));
+    }
+    b
+}
+
+/// Q6_K: weight = d * sc * (q - 32), q in 0..=63, i8 scales of either sign.
+fn q6_k_header(sigma: f32, rng: &mut Rng) -> Vec<u8> {
+    let (mag_lo, mag_hi) = (32, 63);
+    let d = f16::from_f32(sigma / (rms(mag_lo, mag_hi) * rms(-32, 31)) * jitter(rng));
+    let mut h: Vec<u8> = (0..16)
+        .map(|_| (rng.sign() * rng.range(mag_lo, mag_hi)) as i8 as u8)
+        .collect();
+    h.extend_from_slice(&d.to_le_bytes());
+    h
+}
+
+/// Write `t`'s bytes, generated in chunks of whole blocks, calling
+/// `report(bytes done)` after each chunk.
+fn write_tensor(
+    t: &TensorInfo,
+    fill: Fill,
+    mut rng: Rng,
+    buf: &mut Vec<u8>,
+    out: &mut dyn Write,
+    report: &mut dyn FnMut(u64),
+) -> io::Result<()> {
+    let size = t.size_bytes as usize;
+    let (_, unit) = t
+        .ggml_type
+        .block_layout()
+        .expect("synth only plans sized types");
+    let chunk = (CHUNK_BYTES / unit).max(1) * unit;
+    let producer = match (fill, t.ggml_type) {
+        (Fill::Norm, GgmlType::F32) => Producer::Norm,
+        (Fill::Weights { sigma }, GgmlType::F16) => Producer::F16(f16_table(sigma)),
+        (Fill::Weights { sigma }, ty) => Producer::Blocks(BlockGen::new(ty, sigma, &mut rng)),
+        (Fill::Norm, ty) => unreachable!("norms are F32, not {ty}"),
+    };
+    let mut done = 0;
+    while done < size {
+        let n = chunk.min(size - done);
+        buf.resize(n, 0);
+        producer.fill(&mut buf[..n], &mut rng);
+        out.write_all(&buf[..n])?;
+        done += n;
+        report(done as u64);
+    }
+    Ok(())
+}
+
+/// Makes the bytes of one tensor, chunk by chunk.
+enum Producer {
+    Norm,
+    /// Values drawn from this table of F16 levels.
+    F16(Vec<[u8; 2]>),
+    Blocks(BlockGen),
+}
+
+impl Producer {
+    fn fill(&self, bytes: &mut [u8], rng: &mut Rng) {
+        match self {
+            Producer::Norm => {
+                for v in bytes.chunks_exact_mut(4) {
+                    let w = 1.0 + NORM_NOISE * (2.0 * rng.unit() - 1.0);
+                    v.copy_from_slice(&w.to_le_bytes());
+                }
+            }
+            Producer::F16(table) => {
+                // Four 16-bit draws from each random word.
+                for group in bytes.chunks_mut(8) {
+                    let r = rng.next_u64();
+                    for (k, v) in group.chunks_exact_mut(2).enumerate() {
+                        let i = (r >> (16 * k)) as usize % F16_LEVELS;
+                        v.copy_from_slice(&table[i]);
+                    }
+                }
+            }
+            Producer::Blocks(gen) => gen.fill(bytes, rng),
+        }
+    }
+}
+
+/// Distinct values an F16 weight takes (a power of two, for cheap indexing).
+const F16_LEVELS: usize = 4096;
+
+/// Evenly spaced levels of a uniform distribution with std `sigma`.
+fn f16_table(sigma: f32) -> Vec<[u8; 2]> {
+    let half_width = sigma * 3f32.sqrt();
+    (0..F16_LEVELS)
+        .map(|i| {
+            let u = (2 * i + 1) as f32 / F16_LEVELS as f32 - 1.0;
+            f16::from_f32(half_width * u).to_le_bytes()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::{dequantize_row, q3_k, q4_k};
+
+    #[test]
+    fn names_parse_back() {
+        for p in Preset::ALL {
+            assert_eq!(p.name().parse::<Preset>().unwrap(), p);
+        }
+        for q in QuantMix::ALL {
+            assert_eq!(q.name().parse::<QuantMix>().unwrap(), q);
+            assert_eq!(q.name().to_uppercase().parse::<QuantMix>().unwrap(), q);
+        }
+        let err = "q2_k".parse::<QuantMix>().unwrap_err();
+        assert_eq!(err.kind, crate::ErrorKind::Usage);
+        assert!("3b".parse::<Preset>().is_err());
+    }
+
+    #[test]
+    fn more_bits_layers_follow_llama_cpp() {
+        // 4 layers (the fixtures): layers 2 and 3.
+        let pick = |n| (0..n).filter(|&i| use_more_bits(i, n)).collect::<Vec<_>>();
+        assert_eq!(pick(4), [2, 3]);
+        // 32 layers: first 4, last 4, and 6, 9, ..., 27.
+        assert_eq!(
+            pick(32),
+            [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
+        );
+    }
+
+    #[test]
+    fn k_scale_packing_round_trips() {
+        let mut rng = Rng::new(7);
+        for _ in 0..100 {
+            let sc: [u8; 8] = std::array::from_fn(|_| rng.range(0, 63) as u8);
+            let m: [u8; 8] = std::array::from_fn(|_| rng.range(0, 63) as u8);
+            let packed = pack_k_scales(&sc, &m);
+            for j in 0..8 {
+                assert_eq!(q4_k::scale_min(j, &packed), (sc[j], m[j]));
+            }
+            let s: [u8; 16] = std::array::from_fn(|_| rng.range(0, 63) as u8);
+            assert_eq!(q3_k::unpack_scales(&pack_q3_k_scales(&s)), s);
+        }
+    }
+
+    /// Every generated type has the intended weight statistics.
+    #[test]
+    fn weights_have_the_target_spread() {
+        use GgmlType::*;
+        let (rows, cols) = (64u64, 4096u64);
+        let sigma = 1.0 / (cols as f32).sqrt();
+        for ty in [Q8_0, Q3K, Q4K, Q5K, Q6K, F16] {
+            let t = TensorInfo {
+                name: "w".into(),
+                dims: vec![cols, rows],
+                ggml_type: ty,
+                offset: 0,
+                size_bytes: ty.row_bytes(cols as usize).unwrap() as u64 * rows,
+            };
+            let mut bytes = Vec::new();
+            let fill = Fill::Weights { sigma };
+            let mut buf = Vec::new();
+            write_tensor(&t, fill, Rng::new(3), &mut buf, &mut bytes, &mut |_| {}).unwrap();
+            assert_eq!(bytes.len() as u64, t.size_bytes);
+            let mut w = vec![0.0f32; (rows * cols) as usize];
+            let row_bytes = bytes.len() / rows as usize;
+            for (r, o) in bytes.chunks(row_bytes).zip(w.chunks_mut(cols as usize)) {
+                dequantize_row(ty, r, o);
+            }
+            assert!(w.iter().all(|v| v.is_finite()), "{ty}");
+            let n = w.len() as f64;
+            let mean = w.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+            let var = w
+                .iter()
+                .map(|&v| (f64::from(v) - mean).powi(2))
+                .sum::<f64>()
+                / n;
+            let (mean, std) = (mean as f32, var.sqrt() as f32);
+            assert!(
+                (std / sigma - 1.0).abs() < 0.05,
+                "{ty}: std {std} vs {sigma}"
+            );
+            assert!(mean.abs() < 0.02 * sigma, "{ty}: mean {mean}");
+        }
+    }
+
+    /// Generation alone, without a disk: it should outrun any disk. The
+    /// rate is printed, not asserted (machines differ).
+    #[test]
+    fn generation_rate() {
+        let (rows, cols) = (4096u64, 8192u64);
+        for ty in [GgmlType::Q4K, GgmlType::Q6K, GgmlType::F16] {
+            let t = TensorInfo {
+                name: "w".into(),
+                dims: vec![cols, rows],
+                ggml_type: ty,
+                offset: 0,
+                size_bytes: ty.row_bytes(cols as usize).unwrap() as u64 * rows,
+            };
+            let fill = Fill::Weights { sigma: 0.01 };
+            let start = Instant::now();
+            let mut sink = io::sink();
+            write_tensor(
+                &t,
+                fill,
+                Rng::new(1),
+                &mut Vec::new(),
+                &mut sink,
+                &mut |_| {},
+            )
+            .unwrap();
+            let rate = t.size_bytes as f64 / start.elapsed().as_secs_f64() / 1e6;
+            println!(
+                "{ty}: {} MB generated at {rate:.0} MB/s",
+                t.size_bytes / 1_000_000
+            );
+        }
+    }
+
+    #[test]
+    fn placeholder_words_are_distinct() {
+        let words: std::collections::HashSet<String> =
+            (0..PLACEHOLDER_VOCAB).map(filler_word).collect();
+        assert_eq!(words.len(), PLACEHOLDER_VOCAB);
+        assert_eq!(filler_word(0), "\u{2581}ba");
+        assert_eq!(filler_word(70), "\u{2581}baba");
+    }
+
+    #[test]
+    fn same_seed_same_bytes() {
+        let t = TensorInfo {
+            name: "w".into(),
+            dims: vec![256, 8],
+            ggml_type: GgmlType::Q4K,
+            offset: 0,
+            size_bytes: 8 * 144,
+        };
+        let fill = Fill::Weights { sigma: 0.1 };
+        let gen = |seed| {
+            let mut out = Vec::new();
+            write_tensor(
+                &t,
+                fill,
+                Rng::new(seed),
+                &mut Vec::new(),
+                &mut out,
+                &mut |_| {},
+            )
+            .unwrap();
+            out
+        };
+        assert_eq!(gen(1), gen(1));
+        assert_ne!(gen(1), gen(2));
+    }
+}

@@ -1,0 +1,142 @@
+//! Speculative decoding gives exactly the target's greedy tokens, with the
+//! target streamed and a quantized twin as the resident draft.
+
+mod common;
+
+use flea::engine::{Engine, EngineConfig};
+use flea::generate::{Flow, Generator};
+use flea::gguf::GgufFile;
+use flea::model::Model;
+use flea::residency::plan::Plan;
+use flea::residency::{Residency, ResidencyOptions};
+use flea::sampler::{Sampler, SamplerConfig};
+use flea::speculative::Speculative;
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        n_ctx: 128,
+        max_chunk: 16,
+        n_seq: 1,
+        threads: 2,
+    }
+}
+
+fn greedy() -> SamplerConfig {
+    SamplerConfig {
+        temperature: 0.0,
+        ..Default::default()
+    }
+}
+
+const PROMPT: [u32; 11] = [1, 9038, 2501, 263, 931, 29892, 727, 471, 263, 2217, 19964];
+
+#[test]
+fn speculative_greedy_equals_target_greedy() {
+    let target_path = common::model("synth-256-Q8_0.gguf");
+    let draft_path = common::model("synth-256-Q3_K_S.gguf");
+    let (tf, df) = (
+        GgufFile::open(&target_path).unwrap(),
+        GgufFile::open(&draft_path).unwrap(),
+    );
+    let (tm, dm) = (
+        Model::from_gguf(&tf).unwrap(),
+        Model::from_gguf(&df).unwrap(),
+    );
+    let vocab = tm.hparams.vocab_size;
+
+    let plain = {
+        let engine = Engine::new(&tm, &tf, &config()).unwrap();
+        let mut g = Generator::new(engine, Sampler::new(greedy(), vocab));
+        g.generate(&PROMPT, 40, None, |_| Flow::Continue)
+            .unwrap()
+            .tokens
+    };
+    for k in [1, 3, 6] {
+        // The target streams every layer; the draft is memory-mapped.
+        let plan = Plan::make(&tm, &config(), Plan::minimum_budget(&tm, &config())).unwrap();
+        let target = Engine::new(
+            &tm,
+            Residency::open(&target_path, &tm, &plan, ResidencyOptions::default()).unwrap(),
+            &config(),
+        )
+        .unwrap();
+        let draft = Engine::new(&dm, &df, &config()).unwrap();
+        let mut spec = Speculative::new(
+            target,
+            draft,
+            Sampler::new(greedy(), vocab),
+            Sampler::new(greedy(), vocab),
+            k,
+        )
+        .unwrap();
+        let c = spec
+            .generate(&PROMPT, 40, None, |_| Flow::Continue)
+            .unwrap();
+        assert_eq!(c.tokens, plain, "k = {k}");
+        let s = spec.stats;
+        eprintln!(
+            "k = {k}: {} sweeps for {} tokens, acceptance {:.0}%, {:.2} tokens per target pass",
+            s.sweeps,
+            c.tokens.len(),
+            s.acceptance_rate() * 100.0,
+            s.tokens_per_sweep()
+        );
+        assert!(
+            s.sweeps < c.tokens.len() as u64,
+            "k = {k}: verification must batch tokens"
+        );
+    }
+}
+
+#[test]
+fn speculative_sampling_is_reproducible() {
+    let path = common::model("synth-256-Q4_K_M.gguf");
+    let draft_path = common::model("synth-256-Q3_K_M.gguf");
+    let (tf, df) = (
+        GgufFile::open(&path).unwrap(),
+        GgufFile::open(&draft_path).unwrap(),
+    );
+    let (tm, dm) = (
+        Model::from_gguf(&tf).unwrap(),
+        Model::from_gguf(&df).unwrap(),
+    );
+    let vocab = tm.hparams.vocab_size;
+    let run = || {
+        let sampling = SamplerConfig {
+            temperature: 0.8,
+            seed: 5,
+            ..Default::default()
+        };
+        let target = Engine::new(&tm, &tf, &config()).unwrap();
+        let draft = Engine::new(&dm, &df, &config()).unwrap();
+        let mut spec = Speculative::new(
+            target,
+            draft,
+            Sampler::new(sampling.clone(), vocab),
+            Sampler::new(sampling, vocab),
+            4,
+        )
+        .unwrap();
+        spec.generate(&PROMPT, 30, None, |_| Flow::Continue)
+            .unwrap()
+            .tokens
+    };
+    let a = run();
+    assert_eq!(a.len(), 30);
+    assert_eq!(a, run());
+}
+
+#[test]
+fn draft_with_another_vocabulary_is_an_error() {
+    let tf = GgufFile::open(common::model("synth-256-Q8_0.gguf")).unwrap();
+    let tm = Model::from_gguf(&tf).unwrap();
+    let mut dm = tm.clone();
+    dm.hparams.vocab_size = 1000;
+    let target = Engine::new(&tm, &tf, &config()).unwrap();
+    let draft = Engine::new(&dm, &tf, &config()).unwrap();
+    let s = || Sampler::new(greedy(), 32000);
+    let e = Speculative::new(target, draft, s(), s(), 4)
+        .err()
+        .expect("mismatch");
+    assert!(e.message.contains("vocabulary"), "{e}");
+}
