@@ -1,0 +1,102 @@
+// Causal grouped-query attention against the per-sequence KV cache, for
+// decode and prefill alike: every row of q is one position of one sequence,
+// and sees its sequence's cached positions 0..=pos (its own key and value
+// were appended by kv_store before this runs).
+//
+//   q, out:   (n_rows, n_heads * head_dim)
+//   k_cache, v_cache: one layer, [seq][n_ctx][n_kv_heads * head_dim]
+//   query head h reads kv head h / (n_heads / n_kv_heads)
+#include "common.cuh"
+
+#define ATT_WARPS 4
+// head_dim <= 32 * ATT_MAX_PER_LANE (checked on the host).
+#define ATT_MAX_PER_LANE 8
+
+// Thread layout: grid (n_heads, n_rows), block of ATT_WARPS warps. Lane l
+// holds elements l, l + 32, ... of the query and of an output accumulator.
+// Warp w walks cache positions t = w, w + ATT_WARPS, ... <= pos with an
+// online softmax (running max m, running sum s, accumulator rescaled when m
+// grows); a score is a warp-reduced dot product. The warps' (m, s, acc)
+// are merged through shared memory and warp 0 writes the head's output.
+extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
+    attention(float* out, const float* q, const float* k_cache, const float* v_cache,
+              const int* row_seq, const int* row_pos, int n_heads, int n_kv_heads, int head_dim,
+              int n_ctx, float scale) {
+    __shared__ float s_max[ATT_WARPS];
+    __shared__ float s_sum[ATT_WARPS];
+    __shared__ float s_acc[ATT_WARPS][32 * ATT_MAX_PER_LANE];
+
+    const int h = blockIdx.x;
+    const int row = blockIdx.y;
+    const int lane = threadIdx.x % 32;
+    const int warp = threadIdx.x / 32;
+    const int kv_dim = n_kv_heads * head_dim;
+    const int kv_head = h / (n_heads / n_kv_heads);
+    const int pos = row_pos[row];
+    const size_t seq_base = (size_t)row_seq[row] * n_ctx * kv_dim + (size_t)kv_head * head_dim;
+    const float* qh = q + (size_t)row * n_heads * head_dim + (size_t)h * head_dim;
+
+    float qv[ATT_MAX_PER_LANE], acc[ATT_MAX_PER_LANE];
+#pragma unroll
+    for (int j = 0; j < ATT_MAX_PER_LANE; j++) {
+        const int e = lane + 32 * j;
+        qv[j] = e < head_dim ? qh[e] : 0.0f;
+        acc[j] = 0.0f;
+    }
+    float m = -INFINITY, s = 0.0f;
+
+    for (int t = warp; t <= pos; t += ATT_WARPS) {
+        const float* kt = k_cache + seq_base + (size_t)t * kv_dim;
+        float d = 0.0f;
+#pragma unroll
+        for (int j = 0; j < ATT_MAX_PER_LANE; j++) {
+            const int e = lane + 32 * j;
+            if (e < head_dim) d += qv[j] * kt[e];
+        }
+        const float score = warp_sum(d) * scale;
+        const float m_new = fmaxf(m, score);
+        const float corr = expf(m - m_new);  // 0 on the first step (m = -inf)
+        const float p = expf(score - m_new);
+        s = s * corr + p;
+        const float* vt = v_cache + seq_base + (size_t)t * kv_dim;
+#pragma unroll
+        for (int j = 0; j < ATT_MAX_PER_LANE; j++) {
+            const int e = lane + 32 * j;
+            if (e < head_dim) acc[j] = acc[j] * corr + p * vt[e];
+        }
+        m = m_new;
+    }
+
+    if (lane == 0) {
+        s_max[warp] = m;
+        s_sum[warp] = s;
+    }
+#pragma unroll
+    for (int j = 0; j < ATT_MAX_PER_LANE; j++) s_acc[warp][lane + 32 * j] = acc[j];
+    __syncthreads();
+    if (warp != 0) return;
+
+    // Position 0 is always visible, so warp 0 saw at least one score and
+    // the global max is finite; warps that saw none contribute exp(-inf) = 0.
+    float gm = s_max[0];
+#pragma unroll
+    for (int w = 1; w < ATT_WARPS; w++) gm = fmaxf(gm, s_max[w]);
+    float total = 0.0f;
+    float f[ATT_WARPS];
+#pragma unroll
+    for (int w = 0; w < ATT_WARPS; w++) {
+        f[w] = expf(s_max[w] - gm);
+        total += s_sum[w] * f[w];
+    }
+    const float inv = 1.0f / total;
+    float* oh = out + (size_t)row * n_heads * head_dim + (size_t)h * head_dim;
+#pragma unroll
+    for (int j = 0; j < ATT_MAX_PER_LANE; j++) {
+        const int e = lane + 32 * j;
+        if (e >= head_dim) continue;
+        float o = 0.0f;
+#pragma unroll
+        for (int w = 0; w < ATT_WARPS; w++) o += s_acc[w][e] * f[w];
+        oh[e] = o * inv;
+    }
+}

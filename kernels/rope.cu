@@ -1,0 +1,43 @@
+// RoPE and the key/value cache append.
+#include "common.cuh"
+
+// Rotate adjacent pairs (x[2i], x[2i+1]) of every head, i < half_rot, by the
+// angle for the row's position: table[pos * half_rot + i] = (cos, sin) of
+// pos * base^(-2i / rope_dims), computed on the host in f64 exactly as the
+// CPU path does. x is (n_rows, n_heads * head_dim), rotated in place.
+//
+// Thread layout: one thread per rotated pair; 1-D grid over
+// n_rows * n_heads * half_rot pairs, 256 threads a block.
+extern "C" __global__ void __launch_bounds__(256)
+    rope(float* x, const float2* table, const int* row_pos, int n_rows, int n_heads, int head_dim,
+         int half_rot) {
+    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long per_row = (long long)n_heads * half_rot;
+    if (idx >= per_row * n_rows) return;
+    const int row = (int)(idx / per_row);
+    const int rem = (int)(idx % per_row);
+    const int head = rem / half_rot;
+    const int i = rem % half_rot;
+    const float2 cs = table[(size_t)row_pos[row] * half_rot + i];
+    float* p = x + (size_t)row * n_heads * head_dim + (size_t)head * head_dim + 2 * i;
+    const float a = p[0], b = p[1];
+    p[0] = a * cs.x - b * cs.y;
+    p[1] = a * cs.y + b * cs.x;
+}
+
+// Append each row's key and value to its sequence in one layer's cache:
+// cache layout [seq][n_ctx][kv_dim]; row r goes to (row_seq[r], row_pos[r]).
+//
+// Thread layout: one thread per element; 1-D grid over n_rows * kv_dim, 256
+// threads a block.
+extern "C" __global__ void __launch_bounds__(256)
+    kv_store(float* k_cache, float* v_cache, const float* k, const float* v, const int* row_seq,
+             const int* row_pos, int n_rows, int kv_dim, int n_ctx) {
+    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long long)n_rows * kv_dim) return;
+    const int row = (int)(idx / kv_dim);
+    const int e = (int)(idx % kv_dim);
+    const size_t dst = ((size_t)row_seq[row] * n_ctx + row_pos[row]) * kv_dim + e;
+    k_cache[dst] = k[idx];
+    v_cache[dst] = v[idx];
+}

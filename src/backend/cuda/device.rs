@@ -1,0 +1,754 @@
+//! The GPU as the forward pass sees it: one context, one stream, the
+//! kernel module loaded from the embedded fatbin, and a typed wrapper per
+//! kernel launch. Launch geometry comes from [`super::geometry`]; every
+//! wrapper checks the lengths of the buffers it hands a kernel, because a
+//! kernel trusts its arguments.
+//!
+//! All work goes to one stream, in order, so a launch may read what the one
+//! before it wrote; cudarc's per-buffer event tracking is switched off.
+
+use std::sync::Arc;
+
+use cudarc::driver::{
+    sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut,
+    DevicePtr, DeviceRepr, DeviceSlice, DriverError, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
+use cudarc::nvrtc::Ptx;
+
+use super::geometry::{self, Dims, MatmulPlan, FORMAT_SUFFIXES, MATVEC_MAX_COLS};
+use crate::error::{Error, Result};
+use crate::quant::GgmlType;
+
+/// The kernels, compiled by build.rs from kernels/*.cu.
+static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flea_kernels.fatbin"));
+/// The compute capabilities the fatbin has SASS for (PTX for the lowest).
+pub const FATBIN_ARCHS: &str = env!("FLEA_CUDA_ARCHS");
+
+/// A driver error as a library error, naming what was being done.
+pub(crate) fn cuda_err(what: impl std::fmt::Display) -> impl FnOnce(DriverError) -> Error {
+    move |e| Error::config(format!("CUDA: {what}: {e}"))
+}
+
+/// A weight format the kernels are instantiated for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Format {
+    pub ggml_type: GgmlType,
+    /// Index into [`FORMAT_SUFFIXES`] and the kernel tables.
+    index: usize,
+}
+
+impl Format {
+    /// The kernels' format for a ggml type, or an error naming the type.
+    pub fn of(ggml_type: GgmlType) -> Result<Format> {
+        let name = ggml_type.to_string();
+        geometry::format_suffix(&name)
+            .and_then(|s| FORMAT_SUFFIXES.iter().position(|x| *x == s))
+            .map(|index| Format { ggml_type, index })
+            .ok_or_else(|| {
+                Error::model(format!(
+                    "CUDA backend: no kernels for weight type {name} (supported: {})",
+                    FORMAT_SUFFIXES.join(", ")
+                ))
+            })
+    }
+
+    pub fn suffix(self) -> &'static str {
+        FORMAT_SUFFIXES[self.index]
+    }
+}
+
+/// A weight matrix in device memory: GGUF bytes as in the file.
+#[derive(Debug)]
+pub struct DevWeight<'a> {
+    pub format: Format,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: CudaView<'a, u8>,
+}
+
+impl DevWeight<'_> {
+    pub fn row_bytes(&self) -> usize {
+        self.data.len() / self.rows
+    }
+
+    fn check(&self, what: &str) {
+        let expect = self
+            .format
+            .ggml_type
+            .row_bytes(self.cols)
+            .map(|b| b * self.rows);
+        assert_eq!(
+            expect,
+            Some(self.data.len()),
+            "{what}: {} [{} x {}] needs {:?} bytes, has {}",
+            self.format.ggml_type,
+            self.rows,
+            self.cols,
+            expect,
+            self.data.len()
+        );
+        assert!(
+            geometry::supports_width(self.format.suffix(), self.cols),
+            "{what}: {} rows of {} weights are not whole blocks",
+            self.format.ggml_type,
+            self.cols
+        );
+    }
+}
+
+struct Kernels {
+    /// `[format][cols - 1]`.
+    matvec: Vec<[CudaFunction; MATVEC_MAX_COLS]>,
+    matmul: Vec<CudaFunction>,
+    embed: Vec<CudaFunction>,
+    rmsnorm: CudaFunction,
+    rmsnorm_gather: CudaFunction,
+    rope: CudaFunction,
+    kv_store: CudaFunction,
+    attention: CudaFunction,
+    swiglu: CudaFunction,
+    add_in_place: CudaFunction,
+    argmax_rows: CudaFunction,
+}
+
+impl Kernels {
+    fn load(module: &Arc<CudaModule>) -> Result<Kernels> {
+        let f = |name: &str| {
+            module.load_function(name).map_err(cuda_err(format_args!(
+                "kernel {name} missing from the fatbin"
+            )))
+        };
+        let mut matvec = Vec::new();
+        let mut matmul = Vec::new();
+        let mut embed = Vec::new();
+        for suffix in FORMAT_SUFFIXES {
+            let mut row = Vec::with_capacity(MATVEC_MAX_COLS);
+            for c in 1..=MATVEC_MAX_COLS {
+                row.push(f(&geometry::matvec_name(suffix, c))?);
+            }
+            matvec.push(row.try_into().expect("MATVEC_MAX_COLS kernels"));
+            matmul.push(f(&geometry::matmul_name(suffix))?);
+            embed.push(f(&geometry::embed_name(suffix))?);
+        }
+        Ok(Kernels {
+            matvec,
+            matmul,
+            embed,
+            rmsnorm: f("rmsnorm")?,
+            rmsnorm_gather: f("rmsnorm_gather")?,
+            rope: f("rope")?,
+            kv_store: f("kv_store")?,
+            attention: f("attention")?,
+            swiglu: f("swiglu")?,
+            add_in_place: f("add_in_place")?,
+            argmax_rows: f("argmax_rows")?,
+        })
+    }
+}
+
+/// What the device is, for logs and the benchmark.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    pub total_bytes: usize,
+    /// The driver's CUDA version, e.g. 12060 for 12.6.
+    pub driver_version: i32,
+}
+
+impl std::fmt::Display for DeviceInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CUDA device {}: {} (sm_{}{}, {:.1} GiB, driver CUDA {}.{})",
+            self.ordinal,
+            self.name,
+            self.compute_capability.0,
+            self.compute_capability.1,
+            self.total_bytes as f64 / (1u64 << 30) as f64,
+            self.driver_version / 1000,
+            self.driver_version % 1000 / 10
+        )
+    }
+}
+
+/// One device, one stream, the loaded kernels.
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    kernels: Kernels,
+    info: DeviceInfo,
+}
+
+fn i32_of(n: usize, what: &str) -> i32 {
+    i32::try_from(n).unwrap_or_else(|_| panic!("{what} = {n} does not fit a kernel's int"))
+}
+
+fn config(d: Dims) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: d.grid,
+        block_dim: d.block,
+        shared_mem_bytes: d.shared_bytes,
+    }
+}
+
+impl Gpu {
+    /// Open device `ordinal`: the caller has checked that the driver
+    /// library exists ([`super::cuda_available`] or [`super::open`]).
+    pub(crate) fn new(ordinal: usize) -> Result<Gpu> {
+        let no_device = |e: DriverError| {
+            Error::config(format!(
+                "CUDA requested but no driver/device: device {ordinal}: {e}"
+            ))
+        };
+        let ctx = CudaContext::new(ordinal).map_err(no_device)?;
+        // SAFETY: every buffer of this backend is used on the one stream
+        // made below, in submission order, so the per-buffer events that
+        // cudarc would otherwise record are not needed.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(cuda_err("create stream"))?;
+        let mut driver_version = 0;
+        // SAFETY: plain out-parameter call into the loaded driver.
+        unsafe { sys::cuDriverGetVersion(&mut driver_version) }
+            .result()
+            .map_err(cuda_err("cuDriverGetVersion"))?;
+        let info = DeviceInfo {
+            ordinal,
+            name: ctx.name().map_err(cuda_err("device name"))?,
+            compute_capability: ctx
+                .compute_capability()
+                .map_err(cuda_err("compute capability"))?,
+            total_bytes: ctx.total_mem().map_err(cuda_err("device memory size"))?,
+            driver_version,
+        };
+        let module = ctx
+            .load_module(Ptx::from_binary(FATBIN.to_vec()))
+            .map_err(|e| {
+                Error::config(format!(
+                    "CUDA: cannot load the kernels on {info}: {e}. The binary carries SASS for \
+                 sm_{{{FATBIN_ARCHS}}} and PTX for the lowest; a driver older than the nvcc \
+                 that built them cannot JIT the PTX (rebuild with FLEA_CUDA_ARCHS including \
+                 this GPU, or with the toolkit matching the driver)"
+                ))
+            })?;
+        let kernels = Kernels::load(&module)?;
+        Ok(Gpu {
+            ctx,
+            stream,
+            kernels,
+            info,
+        })
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// (free, total) device memory in bytes.
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        self.ctx.mem_get_info().map_err(cuda_err("cuMemGetInfo"))
+    }
+
+    /// Wait for everything submitted so far.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(cuda_err("synchronize"))
+    }
+
+    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>> {
+        // A zero-length allocation is legal but some drivers return null;
+        // keep every buffer at least one element long.
+        self.stream
+            .alloc_zeros(n.max(1))
+            .map_err(cuda_err(format_args!(
+                "allocate {} bytes",
+                n * std::mem::size_of::<T>()
+            )))
+    }
+
+    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+        self.stream.clone_htod(host).map_err(cuda_err(format_args!(
+            "upload {} bytes",
+            std::mem::size_of_val(host)
+        )))
+    }
+
+    /// Copy `host` into the start of `dev`.
+    pub fn upload_into<T: DeviceRepr>(
+        &self,
+        host: &[T],
+        dev: &mut CudaViewMut<'_, T>,
+    ) -> Result<()> {
+        assert!(
+            host.len() <= dev.len(),
+            "upload_into: {} > {}",
+            host.len(),
+            dev.len()
+        );
+        self.stream
+            .memcpy_htod(host, dev)
+            .map_err(cuda_err(format_args!(
+                "upload {} bytes",
+                std::mem::size_of_val(host)
+            )))
+    }
+
+    /// Copy `dev` into `host` and wait for it.
+    pub fn download_into<T: DeviceRepr>(
+        &self,
+        dev: &CudaView<'_, T>,
+        host: &mut [T],
+    ) -> Result<()> {
+        assert!(
+            dev.len() <= host.len(),
+            "download_into: {} > {}",
+            dev.len(),
+            host.len()
+        );
+        self.stream
+            .memcpy_dtoh(dev, &mut host[..dev.len()])
+            .map_err(cuda_err("download"))?;
+        self.synchronize()
+    }
+
+    pub fn download<T: DeviceRepr + Default + Clone>(
+        &self,
+        dev: &CudaView<'_, T>,
+    ) -> Result<Vec<T>> {
+        let mut v = vec![T::default(); dev.len()];
+        self.download_into(dev, &mut v)?;
+        Ok(v)
+    }
+
+    // ------------------------------------------------------------ launches
+
+    /// `y = x W^T` for `n` rows of `x`: the mat-vec kernel for up to 8 rows,
+    /// the tiled kernel beyond. `x` is `(n, cols)`, `y` is `(n, rows)`.
+    pub fn matmul(
+        &self,
+        w: &DevWeight<'_>,
+        x: &CudaView<'_, f32>,
+        y: &mut CudaViewMut<'_, f32>,
+        n: usize,
+    ) -> Result<()> {
+        match geometry::matmul_plan(n) {
+            MatmulPlan::Matvec(n) => self.matvec(w, x, y, n),
+            MatmulPlan::Tiled => self.matmul_tiled(w, x, y, n),
+        }
+    }
+
+    fn check_matmul(w: &DevWeight<'_>, x: &CudaView<'_, f32>, y: &CudaViewMut<'_, f32>, n: usize) {
+        w.check("matmul");
+        assert!(
+            x.len() >= n * w.cols,
+            "matmul: x holds {} < {n} x {}",
+            x.len(),
+            w.cols
+        );
+        assert!(
+            y.len() >= n * w.rows,
+            "matmul: y holds {} < {n} x {}",
+            y.len(),
+            w.rows
+        );
+        // Block formats read activations as float4.
+        let (ptr, _sync) = x.device_ptr(x.stream());
+        assert!(
+            ptr % 16 == 0,
+            "matmul: activations must be 16-byte aligned (start a view at a row)"
+        );
+    }
+
+    /// The mat-vec kernel, `1 <= n <= 8` rows.
+    pub fn matvec(
+        &self,
+        w: &DevWeight<'_>,
+        x: &CudaView<'_, f32>,
+        y: &mut CudaViewMut<'_, f32>,
+        n: usize,
+    ) -> Result<()> {
+        assert!((1..=MATVEC_MAX_COLS).contains(&n), "matvec of {n} rows");
+        Self::check_matmul(w, x, y, n);
+        let f = &self.kernels.matvec[w.format.index][n - 1];
+        let row_bytes = w.row_bytes() as u64;
+        let rows = i32_of(w.rows, "rows");
+        let cols = i32_of(w.cols, "cols");
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&w.data)
+            .arg(&row_bytes)
+            .arg(&rows)
+            .arg(&cols)
+            .arg(x)
+            .arg(y);
+        // SAFETY: the arguments match the kernel's signature
+        // (kernels/matvec.cu) and the buffers were checked above.
+        unsafe { b.launch(config(geometry::matvec(w.rows))) }
+            .map(drop)
+            .map_err(cuda_err("launch matvec"))
+    }
+
+    /// The tiled kernel, any `n >= 1`.
+    pub fn matmul_tiled(
+        &self,
+        w: &DevWeight<'_>,
+        x: &CudaView<'_, f32>,
+        y: &mut CudaViewMut<'_, f32>,
+        n: usize,
+    ) -> Result<()> {
+        assert!(n >= 1, "matmul of zero rows");
+        Self::check_matmul(w, x, y, n);
+        let f = &self.kernels.matmul[w.format.index];
+        let row_bytes = w.row_bytes() as u64;
+        let rows = i32_of(w.rows, "rows");
+        let cols = i32_of(w.cols, "cols");
+        let n32 = i32_of(n, "positions");
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&w.data)
+            .arg(&row_bytes)
+            .arg(&rows)
+            .arg(&cols)
+            .arg(x)
+            .arg(y)
+            .arg(&n32);
+        // SAFETY: signature of kernels/matmul.cu; buffers checked above.
+        unsafe { b.launch(config(geometry::matmul(w.rows, n))) }
+            .map(drop)
+            .map_err(cuda_err("launch matmul"))
+    }
+
+    /// `out` row p = row `tokens[p]` of `w`, dequantized; `out` is `(n, cols)`.
+    pub fn embed(
+        &self,
+        w: &DevWeight<'_>,
+        tokens: &CudaView<'_, i32>,
+        out: &mut CudaViewMut<'_, f32>,
+        n: usize,
+    ) -> Result<()> {
+        let expect = w.format.ggml_type.row_bytes(w.cols).map(|b| b * w.rows);
+        assert_eq!(expect, Some(w.data.len()), "embed: weight size");
+        assert!(tokens.len() >= n, "embed: {} token ids < {n}", tokens.len());
+        assert!(out.len() >= n * w.cols, "embed: output too short");
+        if n == 0 {
+            return Ok(());
+        }
+        let f = &self.kernels.embed[w.format.index];
+        let row_bytes = w.row_bytes() as u64;
+        let cols = i32_of(w.cols, "cols");
+        let mut b = self.stream.launch_builder(f);
+        b.arg(out)
+            .arg(&w.data)
+            .arg(&row_bytes)
+            .arg(tokens)
+            .arg(&cols);
+        // SAFETY: signature of kernels/embed.cu; token ids are validated by
+        // the engine (< rows) before a pass, sizes checked above.
+        unsafe { b.launch(config(geometry::embed(n, w.cols))) }
+            .map(drop)
+            .map_err(cuda_err("launch embed"))
+    }
+
+    /// RMSNorm of `n` rows of `dim`: `out` row p from `x` row p.
+    pub fn rmsnorm(
+        &self,
+        out: &mut CudaViewMut<'_, f32>,
+        x: &CudaView<'_, f32>,
+        weight: &CudaView<'_, f32>,
+        n: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        assert!(
+            out.len() >= n * dim && x.len() >= n * dim && weight.len() >= dim,
+            "rmsnorm sizes"
+        );
+        if n == 0 {
+            return Ok(());
+        }
+        let dim32 = i32_of(dim, "dim");
+        let mut b = self.stream.launch_builder(&self.kernels.rmsnorm);
+        b.arg(out).arg(x).arg(weight).arg(&dim32).arg(&eps);
+        // SAFETY: signature of kernels/norm.cu; sizes checked above.
+        unsafe { b.launch(config(geometry::per_row(n))) }
+            .map(drop)
+            .map_err(cuda_err("launch rmsnorm"))
+    }
+
+    /// RMSNorm gathering rows: `out` row m from `x` row `src_rows[m]`.
+    /// Every `src_rows[m]` must be a row of `x` (`< x.len() / dim`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rmsnorm_gather(
+        &self,
+        out: &mut CudaViewMut<'_, f32>,
+        x: &CudaView<'_, f32>,
+        weight: &CudaView<'_, f32>,
+        src_rows: &CudaView<'_, i32>,
+        m: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        assert!(
+            out.len() >= m * dim && weight.len() >= dim && src_rows.len() >= m,
+            "rmsnorm_gather sizes"
+        );
+        if m == 0 {
+            return Ok(());
+        }
+        let dim32 = i32_of(dim, "dim");
+        let mut b = self.stream.launch_builder(&self.kernels.rmsnorm_gather);
+        b.arg(out)
+            .arg(x)
+            .arg(weight)
+            .arg(src_rows)
+            .arg(&dim32)
+            .arg(&eps);
+        // SAFETY: signature of kernels/norm.cu; the caller guarantees the
+        // source rows lie in x.
+        unsafe { b.launch(config(geometry::per_row(m))) }
+            .map(drop)
+            .map_err(cuda_err("launch rmsnorm_gather"))
+    }
+
+    /// RoPE in place on `x` = `(n_rows, n_heads * head_dim)`: the first
+    /// `half_rot` pairs of each head turn by `table[row_pos[r]]`.
+    /// `table` is `(n_ctx, half_rot)` pairs of (cos, sin) as 2 floats.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope(
+        &self,
+        x: &mut CudaViewMut<'_, f32>,
+        table: &CudaView<'_, f32>,
+        row_pos: &CudaView<'_, i32>,
+        n_rows: usize,
+        n_heads: usize,
+        head_dim: usize,
+        half_rot: usize,
+    ) -> Result<()> {
+        assert!(x.len() >= n_rows * n_heads * head_dim, "rope: x too short");
+        assert!(
+            row_pos.len() >= n_rows && 2 * half_rot <= head_dim,
+            "rope sizes"
+        );
+        if n_rows == 0 || half_rot == 0 {
+            return Ok(());
+        }
+        let (r, h, hd, hr) = (
+            i32_of(n_rows, "rows"),
+            i32_of(n_heads, "heads"),
+            i32_of(head_dim, "head_dim"),
+            i32_of(half_rot, "half_rot"),
+        );
+        let mut b = self.stream.launch_builder(&self.kernels.rope);
+        b.arg(x)
+            .arg(table)
+            .arg(row_pos)
+            .arg(&r)
+            .arg(&h)
+            .arg(&hd)
+            .arg(&hr);
+        // SAFETY: signature of kernels/rope.cu; positions are < n_ctx (the
+        // engine validates them), the table holds n_ctx positions.
+        unsafe { b.launch(config(geometry::rope(n_rows, n_heads, half_rot))) }
+            .map(drop)
+            .map_err(cuda_err("launch rope"))
+    }
+
+    /// Append rows of `k`, `v` (`(n_rows, kv_dim)`) to one layer's cache
+    /// (`[seq][n_ctx][kv_dim]`) at `(row_seq[r], row_pos[r])`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn kv_store(
+        &self,
+        k_cache: &mut CudaViewMut<'_, f32>,
+        v_cache: &mut CudaViewMut<'_, f32>,
+        k: &CudaView<'_, f32>,
+        v: &CudaView<'_, f32>,
+        row_seq: &CudaView<'_, i32>,
+        row_pos: &CudaView<'_, i32>,
+        n_rows: usize,
+        kv_dim: usize,
+        n_ctx: usize,
+    ) -> Result<()> {
+        assert!(
+            k.len() >= n_rows * kv_dim && v.len() >= n_rows * kv_dim,
+            "kv_store: k/v"
+        );
+        assert!(
+            row_seq.len() >= n_rows && row_pos.len() >= n_rows,
+            "kv_store: rows"
+        );
+        assert!(
+            k_cache.len() == v_cache.len() && k_cache.len() % (n_ctx * kv_dim) == 0,
+            "kv_store: cache"
+        );
+        if n_rows == 0 {
+            return Ok(());
+        }
+        let (r, d, c) = (
+            i32_of(n_rows, "rows"),
+            i32_of(kv_dim, "kv_dim"),
+            i32_of(n_ctx, "n_ctx"),
+        );
+        let mut b = self.stream.launch_builder(&self.kernels.kv_store);
+        b.arg(k_cache)
+            .arg(v_cache)
+            .arg(k)
+            .arg(v)
+            .arg(row_seq)
+            .arg(row_pos)
+            .arg(&r)
+            .arg(&d)
+            .arg(&c);
+        // SAFETY: signature of kernels/rope.cu; sequence slots and positions
+        // are validated by the engine against the cache's n_seq and n_ctx.
+        unsafe { b.launch(config(geometry::elementwise(n_rows * kv_dim))) }
+            .map(drop)
+            .map_err(cuda_err("launch kv_store"))
+    }
+
+    /// Causal GQA attention of `n_rows` query rows against one layer's
+    /// cache; row r sees positions `0..=row_pos[r]` of sequence `row_seq[r]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        &self,
+        out: &mut CudaViewMut<'_, f32>,
+        q: &CudaView<'_, f32>,
+        k_cache: &CudaView<'_, f32>,
+        v_cache: &CudaView<'_, f32>,
+        row_seq: &CudaView<'_, i32>,
+        row_pos: &CudaView<'_, i32>,
+        n_rows: usize,
+        heads: AttentionShape,
+    ) -> Result<()> {
+        let AttentionShape {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            n_ctx,
+        } = heads;
+        let q_dim = n_heads * head_dim;
+        assert!(
+            out.len() >= n_rows * q_dim && q.len() >= n_rows * q_dim,
+            "attention: q/out"
+        );
+        assert!(
+            row_seq.len() >= n_rows && row_pos.len() >= n_rows,
+            "attention: rows"
+        );
+        assert!(
+            n_kv_heads > 0 && n_heads % n_kv_heads == 0,
+            "attention: {n_heads} heads over {n_kv_heads} kv heads"
+        );
+        assert!(
+            head_dim <= geometry::ATTENTION_MAX_HEAD_DIM,
+            "attention: head_dim {head_dim} > {}",
+            geometry::ATTENTION_MAX_HEAD_DIM
+        );
+        let kv_dim = n_kv_heads * head_dim;
+        assert!(
+            k_cache.len() == v_cache.len() && k_cache.len() % (n_ctx * kv_dim) == 0,
+            "attention: cache"
+        );
+        if n_rows == 0 {
+            return Ok(());
+        }
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let (h, kvh, hd, c) = (
+            i32_of(n_heads, "heads"),
+            i32_of(n_kv_heads, "kv heads"),
+            i32_of(head_dim, "head_dim"),
+            i32_of(n_ctx, "n_ctx"),
+        );
+        let mut b = self.stream.launch_builder(&self.kernels.attention);
+        b.arg(out)
+            .arg(q)
+            .arg(k_cache)
+            .arg(v_cache)
+            .arg(row_seq)
+            .arg(row_pos)
+            .arg(&h)
+            .arg(&kvh)
+            .arg(&hd)
+            .arg(&c)
+            .arg(&scale);
+        // SAFETY: signature of kernels/attention.cu; shapes checked above,
+        // slots and positions validated by the engine.
+        unsafe { b.launch(config(geometry::attention(n_heads, n_rows))) }
+            .map(drop)
+            .map_err(cuda_err("launch attention"))
+    }
+
+    /// `gate = silu(gate) * up` over the first `n` elements.
+    pub fn swiglu(
+        &self,
+        gate: &mut CudaViewMut<'_, f32>,
+        up: &CudaView<'_, f32>,
+        n: usize,
+    ) -> Result<()> {
+        assert!(gate.len() >= n && up.len() >= n, "swiglu sizes");
+        let n64 = n as i64;
+        let mut b = self.stream.launch_builder(&self.kernels.swiglu);
+        b.arg(gate).arg(up).arg(&n64);
+        // SAFETY: signature of kernels/elementwise.cu; sizes checked.
+        unsafe { b.launch(config(geometry::elementwise(n))) }
+            .map(drop)
+            .map_err(cuda_err("launch swiglu"))
+    }
+
+    /// `x += y` over the first `n` elements.
+    pub fn add_in_place(
+        &self,
+        x: &mut CudaViewMut<'_, f32>,
+        y: &CudaView<'_, f32>,
+        n: usize,
+    ) -> Result<()> {
+        assert!(x.len() >= n && y.len() >= n, "add_in_place sizes");
+        let n64 = n as i64;
+        let mut b = self.stream.launch_builder(&self.kernels.add_in_place);
+        b.arg(x).arg(y).arg(&n64);
+        // SAFETY: signature of kernels/elementwise.cu; sizes checked.
+        unsafe { b.launch(config(geometry::elementwise(n))) }
+            .map(drop)
+            .map_err(cuda_err("launch add_in_place"))
+    }
+
+    /// `out[r]` = index of the largest of logits row r (lowest index on
+    /// ties); `logits` is `(rows, vocab)`.
+    pub fn argmax_rows(
+        &self,
+        out: &mut CudaViewMut<'_, u32>,
+        logits: &CudaView<'_, f32>,
+        rows: usize,
+        vocab: usize,
+    ) -> Result<()> {
+        assert!(
+            out.len() >= rows && logits.len() >= rows * vocab && vocab > 0,
+            "argmax sizes"
+        );
+        if rows == 0 {
+            return Ok(());
+        }
+        let v = i32_of(vocab, "vocab");
+        let mut b = self.stream.launch_builder(&self.kernels.argmax_rows);
+        b.arg(out).arg(logits).arg(&v);
+        // SAFETY: signature of kernels/argmax.cu; sizes checked.
+        unsafe { b.launch(config(geometry::per_row(rows))) }
+            .map(drop)
+            .map_err(cuda_err("launch argmax_rows"))
+    }
+}
+
+/// The head shape of an attention launch.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// Positions per sequence in the cache.
+    pub n_ctx: usize,
+}

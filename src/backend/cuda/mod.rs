@@ -1,0 +1,116 @@
+//! The CUDA backend (feature `cuda`): the forward pass of `cpu_forward.rs`
+//! on an NVIDIA GPU, with the model's weights, the KV cache and the
+//! activations in device memory.
+//!
+//! Layout of the module:
+//! - `geometry`: launch geometry and kernel names, pure functions with unit
+//!   tests that run without a GPU (and without this feature: `tests/gpu.rs`
+//!   includes the file by path).
+//! - `device`: context, stream, the kernel module (the fatbin build.rs made
+//!   from `kernels/*.cu`, embedded in the binary) and one checked wrapper per
+//!   kernel launch.
+//! - `weights`: weights uploaded on first use, cached by file offset up to a
+//!   budget, staged per pass beyond it.
+//! - `forward`: [`CudaForward`], the [`crate::backend::Backend`].
+//!
+//! The driver is loaded at run time (cudarc's dynamic loading), so a binary
+//! built with `cuda` still runs on a machine without a GPU or driver:
+//! [`cuda_available`] says whether one is usable, and [`open`] turns a
+//! missing driver or device into an error rather than a panic.
+
+pub mod device;
+pub mod forward;
+pub mod geometry;
+pub mod weights;
+
+use std::time::Instant;
+
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::CudaContext;
+
+pub use cudarc;
+pub use device::{AttentionShape, DevWeight, DeviceInfo, Format, Gpu, FATBIN_ARCHS};
+pub use forward::{CudaForward, CudaForwardConfig};
+
+use crate::error::{Error, Result};
+use device::cuda_err;
+
+/// Whether the CUDA driver library can be loaded at all. cudarc panics on
+/// the first driver call when it cannot, so check this first.
+fn driver_present() -> bool {
+    // SAFETY: tries to dlopen libcuda under its usual names; loads nothing
+    // else and calls no driver function.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// Whether a CUDA driver and at least one device are present and usable.
+pub fn cuda_available() -> bool {
+    driver_present() && CudaContext::new(0).is_ok()
+}
+
+/// Open device `device` with the kernels loaded, or say clearly why not
+/// (an error of kind Config, never a panic).
+pub fn open(device: usize) -> Result<Gpu> {
+    if !driver_present() {
+        return Err(Error::config(
+            "CUDA requested but no driver/device: the NVIDIA driver library (libcuda.so.1) \
+             was not found; install the driver (on a Jetson it comes with JetPack/L4T), or \
+             use [device] backend = \"cpu\"",
+        ));
+    }
+    Gpu::new(device)
+}
+
+/// Device-to-device copy bandwidth, the bound a memory-bound decode step is
+/// read against.
+#[derive(Debug, Clone, Copy)]
+pub struct D2dBandwidth {
+    /// Bytes of each copy.
+    pub copy_bytes: usize,
+    pub copies: usize,
+    pub seconds: f64,
+    /// Memory traffic per second: every copied byte is read once and
+    /// written once, so `2 * copy_bytes * copies / seconds`.
+    pub bytes_per_s: f64,
+}
+
+/// Time `copies` device-to-device copies of `copy_bytes` with CUDA events,
+/// after one untimed warm-up copy.
+pub fn measure_d2d_bandwidth(gpu: &Gpu, copy_bytes: usize, copies: usize) -> Result<D2dBandwidth> {
+    let copies = copies.max(1);
+    let src = gpu.zeros::<u8>(copy_bytes)?;
+    let mut dst = gpu.zeros::<u8>(copy_bytes)?;
+    let stream = gpu.stream();
+    let ctx = gpu.context();
+    stream
+        .memcpy_dtod(&src, &mut dst)
+        .map_err(cuda_err("warm-up copy"))?;
+    let start = ctx
+        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+        .map_err(cuda_err("create event"))?;
+    let end = ctx
+        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+        .map_err(cuda_err("create event"))?;
+    let wall = Instant::now();
+    start.record(stream).map_err(cuda_err("record event"))?;
+    for _ in 0..copies {
+        stream
+            .memcpy_dtod(&src, &mut dst)
+            .map_err(cuda_err("timed copy"))?;
+    }
+    end.record(stream).map_err(cuda_err("record event"))?;
+    let ms = start.elapsed_ms(&end).map_err(cuda_err("event time"))?;
+    // Events time the device; fall back on the wall clock if they say 0.
+    let seconds = if ms > 0.0 {
+        f64::from(ms) / 1e3
+    } else {
+        wall.elapsed().as_secs_f64()
+    };
+    let seconds = seconds.max(1e-9);
+    Ok(D2dBandwidth {
+        copy_bytes,
+        copies,
+        seconds,
+        bytes_per_s: 2.0 * copy_bytes as f64 * copies as f64 / seconds,
+    })
+}

@@ -1,0 +1,1059 @@
+//! The CUDA backend against the CPU reference.
+//!
+//! Three parts:
+//! - `geometry`: the launch-geometry unit tests of
+//!   `src/backend/cuda/geometry.rs`, included by path so they run in every
+//!   `cargo test`, with or without the `cuda` feature and a GPU.
+//! - `cuda_kernels_run_on_the_host_match_the_cpu`: kernels/*.cu compiled by
+//!   the host C++ compiler and run under a CPU emulation of CUDA threads
+//!   (kernels/host/), checked against the Rust decoders and plain
+//!   references, also in every `cargo test`.
+//! - `gpu` (feature `cuda` only): every kernel against the CPU scalar path
+//!   on random inputs and on the fixtures, then the whole forward pass
+//!   against llama.cpp's reference logits and against the CPU's greedy
+//!   tokens. Without a usable GPU each of these prints
+//!   "skipped: no CUDA device" (to stderr, past the test harness's capture)
+//!   and passes.
+
+#[allow(dead_code)]
+#[path = "../src/backend/cuda/geometry.rs"]
+mod geometry;
+
+mod common;
+
+use flea::quant::{dequantize_row, GgmlType};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// One line to stderr in one write, past the harness's output capture.
+fn say(line: &str) {
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+/// xorshift64: deterministic test data.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut s = self.0;
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        self.0 = s;
+        s
+    }
+    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
+    }
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    fn floats(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.uniform(-1.0, 1.0)).collect()
+    }
+    fn f16(&mut self, lo: f32, hi: f32) -> [u8; 2] {
+        half::f16::from_f32(self.uniform(lo, hi)).to_le_bytes()
+    }
+}
+
+const FORMATS: [GgmlType; 8] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q8_0,
+    GgmlType::Q3K,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+];
+
+/// A row width that exercises each format's edge: not a multiple of 8
+/// for floats, not of 256 for Q8_0, two super-blocks for K-quants.
+fn test_cols(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 77,
+        GgmlType::Q8_0 => 96,
+        _ => 512,
+    }
+}
+
+/// Random but valid weights: random quants, sane f16 scales.
+fn random_weights(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
+    let row_bytes = ty.row_bytes(cols).expect("whole blocks");
+    let mut data = vec![0u8; rows * row_bytes];
+    match ty {
+        GgmlType::F32 => {
+            for c in data.chunks_exact_mut(4) {
+                c.copy_from_slice(&rng.uniform(-1.0, 1.0).to_le_bytes());
+            }
+        }
+        GgmlType::F16 => {
+            for c in data.chunks_exact_mut(2) {
+                c.copy_from_slice(&rng.f16(-1.0, 1.0));
+            }
+        }
+        GgmlType::BF16 => {
+            for c in data.chunks_exact_mut(2) {
+                c.copy_from_slice(&half::bf16::from_f32(rng.uniform(-1.0, 1.0)).to_le_bytes());
+            }
+        }
+        _ => {
+            for b in data.iter_mut() {
+                *b = rng.next() as u8;
+            }
+            let (_, block) = ty.block_layout().expect("sized");
+            // Offsets of the f16 factors inside a block (src/quant/*.rs).
+            let factors: &[usize] = match ty {
+                GgmlType::Q8_0 => &[0],
+                GgmlType::Q3K => &[108],
+                GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
+                GgmlType::Q6K => &[208],
+                other => panic!("no test data for {other}"),
+            };
+            for b in data.chunks_exact_mut(block) {
+                for &o in factors {
+                    b[o..o + 2].copy_from_slice(&rng.f16(-0.05, 0.05));
+                }
+            }
+        }
+    }
+    data
+}
+
+/// Whether the fixture files exist. They always must, except on a GPU
+/// machine that was shipped a subset (scripts/gpu-check.sh sets
+/// FLEA_GPU_PARTIAL_FIXTURES when the artifacts' fixtures are marked
+/// PARTIAL): then a missing one is skipped, visibly. Without that variable
+/// a missing fixture fails the test.
+fn shipped(files: &[String]) -> bool {
+    if std::env::var_os("FLEA_GPU_PARTIAL_FIXTURES").is_none() {
+        return true;
+    }
+    let missing: Vec<&String> = files
+        .iter()
+        .filter(|f| !common::fixtures_dir().join(f).exists())
+        .collect();
+    if !missing.is_empty() {
+        say(&format!("skipped: fixtures not shipped: {missing:?}\n"));
+    }
+    missing.is_empty()
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn model_files(name: &str, logits: bool) -> Vec<String> {
+    let mut v = vec![
+        format!("models/{name}.gguf"),
+        format!("reference/{name}.json"),
+    ];
+    if logits {
+        v.push(format!("reference/{name}.logits.bin"));
+    }
+    v
+}
+
+/// A C++ compiler for the host runs of the kernels, or `None` (the tests
+/// then say they were skipped).
+fn host_cxx() -> Option<String> {
+    std::env::var("CXX")
+        .ok()
+        .into_iter()
+        .chain(["c++", "g++", "clang++"].map(String::from))
+        .find(|c| {
+            Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+}
+
+/// kernels/host/kernel_check.cpp compiled into `dir`: every kernel of
+/// kernels/*.cu, built for the CPU with the emulator in kernels/host/shim.h.
+fn build_kernel_check(cxx: &str, dir: &Path) -> PathBuf {
+    let exe = dir.join("kernel_check");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels/host/kernel_check.cpp");
+    let out = Command::new(cxx)
+        .args([
+            "-std=c++20",
+            "-O1",
+            "-ffp-contract=off",
+            "-fno-strict-aliasing",
+            "-pthread",
+            "-w",
+            "-o",
+        ])
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cxx} {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
+
+fn run_checked(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The CUDA kernels run on the CPU: kernels/*.cu compiled by the host C++
+/// compiler against an emulation of CUDA's threads, warps and shared memory
+/// (kernels/host/shim.h). Holds their block decoders to the Rust ones (bit
+/// for bit on random blocks of every format, 1e-6 on the dequant fixtures)
+/// and every kernel (mat-vec, tiled mat-mat, embedding, RMSNorm, RoPE, KV
+/// append, attention, SwiGLU, add, argmax) to a double-precision
+/// reference. So the kernel code is exercised in every `cargo test`, on
+/// machines without a GPU; skipped (visibly) without a C++ compiler.
+#[test]
+fn cuda_kernels_run_on_the_host_match_the_cpu() {
+    let Some(cxx) = host_cxx() else {
+        say("cuda_kernels_run_on_the_host: skipped: no C++ compiler\n");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("flea-kernel-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = build_kernel_check(&cxx, &dir);
+    let dequant = |fmt: &str, rows: usize, cols: usize, weights: &Path, want: &Path, tol: &str| {
+        run_checked(
+            Command::new(&exe)
+                .arg("dequant")
+                .args([fmt, &rows.to_string(), &cols.to_string()])
+                .arg(weights)
+                .arg(want)
+                .arg(tol),
+            &format!("{fmt} [{rows} x {cols}]"),
+        );
+    };
+
+    // Random blocks of every format: bit-identical to the Rust decoders.
+    let mut rng = Rng(0x00de_c0de);
+    for ty in FORMATS {
+        let (rows, cols) = (9, test_cols(ty));
+        let w = random_weights(ty, rows, cols, &mut rng);
+        let row_bytes = w.len() / rows;
+        let mut want = vec![0.0f32; rows * cols];
+        for (row, dst) in w.chunks_exact(row_bytes).zip(want.chunks_exact_mut(cols)) {
+            dequantize_row(ty, row, dst);
+        }
+        let (wp, xp) = (dir.join("w.bin"), dir.join("want.f32"));
+        std::fs::write(&wp, &w).unwrap();
+        let bytes: Vec<u8> = want.iter().flat_map(|x| x.to_le_bytes()).collect();
+        std::fs::write(&xp, bytes).unwrap();
+        dequant(
+            &ty.to_string().to_ascii_lowercase(),
+            rows,
+            cols,
+            &wp,
+            &xp,
+            "0",
+        );
+    }
+
+    // The dequant fixtures, within their documented 1e-6 relative.
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(common::fixture("dequant/index.json")).unwrap())
+            .unwrap();
+    for e in index.as_array().unwrap() {
+        let (model, tensor, file) = (
+            e["model"].as_str().unwrap(),
+            e["tensor"].as_str().unwrap(),
+            e["file"].as_str().unwrap(),
+        );
+        if !shipped(&[format!("models/{model}"), format!("dequant/{file}")]) {
+            continue;
+        }
+        let gguf = flea::gguf::GgufFile::open(common::model(model)).unwrap();
+        let t = gguf.tensor(tensor).unwrap();
+        let cols = t.dims[0] as usize;
+        let rows = t.n_elements() as usize / cols;
+        let wp = dir.join("fixture.bin");
+        std::fs::write(&wp, gguf.tensor_data(t)).unwrap();
+        let want = common::fixture(&format!("dequant/{file}"));
+        let fmt = t.ggml_type.to_string().to_ascii_lowercase();
+        dequant(&fmt, rows, cols, &wp, &want, "1e-6");
+    }
+
+    // Every kernel under the emulator.
+    run_checked(Command::new(&exe).arg("kernels"), "kernel_check kernels");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use super::{common, model_files, random_weights, say, shipped, test_cols, Rng, FORMATS};
+    use flea::backend::cpu;
+    use flea::backend::cuda::{
+        self, cuda_available, AttentionShape, CudaForward, CudaForwardConfig, DevWeight, Format,
+        Gpu,
+    };
+    use flea::engine::{Engine, EngineConfig, Logits, SeqChunk};
+    use flea::gguf::GgufFile;
+    use flea::model::Model;
+    use flea::quant::{dequantize_row, dot_row, GgmlType};
+    use flea::ErrorKind;
+    use serde_json::Value;
+
+    /// The device, or `None` after saying so where the harness cannot hide
+    /// it (unless FLEA_REQUIRE_GPU is set: then no device fails the test).
+    fn gpu(test: &str) -> Option<Gpu> {
+        if !cuda_available() {
+            // On the GPU machine (scripts/gpu-check.sh) a skip would hide
+            // a broken driver setup: fail instead.
+            assert!(
+                std::env::var_os("FLEA_REQUIRE_GPU").is_none(),
+                "FLEA_REQUIRE_GPU is set but no CUDA device is usable"
+            );
+            say(&format!("{test}: skipped: no CUDA device\n"));
+            return None;
+        }
+        Some(cuda::open(0).expect("a CUDA device is present but cannot be opened"))
+    }
+
+    fn close(got: f32, want: f32, magnitude: f32, rel: f32) -> bool {
+        (got - want).abs() <= rel * magnitude + 1e-6
+    }
+
+    /// y (n x rows) from the GPU against `dot_row` per element.
+    #[allow(clippy::too_many_arguments)]
+    fn check_products(
+        what: &str,
+        ty: GgmlType,
+        w: &[u8],
+        rows: usize,
+        cols: usize,
+        x: &[f32],
+        y: &[f32],
+        n: usize,
+    ) {
+        let row_bytes = w.len() / rows;
+        let mut deq = vec![0.0f32; cols];
+        for r in 0..rows {
+            let row = &w[r * row_bytes..(r + 1) * row_bytes];
+            dequantize_row(ty, row, &mut deq);
+            for p in 0..n {
+                let xp = &x[p * cols..(p + 1) * cols];
+                let want = dot_row(ty, row, xp);
+                let magnitude: f32 = deq.iter().zip(xp).map(|(a, b)| (a * b).abs()).sum();
+                let got = y[p * rows + r];
+                assert!(
+                    close(got, want, magnitude, 1e-5),
+                    "{what} {ty} row {r} position {p}: GPU {got} vs CPU {want} (magnitude {magnitude})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn open_reports_a_bad_device_as_a_config_error() {
+        // Runs everywhere: without a driver it names the missing library,
+        // with one device 999 does not exist. Either way an error, no panic.
+        let err = cuda::open(999).err().expect("device 999 must not open");
+        assert_eq!(err.kind, ErrorKind::Config);
+        assert!(
+            err.message.contains("CUDA requested but no driver/device"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn matvec_and_tiled_matmul_match_dot_row_for_every_format() {
+        let Some(gpu) = gpu("matvec_and_tiled_matmul") else {
+            return;
+        };
+        let mut rng = Rng(0x5eed_1234);
+        let rows = 67; // not a multiple of a warp group or a tile
+        for ty in FORMATS {
+            let cols = test_cols(ty);
+            let w = random_weights(ty, rows, cols, &mut rng);
+            let dw = gpu.upload(&w).unwrap();
+            let weight = DevWeight {
+                format: Format::of(ty).unwrap(),
+                rows,
+                cols,
+                data: dw.slice(..),
+            };
+            for n in [1, 2, 3, 5, 8, 9, 70] {
+                let x = rng.floats(n * cols);
+                let dx = gpu.upload(&x).unwrap();
+                if n <= 8 {
+                    let mut dy = gpu.zeros::<f32>(n * rows).unwrap();
+                    gpu.matvec(&weight, &dx.slice(..), &mut dy.slice_mut(..), n)
+                        .unwrap();
+                    let y = gpu.download(&dy.slice(..)).unwrap();
+                    check_products("matvec", ty, &w, rows, cols, &x, &y, n);
+                }
+                let mut dy = gpu.zeros::<f32>(n * rows).unwrap();
+                gpu.matmul_tiled(&weight, &dx.slice(..), &mut dy.slice_mut(..), n)
+                    .unwrap();
+                let y = gpu.download(&dy.slice(..)).unwrap();
+                check_products("tiled", ty, &w, rows, cols, &x, &y, n);
+            }
+        }
+    }
+
+    #[test]
+    fn embed_matches_dequantize_row_for_every_format() {
+        let Some(gpu) = gpu("embed") else {
+            return;
+        };
+        let mut rng = Rng(0xe4be_d000);
+        let rows = 40;
+        for ty in FORMATS {
+            let cols = test_cols(ty);
+            let w = random_weights(ty, rows, cols, &mut rng);
+            let dw = gpu.upload(&w).unwrap();
+            let weight = DevWeight {
+                format: Format::of(ty).unwrap(),
+                rows,
+                cols,
+                data: dw.slice(..),
+            };
+            let tokens: Vec<i32> = vec![39, 0, 7, 7, 12];
+            let dt = gpu.upload(&tokens).unwrap();
+            let mut out = gpu.zeros::<f32>(tokens.len() * cols).unwrap();
+            gpu.embed(&weight, &dt.slice(..), &mut out.slice_mut(..), tokens.len())
+                .unwrap();
+            let got = gpu.download(&out.slice(..)).unwrap();
+            let row_bytes = w.len() / rows;
+            let mut want = vec![0.0f32; cols];
+            for (p, &t) in tokens.iter().enumerate() {
+                let t = t as usize;
+                dequantize_row(ty, &w[t * row_bytes..(t + 1) * row_bytes], &mut want);
+                // Bit-identical: the kernels keep the CPU's rounding.
+                assert_eq!(&got[p * cols..(p + 1) * cols], &want[..], "{ty} token {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn dequantization_matches_the_fixture_values() {
+        let Some(gpu) = gpu("dequant fixtures") else {
+            return;
+        };
+        let index: Vec<Value> =
+            serde_json::from_slice(&std::fs::read(common::fixture("dequant/index.json")).unwrap())
+                .unwrap();
+        for e in &index {
+            let (model, tensor, file) = (
+                e["model"].as_str().unwrap(),
+                e["tensor"].as_str().unwrap(),
+                e["file"].as_str().unwrap(),
+            );
+            if !shipped(&[format!("models/{model}"), format!("dequant/{file}")]) {
+                continue;
+            }
+            let gguf = GgufFile::open(common::model(model)).unwrap();
+            let t = gguf.tensor(tensor).unwrap();
+            let cols = t.dims[0] as usize;
+            let rows = t.n_elements() as usize / cols;
+            let bytes = gguf.tensor_data(t);
+            let dw = gpu.upload(bytes).unwrap();
+            let weight = DevWeight {
+                format: Format::of(t.ggml_type).unwrap(),
+                rows,
+                cols,
+                data: dw.slice(..),
+            };
+            let tokens: Vec<i32> = (0..rows as i32).collect();
+            let dt = gpu.upload(&tokens).unwrap();
+            let mut out = gpu.zeros::<f32>(rows * cols).unwrap();
+            gpu.embed(&weight, &dt.slice(..), &mut out.slice_mut(..), rows)
+                .unwrap();
+            let got = gpu.download(&out.slice(..)).unwrap();
+            let want = common::read_f32_file(&format!("dequant/{file}"));
+            assert_eq!(got.len(), want.len(), "{file}");
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-6 * w.abs().max(1e-12),
+                    "{file} value {i}: GPU {g} vs reference {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fixture_matrices_multiply_like_the_cpu() {
+        let Some(gpu) = gpu("fixture matmul") else {
+            return;
+        };
+        let mut rng = Rng(0xf17);
+        for name in common::SYNTH_MODELS {
+            if !shipped(&[format!("models/{name}.gguf")]) {
+                continue;
+            }
+            let file = GgufFile::open(common::model(&format!("{name}.gguf"))).unwrap();
+            let model = Model::from_gguf(&file).unwrap();
+            let l = &model.layers[1];
+            for t in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
+                let bytes = file.bytes_at(t.file_range.clone());
+                let dw = gpu.upload(bytes).unwrap();
+                let weight = DevWeight {
+                    format: Format::of(t.ggml_type).unwrap(),
+                    rows: t.rows,
+                    cols: t.cols,
+                    data: dw.slice(..),
+                };
+                for n in [1, 4, 20] {
+                    let x = rng.floats(n * t.cols);
+                    let dx = gpu.upload(&x).unwrap();
+                    let mut dy = gpu.zeros::<f32>(n * t.rows).unwrap();
+                    gpu.matmul(&weight, &dx.slice(..), &mut dy.slice_mut(..), n)
+                        .unwrap();
+                    let y = gpu.download(&dy.slice(..)).unwrap();
+                    check_products(
+                        &format!("{name} {}", t.name),
+                        t.ggml_type,
+                        bytes,
+                        t.rows,
+                        t.cols,
+                        &x,
+                        &y,
+                        n,
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rmsnorm_swiglu_add_and_argmax_match_the_cpu() {
+        let Some(gpu) = gpu("small ops") else {
+            return;
+        };
+        let mut rng = Rng(0x00a1_10b5);
+        let (n, dim) = (5, 300);
+        let x = rng.floats(n * dim);
+        let w = rng.floats(dim);
+        let (dx, dw) = (gpu.upload(&x).unwrap(), gpu.upload(&w).unwrap());
+        let mut dout = gpu.zeros::<f32>(n * dim).unwrap();
+        gpu.rmsnorm(
+            &mut dout.slice_mut(..),
+            &dx.slice(..),
+            &dw.slice(..),
+            n,
+            dim,
+            1e-5,
+        )
+        .unwrap();
+        let got = gpu.download(&dout.slice(..)).unwrap();
+        let mut want = vec![0.0; dim];
+        for p in 0..n {
+            cpu::rmsnorm(&mut want, &x[p * dim..(p + 1) * dim], &w, 1e-5);
+            for (g, w) in got[p * dim..(p + 1) * dim].iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                    "rmsnorm {g} vs {w}"
+                );
+            }
+        }
+
+        // Gather rows 4 and 1, in that order.
+        let src = gpu.upload(&[4i32, 1]).unwrap();
+        let mut dg = gpu.zeros::<f32>(2 * dim).unwrap();
+        gpu.rmsnorm_gather(
+            &mut dg.slice_mut(..),
+            &dx.slice(..),
+            &dw.slice(..),
+            &src.slice(..),
+            2,
+            dim,
+            1e-5,
+        )
+        .unwrap();
+        let g = gpu.download(&dg.slice(..)).unwrap();
+        assert_eq!(&g[..dim], &got[4 * dim..5 * dim]);
+        assert_eq!(&g[dim..], &got[dim..2 * dim]);
+
+        let gate = rng.floats(1000);
+        let up = rng.floats(1000);
+        let mut dgate = gpu.upload(&gate).unwrap();
+        let dup = gpu.upload(&up).unwrap();
+        gpu.swiglu(&mut dgate.slice_mut(..), &dup.slice(..), 1000)
+            .unwrap();
+        let got = gpu.download(&dgate.slice(..)).unwrap();
+        let mut want = gate.clone();
+        cpu::swiglu(&mut want, &up);
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-6 * w.abs().max(1.0),
+                "swiglu {g} vs {w}"
+            );
+        }
+
+        let mut dsum = gpu.upload(&gate).unwrap();
+        gpu.add_in_place(&mut dsum.slice_mut(..), &dup.slice(..), 1000)
+            .unwrap();
+        let got = gpu.download(&dsum.slice(..)).unwrap();
+        let mut want = gate.clone();
+        cpu::add_in_place(&mut want, &up);
+        assert_eq!(got, want, "add is exact");
+
+        // argmax with ties (lowest index wins) and a row of equal values.
+        let vocab = 3001;
+        let mut logits = rng.floats(3 * vocab);
+        logits[vocab + 17] = 5.0;
+        logits[vocab + 2999] = 5.0;
+        for v in &mut logits[2 * vocab..] {
+            *v = -1.0;
+        }
+        let dl = gpu.upload(&logits).unwrap();
+        let mut da = gpu.zeros::<u32>(3).unwrap();
+        gpu.argmax_rows(&mut da.slice_mut(..), &dl.slice(..), 3, vocab)
+            .unwrap();
+        let got = gpu.download(&da.slice(..)).unwrap();
+        let want: Vec<u32> = logits.chunks(vocab).map(flea::sampler::argmax).collect();
+        assert_eq!(got, want);
+        assert_eq!(got[1], 17);
+        assert_eq!(got[2], 0);
+    }
+
+    /// `(cos, sin)` table as the forward passes build it.
+    fn rope_table(rope_dims: usize, n_ctx: usize, base: f32) -> Vec<(f32, f32)> {
+        let half = rope_dims / 2;
+        let mut t = Vec::new();
+        for pos in 0..n_ctx {
+            for i in 0..half {
+                let a = pos as f64 * (base as f64).powf(-2.0 * i as f64 / rope_dims as f64);
+                t.push((a.cos() as f32, a.sin() as f32));
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn rope_matches_the_cpu_with_full_and_partial_rotation() {
+        let Some(gpu) = gpu("rope") else {
+            return;
+        };
+        let mut rng = Rng(0x0203);
+        let (n_heads, head_dim, n_ctx) = (4, 64, 50);
+        for rope_dims in [64, 32] {
+            let half = rope_dims / 2;
+            let table = rope_table(rope_dims, n_ctx, 10000.0);
+            let flat: Vec<f32> = table.iter().flat_map(|&(c, s)| [c, s]).collect();
+            let pos = [0i32, 1, 49, 7];
+            let x = rng.floats(pos.len() * n_heads * head_dim);
+            let (dt, dp) = (gpu.upload(&flat).unwrap(), gpu.upload(&pos).unwrap());
+            let mut dx = gpu.upload(&x).unwrap();
+            gpu.rope(
+                &mut dx.slice_mut(..),
+                &dt.slice(..),
+                &dp.slice(..),
+                pos.len(),
+                n_heads,
+                head_dim,
+                half,
+            )
+            .unwrap();
+            let got = gpu.download(&dx.slice(..)).unwrap();
+            let mut want = x.clone();
+            let row = n_heads * head_dim;
+            for (r, &p) in pos.iter().enumerate() {
+                let p = p as usize;
+                cpu::rope(
+                    &mut want[r * row..(r + 1) * row],
+                    head_dim,
+                    &table[p * half..(p + 1) * half],
+                );
+            }
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-6,
+                    "rope dims {rope_dims} element {i}: {g} vs {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn kv_store_and_attention_match_the_cpu() {
+        let Some(gpu) = gpu("attention") else {
+            return;
+        };
+        let mut rng = Rng(0xa77e);
+        let (n_heads, n_kv, head_dim, n_ctx, n_seq) = (8, 2, 64, 40, 2);
+        let kv_dim = n_kv * head_dim;
+        // Caches with random history, then rows: a decode step of sequence
+        // 0 at position 12 and a prefill of sequence 1 at positions 30..35.
+        let mut k = rng.floats(n_seq * n_ctx * kv_dim);
+        let mut v = rng.floats(n_seq * n_ctx * kv_dim);
+        let seq = [0i32, 1, 1, 1, 1, 1];
+        let pos = [12i32, 30, 31, 32, 33, 34];
+        let n = seq.len();
+        let new_k = rng.floats(n * kv_dim);
+        let new_v = rng.floats(n * kv_dim);
+        let q = rng.floats(n * n_heads * head_dim);
+
+        let mut dk = gpu.upload(&k).unwrap();
+        let mut dv = gpu.upload(&v).unwrap();
+        let (ds, dp) = (gpu.upload(&seq).unwrap(), gpu.upload(&pos).unwrap());
+        let (dnk, dnv) = (gpu.upload(&new_k).unwrap(), gpu.upload(&new_v).unwrap());
+        gpu.kv_store(
+            &mut dk.slice_mut(..),
+            &mut dv.slice_mut(..),
+            &dnk.slice(..),
+            &dnv.slice(..),
+            &ds.slice(..),
+            &dp.slice(..),
+            n,
+            kv_dim,
+            n_ctx,
+        )
+        .unwrap();
+        for r in 0..n {
+            let at = (seq[r] as usize * n_ctx + pos[r] as usize) * kv_dim;
+            k[at..at + kv_dim].copy_from_slice(&new_k[r * kv_dim..(r + 1) * kv_dim]);
+            v[at..at + kv_dim].copy_from_slice(&new_v[r * kv_dim..(r + 1) * kv_dim]);
+        }
+        assert_eq!(gpu.download(&dk.slice(..)).unwrap(), k, "kv_store keys");
+        assert_eq!(gpu.download(&dv.slice(..)).unwrap(), v, "kv_store values");
+
+        let dq = gpu.upload(&q).unwrap();
+        let q_dim = n_heads * head_dim;
+        let mut dout = gpu.zeros::<f32>(n * q_dim).unwrap();
+        gpu.attention(
+            &mut dout.slice_mut(..),
+            &dq.slice(..),
+            &dk.slice(..),
+            &dv.slice(..),
+            &ds.slice(..),
+            &dp.slice(..),
+            n,
+            AttentionShape {
+                n_heads,
+                n_kv_heads: n_kv,
+                head_dim,
+                n_ctx,
+            },
+        )
+        .unwrap();
+        let got = gpu.download(&dout.slice(..)).unwrap();
+        let mut want = vec![0.0; q_dim];
+        let mut scores = vec![0.0; n_ctx];
+        for r in 0..n {
+            let base = seq[r] as usize * n_ctx * kv_dim;
+            let seen = pos[r] as usize + 1;
+            cpu::attention(
+                &mut want,
+                &q[r * q_dim..(r + 1) * q_dim],
+                &k[base..base + seen * kv_dim],
+                &v[base..base + seen * kv_dim],
+                seen,
+                n_heads,
+                n_kv,
+                head_dim,
+                &mut scores,
+            );
+            for (g, w) in got[r * q_dim..(r + 1) * q_dim].iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                    "attention row {r}: {g} vs {w}"
+                );
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ whole model
+
+    /// `sequence`, `prompt_tokens` and the logits of a reference.
+    fn reference(name: &str) -> (Vec<u32>, Vec<u32>, Vec<f32>) {
+        let (sequence, prompt) = reference_tokens(name);
+        let logits = common::read_f32_file(&format!("reference/{name}.logits.bin"));
+        (sequence, prompt, logits)
+    }
+
+    fn reference_tokens(name: &str) -> (Vec<u32>, Vec<u32>) {
+        let json: Value = serde_json::from_slice(
+            &std::fs::read(common::fixture(&format!("reference/{name}.json"))).unwrap(),
+        )
+        .unwrap();
+        let ids = |key: &str| -> Vec<u32> {
+            json[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect()
+        };
+        (ids("sequence"), ids("prompt_tokens"))
+    }
+
+    fn engine_config(n_ctx: usize, max_chunk: usize, n_seq: usize) -> EngineConfig {
+        EngineConfig {
+            n_ctx,
+            max_chunk,
+            n_seq,
+            threads: 1,
+        }
+    }
+
+    /// Teacher-forced logits of `tokens` through the CUDA backend.
+    fn gpu_logits(
+        file: &GgufFile,
+        model: &Model,
+        tokens: &[u32],
+        chunk: usize,
+        cache: u64,
+    ) -> Vec<f32> {
+        let mut cfg = CudaForwardConfig::new(tokens.len(), chunk, 1);
+        cfg.weight_cache_bytes = cache;
+        let backend = CudaForward::new(&model.hparams, cfg).unwrap();
+        let mut engine =
+            Engine::with_backend(model, file, backend, &engine_config(tokens.len(), chunk, 1))
+                .unwrap();
+        let mut out = Vec::new();
+        for (i, piece) in tokens.chunks(chunk).enumerate() {
+            out.extend_from_slice(engine.forward(piece, i * chunk, Logits::All).unwrap());
+        }
+        out
+    }
+
+    struct Agreement {
+        mean_abs: f32,
+        max_abs: f32,
+        top1: f32,
+    }
+
+    fn compare(ours: &[f32], theirs: &[f32], vocab: usize) -> Agreement {
+        assert_eq!(ours.len(), theirs.len());
+        let diffs: Vec<f32> = ours
+            .iter()
+            .zip(theirs)
+            .map(|(a, b)| (a - b).abs())
+            .collect();
+        let rows = ours.len() / vocab;
+        let agree = ours
+            .chunks(vocab)
+            .zip(theirs.chunks(vocab))
+            .filter(|(a, b)| flea::sampler::argmax(a) == flea::sampler::argmax(b))
+            .count();
+        Agreement {
+            mean_abs: diffs.iter().sum::<f32>() / diffs.len() as f32,
+            max_abs: diffs.iter().copied().fold(0.0, f32::max),
+            top1: agree as f32 / rows as f32,
+        }
+    }
+
+    #[test]
+    fn gpu_logits_match_llama_cpp_reference() {
+        if gpu("reference logits").is_none() {
+            return;
+        }
+        for name in common::SYNTH_MODELS {
+            if !shipped(&model_files(name, true)) {
+                continue;
+            }
+            let (sequence, _, reference) = reference(name);
+            let file = GgufFile::open(common::model(&format!("{name}.gguf"))).unwrap();
+            let model = Model::from_gguf(&file).unwrap();
+            let ours = gpu_logits(&file, &model, &sequence, 16, u64::MAX);
+            let a = compare(&ours, &reference, model.hparams.vocab_size);
+            say(&format!(
+                "GPU {name}: mean |diff| {:.4}, max |diff| {:.4}, top-1 {:.1}%\n",
+                a.mean_abs,
+                a.max_abs,
+                a.top1 * 100.0
+            ));
+            assert!(a.mean_abs <= 0.1, "{name}: mean |diff| {}", a.mean_abs);
+            assert!(a.max_abs <= 0.75, "{name}: max |diff| {}", a.max_abs);
+            assert!(a.top1 >= 0.85, "{name}: top-1 agreement {}", a.top1);
+        }
+        let name = "llama-2-tiny-random";
+        if !shipped(&model_files(name, true)) {
+            return;
+        }
+        let (sequence, _, reference) = reference(name);
+        let file = GgufFile::open(common::model(&format!("{name}.gguf"))).unwrap();
+        let model = Model::from_gguf(&file).unwrap();
+        let ours = gpu_logits(&file, &model, &sequence, 16, u64::MAX);
+        let a = compare(&ours, &reference, model.hparams.vocab_size);
+        assert!(a.max_abs <= 0.02, "{name}: max |diff| {}", a.max_abs);
+    }
+
+    #[test]
+    fn staged_layers_and_chunk_sizes_agree() {
+        if gpu("staged layers").is_none() {
+            return;
+        }
+        let name = "synth-256-Q4_K_M";
+        if !shipped(&model_files(name, false)) {
+            return;
+        }
+        let (sequence, _) = reference_tokens(name);
+        let tokens = &sequence[..20];
+        let file = GgufFile::open(common::model(&format!("{name}.gguf"))).unwrap();
+        let model = Model::from_gguf(&file).unwrap();
+        let cached = gpu_logits(&file, &model, tokens, 16, u64::MAX);
+        // No cache budget: every layer is copied into the staging buffer
+        // each pass. Same kernels on the same bytes: the same bits.
+        let staged = gpu_logits(&file, &model, tokens, 16, 0);
+        assert_eq!(cached, staged, "staged layers must give identical logits");
+        // Chunk 1 runs every product through the mat-vec kernel, chunk 16
+        // through the tiled one: equal within rounding.
+        let one = gpu_logits(&file, &model, tokens, 1, u64::MAX);
+        let max = one
+            .iter()
+            .zip(&cached)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(max <= 1e-3, "chunk 1 vs 16: max |diff| {max}");
+    }
+
+    /// Greedy decode: the prompt in one pass, then `steps` single tokens.
+    fn greedy<B: flea::backend::Backend>(
+        engine: &mut Engine<'_, &GgufFile, B>,
+        prompt: &[u32],
+        steps: usize,
+    ) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut next = flea::sampler::argmax(engine.forward(prompt, 0, Logits::Last).unwrap());
+        for i in 0..steps {
+            out.push(next);
+            if i + 1 < steps {
+                let logits = engine
+                    .forward(&[next], prompt.len() + i, Logits::Last)
+                    .unwrap();
+                next = flea::sampler::argmax(logits);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn greedy_tokens_equal_the_cpu_on_q8_0() {
+        if gpu("greedy tokens").is_none() {
+            return;
+        }
+        let name = "synth-256-Q8_0";
+        if !shipped(&model_files(name, false)) {
+            return;
+        }
+        let (_, prompt) = reference_tokens(name);
+        let file = GgufFile::open(common::model(&format!("{name}.gguf"))).unwrap();
+        let model = Model::from_gguf(&file).unwrap();
+        let cfg = engine_config(64, 32, 1);
+        let mut cpu_engine = Engine::new(&model, &file, &cfg).unwrap();
+        let want = greedy(&mut cpu_engine, &prompt, 8);
+        let backend = CudaForward::new(&model.hparams, CudaForwardConfig::new(64, 32, 1)).unwrap();
+        let mut gpu_engine = Engine::with_backend(&model, &file, backend, &cfg).unwrap();
+        let got = greedy(&mut gpu_engine, &prompt, 8);
+        assert_eq!(got, want, "GPU vs CPU greedy tokens");
+    }
+
+    #[test]
+    fn batched_decode_agrees_with_single_sequences() {
+        if gpu("batched decode").is_none() {
+            return;
+        }
+        let name = "synth-256-Q4_K_M";
+        if !shipped(&model_files(name, false)) {
+            return;
+        }
+        let (sequence, _) = reference_tokens(name);
+        let file = GgufFile::open(common::model(&format!("{name}.gguf"))).unwrap();
+        let model = Model::from_gguf(&file).unwrap();
+        let vocab = model.hparams.vocab_size;
+        let prompts: [&[u32]; 3] = [&sequence[..5], &sequence[3..12], &sequence[1..3]];
+        let step: [u32; 3] = [sequence[20], sequence[21], sequence[22]];
+
+        // Each sequence alone (slot 0 of its own engine): prompt, one step.
+        let mut alone = Vec::new();
+        for (p, &t) in prompts.iter().zip(&step) {
+            let backend =
+                CudaForward::new(&model.hparams, CudaForwardConfig::new(32, 16, 1)).unwrap();
+            let mut e =
+                Engine::with_backend(&model, &file, backend, &engine_config(32, 16, 1)).unwrap();
+            e.forward(p, 0, Logits::None).unwrap();
+            alone.extend_from_slice(e.forward(&[t], p.len(), Logits::Last).unwrap());
+        }
+
+        // All three in one engine: prompts one by one, then one batched step.
+        let backend = CudaForward::new(&model.hparams, CudaForwardConfig::new(32, 16, 3)).unwrap();
+        let mut e =
+            Engine::with_backend(&model, &file, backend, &engine_config(32, 16, 3)).unwrap();
+        for (s, p) in prompts.iter().enumerate() {
+            e.forward_batch(&[SeqChunk {
+                seq: s,
+                tokens: p,
+                start_pos: 0,
+                logits: Logits::None,
+            }])
+            .unwrap();
+        }
+        let chunks: Vec<SeqChunk<'_>> = (0..3)
+            .map(|s| SeqChunk {
+                seq: s,
+                tokens: &step[s..s + 1],
+                start_pos: prompts[s].len(),
+                logits: Logits::Last,
+            })
+            .collect();
+        let batched = e.forward_batch(&chunks).unwrap().to_vec();
+        assert_eq!(batched.len(), 3 * vocab);
+        let max = batched
+            .iter()
+            .zip(&alone)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(max <= 1e-4, "batched vs alone: max |diff| {max}");
+    }
+
+    #[test]
+    fn backend_driven_directly_and_device_argmax() {
+        use flea::backend::{Backend, Batch, BatchEntry, FileBytes};
+        if gpu("device argmax").is_none() {
+            return;
+        }
+        let name = "synth-256-Q4_K_M";
+        if !shipped(&model_files(name, false)) {
+            return;
+        }
+        let (sequence, _) = reference_tokens(name);
+        let tokens = &sequence[..12];
+        let file = GgufFile::open(common::model(&format!("{name}.gguf"))).unwrap();
+        let model = Model::from_gguf(&file).unwrap();
+        let vocab = model.hparams.vocab_size;
+        let mut b = CudaForward::new(&model.hparams, CudaForwardConfig::new(16, 16, 1)).unwrap();
+        let whole = FileBytes {
+            base: 0,
+            bytes: file.bytes_at(0..file.file_len()),
+        };
+        let entries = [BatchEntry {
+            seq: 0,
+            first: 0,
+            len: tokens.len(),
+            start_pos: 0,
+            logits: Logits::All,
+        }];
+        b.begin(
+            Batch {
+                entries: &entries,
+                tokens,
+            },
+            whole.weight(&model.token_embd),
+        )
+        .unwrap();
+        for (l, layer) in model.layers.iter().enumerate() {
+            b.layer(l, layer, whole).unwrap();
+        }
+        let logits = b
+            .finish(
+                whole.weight(&model.output_norm),
+                whole.weight(&model.output),
+            )
+            .unwrap()
+            .to_vec();
+        assert_eq!(logits.len(), tokens.len() * vocab);
+        let host: Vec<u32> = logits.chunks(vocab).map(flea::sampler::argmax).collect();
+        assert_eq!(b.argmax_last().unwrap(), &host[..]);
+        assert!(b.cached_weight_bytes() > 0);
+    }
+}
