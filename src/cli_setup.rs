@@ -54,6 +54,48 @@ pub struct Session {
     pub plan: Plan,
     /// Context, chunk, sequences and threads, after flags and config.
     pub engine: EngineConfig,
+    pub backend: BackendChoice,
+}
+
+/// Where the forward pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    Cpu,
+    #[cfg(feature = "cuda")]
+    Cuda,
+}
+
+/// `auto` takes the GPU when a driver and a device are present (one log
+/// line either way); `cuda` insists and fails clearly when it cannot.
+fn choose_backend(wanted: flea::config::Backend) -> Result<BackendChoice> {
+    use flea::config::Backend;
+    #[cfg(feature = "cuda")]
+    {
+        match wanted {
+            Backend::Cpu => Ok(BackendChoice::Cpu),
+            Backend::Cuda => {
+                flea::backend::cuda::open(0)?;
+                Ok(BackendChoice::Cuda)
+            }
+            Backend::Auto if flea::backend::cuda::cuda_available() => {
+                log::info!("backend: CUDA device 0");
+                Ok(BackendChoice::Cuda)
+            }
+            Backend::Auto => {
+                log::info!("backend: CPU (no CUDA driver or device found)");
+                Ok(BackendChoice::Cpu)
+            }
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        match wanted {
+            Backend::Cuda => Err(Error::config(
+                "device.backend = \"cuda\", but this build has no CUDA backend (rebuild with --features cuda, or use \"cpu\" or \"auto\")",
+            )),
+            Backend::Auto | Backend::Cpu => Ok(BackendChoice::Cpu),
+        }
+    }
 }
 
 pub fn open_session(args: &CommonArgs) -> Result<Session> {
@@ -88,11 +130,7 @@ pub fn open_session(args: &CommonArgs) -> Result<Session> {
         }
         config.generation.context = c;
     }
-    if config.device.backend == flea::config::Backend::Cuda {
-        return Err(Error::config(
-            "device.backend = \"cuda\": this build has no CUDA backend; use \"cpu\" or \"auto\"",
-        ));
-    }
+    let backend = choose_backend(config.device.backend)?;
 
     let start = Instant::now();
     let path = args.model.clone();
@@ -146,6 +184,7 @@ pub fn open_session(args: &CommonArgs) -> Result<Session> {
         tokenizer,
         plan,
         engine,
+        backend,
     })
 }
 
@@ -173,6 +212,24 @@ impl Session {
         self.engine.n_ctx = n_ctx;
         self.plan = Plan::make(&self.model, &self.engine, self.plan.budget)?;
         Ok(())
+    }
+
+    /// The engine on the GPU: weights stay in device memory once uploaded;
+    /// the host side still reads them through the planned residency.
+    #[cfg(feature = "cuda")]
+    pub fn cuda_engine(&self) -> Result<Engine<'_, Residency, flea::backend::cuda::CudaForward>> {
+        use flea::backend::cuda::{CudaForward, CudaForwardConfig};
+        log::info!("plan:\n{}", self.plan);
+        let source = Residency::open(
+            &self.path,
+            &self.model,
+            &self.plan,
+            self.residency_options(),
+        )?;
+        let config =
+            CudaForwardConfig::new(self.engine.n_ctx, self.engine.max_chunk, self.engine.n_seq);
+        let backend = CudaForward::new(&self.model.hparams, config)?;
+        Engine::with_backend(&self.model, source, backend, &self.engine)
     }
 
     /// Load the resident weights and start streaming, as planned.

@@ -4,6 +4,27 @@
 mod cli_demo;
 mod cli_setup;
 
+/// Run `$body` with `$engine` bound to the session's engine on the chosen
+/// backend. The engine's type differs per backend, so this is a macro: the
+/// body is compiled once for each.
+macro_rules! with_engine {
+    ($session:expr, |$engine:ident| $body:expr) => {
+        match $session.backend {
+            cli_setup::BackendChoice::Cpu => {
+                #[allow(unused_mut)]
+                let mut $engine = $session.engine()?;
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            cli_setup::BackendChoice::Cuda => {
+                #[allow(unused_mut)]
+                let mut $engine = $session.cuda_engine()?;
+                $body
+            }
+        }
+    };
+}
+
 use clap::{Args, Parser, Subcommand};
 use cli_setup::{open_session, CommonArgs};
 use flea::bench::{self, BenchOptions};
@@ -295,42 +316,41 @@ fn run(args: RunArgs) -> Result<u8> {
     install_signal_handler(interrupt.clone())?;
     let input = pipeline::spawn_line_reader(|| std::io::stdin().lock(), 2 * session.engine.n_seq);
     let summary = match &args.draft {
-        None => {
-            let mut engine = session.engine()?;
-            pipeline::run(
-                &mut engine,
-                &session.tokenizer,
-                input,
-                std::io::stdout().lock(),
-                &options,
-                &interrupt,
-            )?
-        }
+        None => with_engine!(session, |engine| pipeline::run(
+            &mut engine,
+            &session.tokenizer,
+            input,
+            std::io::stdout().lock(),
+            &options,
+            &interrupt,
+        )?),
         Some(draft_path) => {
             if session.engine.n_seq > 1 {
                 return Err(Error::usage(
                     "--draft works on one sequence at a time; drop --batch (or set it to 1)",
                 ));
             }
+            // The draft is small and resident: it runs on the CPU.
             let draft = cli_setup::open_draft(&mut session, draft_path)?;
-            let target = session.engine()?;
             let vocab = session.model.hparams.vocab_size;
-            let draft_engine = Engine::new(&draft.model, draft.weights, &session.engine)?;
-            let mut spec = Speculative::new(
-                target,
-                draft_engine,
-                Sampler::new(sampling.clone(), vocab),
-                Sampler::new(sampling.clone(), vocab),
-                args.draft_tokens,
-            )?;
-            pipeline::run_speculative(
-                &mut spec,
-                &session.tokenizer,
-                input,
-                std::io::stdout().lock(),
-                &options,
-                &interrupt,
-            )?
+            with_engine!(session, |target| {
+                let draft_engine = Engine::new(&draft.model, draft.weights, &session.engine)?;
+                let mut spec = Speculative::new(
+                    target,
+                    draft_engine,
+                    Sampler::new(sampling.clone(), vocab),
+                    Sampler::new(sampling.clone(), vocab),
+                    args.draft_tokens,
+                )?;
+                pipeline::run_speculative(
+                    &mut spec,
+                    &session.tokenizer,
+                    input,
+                    std::io::stdout().lock(),
+                    &options,
+                    &interrupt,
+                )?
+            })
         }
     };
     if summary.interrupted {
@@ -374,18 +394,21 @@ fn logits(args: LogitsArgs) -> Result<u8> {
     if tokens.len() > session.engine.n_ctx {
         session.replan_for_context(tokens.len())?;
     }
-    let mut engine = session.engine()?;
     let file = std::fs::File::create(&args.out)
         .map_err(|e| Error::io(format!("{}: cannot create: {e}", args.out.display())))?;
     let mut out = BufWriter::new(file);
     let start = Instant::now();
     let write_err = |e: std::io::Error| Error::io(format!("{}: {e}", args.out.display()));
-    teacher_forced(&mut engine, &tokens, |row| {
-        for v in row {
-            out.write_all(&v.to_le_bytes()).map_err(write_err)?;
+    with_engine!(session, |engine| teacher_forced(
+        &mut engine,
+        &tokens,
+        |row| {
+            for v in row {
+                out.write_all(&v.to_le_bytes()).map_err(write_err)?;
+            }
+            Ok(())
         }
-        Ok(())
-    })?;
+    )?);
     out.flush().map_err(write_err)?;
     log::info!(
         "wrote {} x {} logits to {} in {:.1} ms",

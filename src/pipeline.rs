@@ -7,6 +7,7 @@
 //! current completion at the next token, emits it as `interrupted`, and ends
 //! the run; everything completed before was already flushed.
 
+use crate::backend::Backend;
 use crate::engine::{Engine, Logits, WeightSource};
 use crate::error::{Error, Result};
 use crate::generate::{Completion, FinishReason, Flow};
@@ -262,8 +263,8 @@ impl<Wr: Write> Output<Wr> {
 /// the engine applies each layer to all active sequences: prompt chunks and
 /// decode steps alike. A finished sequence leaves and the next request
 /// takes its slot.
-pub fn run<W: WeightSource>(
-    engine: &mut Engine<'_, W>,
+pub fn run<W: WeightSource, B: Backend>(
+    engine: &mut Engine<'_, W, B>,
     tokenizer: &Tokenizer,
     input: Receiver<std::io::Result<String>>,
     output: impl Write,
@@ -416,8 +417,8 @@ pub fn run<W: WeightSource>(
 /// Serve requests one at a time with speculative decoding: the draft
 /// proposes, one pass of the (streamed) target verifies. Same input,
 /// output and signal handling as [`run`].
-pub fn run_speculative<W: WeightSource, D: WeightSource>(
-    spec: &mut Speculative<'_, W, D>,
+pub fn run_speculative<W: WeightSource, D: WeightSource, B: Backend>(
+    spec: &mut Speculative<'_, W, D, B>,
     tokenizer: &Tokenizer,
     input: Receiver<std::io::Result<String>>,
     output: impl Write,

@@ -345,3 +345,38 @@ fn bench_json_has_documented_fields() {
     );
     assert!(v["streamed"]["stall_ms_per_token"].is_number());
 }
+
+#[test]
+fn cuda_requested_without_a_gpu_is_a_clear_error() {
+    let model = model_arg("synth-256-Q8_0.gguf");
+    let cfg = temp_file("cuda.toml", "[device]\nbackend = \"cuda\"\n");
+    let out = flea(
+        &["run", "--model", &model, "--config", cfg.to_str().unwrap()],
+        "hi\n",
+    );
+    let _ = std::fs::remove_file(&cfg);
+    // This machine has no GPU: either the build lacks CUDA or the driver
+    // or device is missing; both are configuration errors, not panics.
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).to_lowercase().contains("cuda"),
+        "{}",
+        stderr(&out)
+    );
+    // auto falls back to the CPU.
+    let cfg = temp_file("auto.toml", "[device]\nbackend = \"auto\"\n");
+    let out = flea(
+        &[
+            "run",
+            "--model",
+            &model,
+            "--config",
+            cfg.to_str().unwrap(),
+            "-n",
+            "2",
+        ],
+        "hi\n",
+    );
+    let _ = std::fs::remove_file(&cfg);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
