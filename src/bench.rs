@@ -281,6 +281,7 @@ pub fn measure_compute_rate(path: &Path, model: &Model, threads: usize) -> Resul
     let bytes = FileBytes {
         base: read.range.start,
         bytes: &buf,
+        resident: true,
     };
     let backend = CpuBackend::new(threads);
     let matrices = [

@@ -214,11 +214,13 @@ impl Session {
         Ok(())
     }
 
-    /// The engine on the GPU: weights stay in device memory once uploaded;
-    /// the host side still reads them through the planned residency.
+    /// The engine on the GPU: resident layers stay in device memory once
+    /// uploaded; streamed layers go through the planned host slots (page-
+    /// locked) and, as `[device] buffer` says, a device double buffer or
+    /// the mapped host slots themselves.
     #[cfg(feature = "cuda")]
     pub fn cuda_engine(&self) -> Result<Engine<'_, Residency, flea::backend::cuda::CudaForward>> {
-        use flea::backend::cuda::{CudaForward, CudaForwardConfig};
+        use flea::backend::cuda::{streaming_engine, CudaForwardConfig};
         log::info!("plan:\n{}", self.plan);
         let source = Residency::open(
             &self.path,
@@ -227,9 +229,8 @@ impl Session {
             self.residency_options(),
         )?;
         let config =
-            CudaForwardConfig::new(self.engine.n_ctx, self.engine.max_chunk, self.engine.n_seq);
-        let backend = CudaForward::new(&self.model.hparams, config)?;
-        Engine::with_backend(&self.model, source, backend, &self.engine)
+            CudaForwardConfig::for_plan(&self.engine, &self.plan, self.config.device.buffer);
+        streaming_engine(&self.model, source, config, &self.engine)
     }
 
     /// Load the resident weights and start streaming, as planned.

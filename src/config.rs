@@ -135,10 +135,23 @@ impl Default for MemoryConfig {
     }
 }
 
+/// Where a GPU reads streamed layers from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuBuffer {
+    /// Copy each streamed layer into a device double buffer (discrete GPUs).
+    Device,
+    /// Kernels read pinned, device-mapped host slots directly, no copy
+    /// (unified-memory boards such as Jetson).
+    Mapped,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeviceConfig {
     pub backend: Backend,
+    /// CUDA only: how streamed layers reach the GPU.
+    pub buffer: GpuBuffer,
     /// CPU threads; 0 means one per physical core.
     pub threads: usize,
 }
@@ -147,6 +160,7 @@ impl Default for DeviceConfig {
     fn default() -> Self {
         DeviceConfig {
             backend: Backend::Auto,
+            buffer: GpuBuffer::Device,
             threads: 0,
         }
     }

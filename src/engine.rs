@@ -45,6 +45,7 @@ fn whole_map(file: &GgufFile) -> FileBytes<'_> {
     FileBytes {
         base: 0,
         bytes: file.bytes_at(0..file.file_len()),
+        resident: true,
     }
 }
 
@@ -146,6 +147,14 @@ impl<'a, W: WeightSource, B: Backend> Engine<'a, W, B> {
 
     pub fn max_chunk(&self) -> usize {
         self.max_chunk
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
     }
 
     pub fn weights(&self) -> &W {

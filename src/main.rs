@@ -555,8 +555,9 @@ fn bench_cmd(args: BenchArgs) -> Result<u8> {
     }
     let plan = Plan::make(&session.model, &opts.engine, session.plan.budget)?;
     log::info!("plan:\n{plan}");
-    log::info!("measuring disk bandwidth (O_DIRECT sequential read)...");
+    log::info!("measuring disk bandwidth (O_DIRECT sequential read) and memory bandwidth...");
     let disk = bench::measure_disk_bandwidth(&session.path, 1 << 30)?;
+    let memory_bw = bench::measure_memory_bandwidth();
     let progress = |s: &str| log::info!("{s}");
 
     let streamed = bench::run(
@@ -651,6 +652,8 @@ fn bench_cmd(args: BenchArgs) -> Result<u8> {
             "disk_bound_bytes_per_s": disk.bytes_per_s,
             "disk_direct": disk.direct,
             "disk_bound_ms_per_token": disk_bound_s * 1e3,
+            "memory_bandwidth_bytes_per_s": memory_bw,
+            "weight_bytes_per_s": session.file.file_len() as f64 * streamed.decode_tokens_per_s / streamed.batch as f64,
             "overlap_efficiency": streamed.overlap_efficiency,
             "streamed": streamed,
             "resident": resident,
@@ -735,6 +738,13 @@ fn bench_cmd(args: BenchArgs) -> Result<u8> {
         if disk.direct { "O_DIRECT" } else { "buffered" },
         disk_bound_s * 1e3,
         plan.streamed_bytes_per_pass() as f64 / (1 << 20) as f64
+    )
+    .map_err(io)?;
+    writeln!(
+        out,
+        "memory: {:.2} GB/s sequential read; decode touches {:.2} GB/s of model file (file bytes x tok/s)",
+        memory_bw / 1e9,
+        session.file.file_len() as f64 * streamed.decode_tokens_per_s / streamed.batch as f64 / 1e9
     )
     .map_err(io)?;
     if !sweep.is_empty() {

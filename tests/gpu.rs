@@ -1,9 +1,15 @@
 //! The CUDA backend against the CPU reference.
 //!
-//! Three parts:
-//! - `geometry`: the launch-geometry unit tests of
-//!   `src/backend/cuda/geometry.rs`, included by path so they run in every
-//!   `cargo test`, with or without the `cuda` feature and a GPU.
+//! Four parts:
+//! - `geometry` and `slots`: the unit tests of
+//!   `src/backend/cuda/geometry.rs` (launch geometry) and
+//!   `src/backend/cuda/slots.rs` (streaming: layer spans, slot sizes, the
+//!   double buffer's rotation, registration math), included by path so
+//!   they run in every `cargo test`, with or without the `cuda` feature and
+//!   a GPU.
+//! - `residency_slots_are_fixed_regions_that_hold_every_streamed_layer`:
+//!   the host side of streaming to a GPU (the slot regions the GPU
+//!   page-locks), also in every `cargo test`.
 //! - `cuda_kernels_run_on_the_host_match_the_cpu`: kernels/*.cu compiled by
 //!   the host C++ compiler and run under a CPU emulation of CUDA threads
 //!   (kernels/host/), checked against the Rust decoders and plain
@@ -11,13 +17,20 @@
 //! - `gpu` (feature `cuda` only): every kernel against the CPU scalar path
 //!   on random inputs and on the fixtures, then the whole forward pass
 //!   against llama.cpp's reference logits and against the CPU's greedy
-//!   tokens. Without a usable GPU each of these prints
+//!   tokens; streamed layers (device double buffer, mapped host slots,
+//!   pageable copies) against resident ones, bit for bit, for every
+//!   fixture at the minimum budget and at half the model. Without a usable
+//!   GPU each of these prints
 //!   "skipped: no CUDA device" (to stderr, past the test harness's capture)
 //!   and passes.
 
 #[allow(dead_code)]
 #[path = "../src/backend/cuda/geometry.rs"]
 mod geometry;
+
+#[allow(dead_code)]
+#[path = "../src/backend/cuda/slots.rs"]
+mod slots;
 
 mod common;
 
@@ -285,6 +298,153 @@ fn cuda_kernels_run_on_the_host_match_the_cpu() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The host side of streaming to a GPU, which needs no GPU: a
+/// `Residency`'s two slots are fixed regions of the plan's slot size,
+/// page-aligned and disjoint (what `cuMemHostRegister` is given), every
+/// streamed layer is handed over inside one of them with its matrices'
+/// span inside the slot (what the device slot copies), and a guard given to
+/// the source lives exactly as long as the source.
+#[test]
+fn residency_slots_are_fixed_regions_that_hold_every_streamed_layer() {
+    use flea::engine::{EngineConfig, WeightSource};
+    use flea::residency::plan::Plan;
+    use flea::residency::{Residency, ResidencyOptions};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    struct Guard(Arc<AtomicBool>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    let config = EngineConfig {
+        n_ctx: 64,
+        max_chunk: 8,
+        n_seq: 1,
+        threads: 1,
+    };
+    let mut streamed_somewhere = false;
+    for name in common::SYNTH_MODELS
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["llama-2-tiny-random".to_string()])
+    {
+        if !shipped(&[format!("models/{name}.gguf")]) {
+            continue;
+        }
+        let path = common::model(&format!("{name}.gguf"));
+        let file = flea::gguf::GgufFile::open(&path).unwrap();
+        let model = flea::model::Model::from_gguf(&file).unwrap();
+        // The resident layers of any plan fit the device arena sized from
+        // the plan (`CudaForwardConfig::resident_bytes`).
+        let spans = |l: usize| {
+            let m = &model.layers[l];
+            let span = slots::layer_span(
+                [&m.wq, &m.wk, &m.wv, &m.wo, &m.w_gate, &m.w_up, &m.w_down]
+                    .iter()
+                    .map(|t| t.file_range.clone()),
+            )
+            .unwrap();
+            span.end - span.start
+        };
+        let min = Plan::minimum_budget(&model, &config);
+        let all = Plan::make(&model, &config, u64::MAX).unwrap().total_bytes();
+        for budget in [min, min + (all - min) / 2, all] {
+            let plan = Plan::make(&model, &config, budget).unwrap();
+            let resident =
+                (0..model.layers.len()).filter(|l| !plan.streamed_layers().any(|s| s == *l));
+            assert!(
+                slots::arena_bytes(resident.map(spans)) <= plan.resident_layer_bytes,
+                "{name}: resident spans overflow the arena"
+            );
+        }
+        let plan = Plan::make(&model, &config, min).unwrap();
+        let mut source =
+            Residency::open(&path, &model, &plan, ResidencyOptions::default()).unwrap();
+        let regions = source.slot_regions();
+        if !plan.is_streaming() {
+            assert!(regions.is_empty(), "{name}: slots without streaming");
+            continue;
+        }
+        streamed_somewhere = true;
+        assert_eq!(regions.len(), slots::SLOTS, "{name}");
+        let host: Vec<slots::HostRegion> = regions
+            .iter()
+            .map(|r| slots::HostRegion {
+                addr: r.addr,
+                len: r.len,
+            })
+            .collect();
+        for r in &host {
+            assert_eq!(r.len as u64, plan.slot_bytes, "{name}: slot size");
+            assert_eq!(r.addr % 4096, 0, "{name}: slot alignment");
+        }
+        assert_eq!(slots::check_regions(&host, 4096), Ok(()), "{name}");
+        assert_eq!(
+            slots::locked_bytes(&host, 4096),
+            2 * plan.slot_bytes,
+            "{name}"
+        );
+        // Two passes over the streamed layers: each lies in a slot, its
+        // span fits a device slot, and the slots never move.
+        let streamed: Vec<usize> = plan.streamed_layers().collect();
+        let mut used = [false; slots::SLOTS];
+        for _ in 0..2 {
+            for &l in &streamed {
+                let layer = &model.layers[l];
+                let bytes = source.acquire_layer(l).unwrap();
+                assert!(!bytes.resident, "{name}: layer {l} is streamed");
+                let at = regions
+                    .iter()
+                    .position(|r| r.contains(bytes.bytes))
+                    .unwrap_or_else(|| panic!("{name}: layer {l} outside the slots"));
+                used[at] = true;
+                let span = slots::layer_span(
+                    [
+                        &layer.wq,
+                        &layer.wk,
+                        &layer.wv,
+                        &layer.wo,
+                        &layer.w_gate,
+                        &layer.w_up,
+                        &layer.w_down,
+                    ]
+                    .iter()
+                    .map(|t| t.file_range.clone()),
+                )
+                .unwrap();
+                let range = slots::host_range(&span, bytes.base, bytes.bytes.len())
+                    .unwrap_or_else(|| panic!("{name}: layer {l}'s span is outside its slot"));
+                assert!(range.len() as u64 <= slots::device_slot_bytes(plan.slot_bytes));
+                for t in [&layer.wq, &layer.w_down] {
+                    assert_eq!(
+                        t.file_range.start % slots::WEIGHT_ALIGN,
+                        0,
+                        "{name}: kernels need aligned matrices"
+                    );
+                }
+                source.release_layer(l);
+            }
+        }
+        assert!(used.iter().all(|&u| u), "{name}: both slots carry layers");
+        assert_eq!(source.slot_regions(), regions, "{name}: slots moved");
+        let dropped = Arc::new(AtomicBool::new(false));
+        source.hold_until_slots_freed(Box::new(Guard(dropped.clone())));
+        assert!(!dropped.load(Ordering::SeqCst));
+        drop(source);
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "{name}: guard outlived the source"
+        );
+    }
+    assert!(
+        streamed_somewhere || std::env::var_os("FLEA_GPU_PARTIAL_FIXTURES").is_some(),
+        "no fixture streamed at its minimum budget"
+    );
+}
+
 #[cfg(feature = "cuda")]
 mod gpu {
     use super::{common, model_files, random_weights, say, shipped, test_cols, Rng, FORMATS};
@@ -374,12 +534,7 @@ mod gpu {
             let cols = test_cols(ty);
             let w = random_weights(ty, rows, cols, &mut rng);
             let dw = gpu.upload(&w).unwrap();
-            let weight = DevWeight {
-                format: Format::of(ty).unwrap(),
-                rows,
-                cols,
-                data: dw.slice(..),
-            };
+            let weight = DevWeight::new(Format::of(ty).unwrap(), rows, cols, dw.slice(..));
             for n in [1, 2, 3, 5, 8, 9, 70] {
                 let x = rng.floats(n * cols);
                 let dx = gpu.upload(&x).unwrap();
@@ -410,12 +565,7 @@ mod gpu {
             let cols = test_cols(ty);
             let w = random_weights(ty, rows, cols, &mut rng);
             let dw = gpu.upload(&w).unwrap();
-            let weight = DevWeight {
-                format: Format::of(ty).unwrap(),
-                rows,
-                cols,
-                data: dw.slice(..),
-            };
+            let weight = DevWeight::new(Format::of(ty).unwrap(), rows, cols, dw.slice(..));
             let tokens: Vec<i32> = vec![39, 0, 7, 7, 12];
             let dt = gpu.upload(&tokens).unwrap();
             let mut out = gpu.zeros::<f32>(tokens.len() * cols).unwrap();
@@ -456,12 +606,7 @@ mod gpu {
             let rows = t.n_elements() as usize / cols;
             let bytes = gguf.tensor_data(t);
             let dw = gpu.upload(bytes).unwrap();
-            let weight = DevWeight {
-                format: Format::of(t.ggml_type).unwrap(),
-                rows,
-                cols,
-                data: dw.slice(..),
-            };
+            let weight = DevWeight::new(Format::of(t.ggml_type).unwrap(), rows, cols, dw.slice(..));
             let tokens: Vec<i32> = (0..rows as i32).collect();
             let dt = gpu.upload(&tokens).unwrap();
             let mut out = gpu.zeros::<f32>(rows * cols).unwrap();
@@ -495,12 +640,12 @@ mod gpu {
             for t in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
                 let bytes = file.bytes_at(t.file_range.clone());
                 let dw = gpu.upload(bytes).unwrap();
-                let weight = DevWeight {
-                    format: Format::of(t.ggml_type).unwrap(),
-                    rows: t.rows,
-                    cols: t.cols,
-                    data: dw.slice(..),
-                };
+                let weight = DevWeight::new(
+                    Format::of(t.ggml_type).unwrap(),
+                    t.rows,
+                    t.cols,
+                    dw.slice(..),
+                );
                 for n in [1, 4, 20] {
                     let x = rng.floats(n * t.cols);
                     let dx = gpu.upload(&x).unwrap();
@@ -1025,6 +1170,7 @@ mod gpu {
         let whole = FileBytes {
             base: 0,
             bytes: file.bytes_at(0..file.file_len()),
+            resident: true,
         };
         let entries = [BatchEntry {
             seq: 0,
@@ -1055,5 +1201,384 @@ mod gpu {
         let host: Vec<u32> = logits.chunks(vocab).map(flea::sampler::argmax).collect();
         assert_eq!(b.argmax_last().unwrap(), &host[..]);
         assert!(b.cached_weight_bytes() > 0);
+    }
+
+    // ------------------------------------------------------------ streaming
+
+    use flea::config::GpuBuffer;
+    use flea::engine::WeightSource;
+    use flea::residency::plan::Plan;
+    use flea::residency::{Residency, ResidencyOptions};
+
+    const STREAM_CTX: usize = 64;
+    const STREAM_CHUNK: usize = 8;
+
+    fn stream_config() -> EngineConfig {
+        engine_config(STREAM_CTX, STREAM_CHUNK, 1)
+    }
+
+    fn stream_tokens(vocab: usize) -> Vec<u32> {
+        (0..20u64)
+            .map(|i| (1 + (i * 7919) % (vocab as u64 - 1)) as u32)
+            .collect()
+    }
+
+    /// Teacher-forced logits of `tokens` in chunks of 8, then 4 greedy
+    /// single-token steps, twice over (the second round starts while the
+    /// loader has wrapped around to the first streamed layers, and with an
+    /// odd number of streamed layers on the other device slot).
+    fn engine_logits<W: WeightSource>(
+        engine: &mut Engine<'_, W, CudaForward>,
+        tokens: &[u32],
+    ) -> Vec<f32> {
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            out.clear();
+            flea::generate::teacher_forced(engine, tokens, |row| {
+                out.extend_from_slice(row);
+                Ok(())
+            })
+            .unwrap();
+            let vocab = engine.hparams().vocab_size;
+            let mut next = flea::sampler::argmax(&out[out.len() - vocab..]);
+            for i in 0..4 {
+                let logits = engine
+                    .forward(&[next], tokens.len() + i, Logits::Last)
+                    .unwrap();
+                out.extend_from_slice(logits);
+                next = flea::sampler::argmax(logits);
+            }
+        }
+        out
+    }
+
+    /// How a streamed run feeds the GPU in these tests.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Mode {
+        /// Page-locked host slots, device double buffer.
+        Device,
+        /// Page-locked, mapped host slots read in place.
+        Mapped,
+        /// No registration: device double buffer sized at the first
+        /// streamed layer, copies from pageable memory.
+        Pageable,
+    }
+
+    /// A streaming engine for `plan` in `mode`, checked to feed as asked.
+    fn streamed_engine<'m>(
+        path: &std::path::Path,
+        model: &'m Model,
+        plan: &Plan,
+        mode: Mode,
+        profile: bool,
+    ) -> Engine<'m, Residency, CudaForward> {
+        let mut source = Residency::open(path, model, plan, ResidencyOptions::default()).unwrap();
+        let buffer = match mode {
+            Mode::Mapped => GpuBuffer::Mapped,
+            Mode::Device | Mode::Pageable => GpuBuffer::Device,
+        };
+        let mut cfg = CudaForwardConfig::for_plan(&stream_config(), plan, buffer);
+        cfg.profile = profile;
+        if mode == Mode::Pageable {
+            cfg.stream_slot_bytes = 0;
+        }
+        let mut backend = CudaForward::new(&model.hparams, cfg).unwrap();
+        if mode != Mode::Pageable {
+            backend.pin_host_slots(&mut source).unwrap();
+        }
+        if plan.is_streaming() {
+            let want = if mode == Mode::Mapped {
+                cuda::Feed::Mapped
+            } else {
+                cuda::Feed::Device
+            };
+            assert_eq!(
+                backend.feed(),
+                want,
+                "{mode:?}: streamed layers are not fed as asked (see the log line on pinning)"
+            );
+            match mode {
+                Mode::Device | Mode::Mapped => assert_eq!(
+                    backend.locked_host_bytes(),
+                    2 * plan.slot_bytes,
+                    "{mode:?}: host slots not page-locked"
+                ),
+                Mode::Pageable => assert_eq!(backend.locked_host_bytes(), 0),
+            }
+            let device_slots = if mode == Mode::Device {
+                plan.slot_bytes as usize
+            } else {
+                0
+            };
+            assert_eq!(backend.device_slot_bytes(), device_slots, "{mode:?}");
+        }
+        Engine::with_backend(model, source, backend, &stream_config()).unwrap()
+    }
+
+    /// Streamed layers run the same kernels on the same bytes as resident
+    /// ones: identical logits, bit for bit, for every fixture, at the
+    /// minimum budget (every layer streamed), with one layer resident (an
+    /// odd number streamed, so passes alternate the first device slot) and
+    /// at half the model, through the device double buffer, the mapped
+    /// host slots and pageable copies. Also for the GGUFs listed in
+    /// `FLEA_GPU_EXTRA_MODELS` (colon-separated).
+    #[test]
+    fn streamed_logits_equal_resident_logits_on_the_gpu() {
+        if gpu("streamed vs resident").is_none() {
+            return;
+        }
+        let mut models: Vec<(String, std::path::PathBuf)> = Vec::new();
+        for name in common::SYNTH_MODELS
+            .iter()
+            .copied()
+            .chain(["llama-2-tiny-random"])
+        {
+            if shipped(&[format!("models/{name}.gguf")]) {
+                models.push((name.to_string(), common::model(&format!("{name}.gguf"))));
+            }
+        }
+        // Stand-ins for fixtures a GPU machine was not shipped (made there
+        // with `flea synth`, see scripts/gpu-check.sh).
+        for path in std::env::var("FLEA_GPU_EXTRA_MODELS")
+            .unwrap_or_default()
+            .split(':')
+            .filter(|p| !p.is_empty())
+        {
+            models.push((path.to_string(), std::path::PathBuf::from(path)));
+        }
+        let mut streamed_runs = 0;
+        for (name, path) in models {
+            let file = GgufFile::open(&path).unwrap();
+            let model = Model::from_gguf(&file).unwrap();
+            let tokens = stream_tokens(model.hparams.vocab_size);
+            let reference = {
+                let backend = CudaForward::new(
+                    &model.hparams,
+                    CudaForwardConfig::new(STREAM_CTX, STREAM_CHUNK, 1),
+                )
+                .unwrap();
+                let mut e = Engine::with_backend(&model, &file, backend, &stream_config()).unwrap();
+                engine_logits(&mut e, &tokens)
+            };
+            let min = Plan::minimum_budget(&model, &stream_config());
+            let all = Plan::make(&model, &stream_config(), u64::MAX)
+                .unwrap()
+                .total_bytes();
+            let one_layer = Plan::make(&model, &stream_config(), u64::MAX)
+                .unwrap()
+                .layer_reads[0]
+                .len();
+            let half = min + (all - min) / 2;
+            for (label, budget) in [
+                ("minimum", min),
+                ("one resident", (min + one_layer).min(all)),
+                ("half", half),
+            ] {
+                let plan = Plan::make(&model, &stream_config(), budget).unwrap();
+                let streamed = plan.streamed_layers().count();
+                if streamed > 0 {
+                    streamed_runs += 1;
+                }
+                for mode in [Mode::Device, Mode::Mapped, Mode::Pageable] {
+                    let mut e = streamed_engine(&path, &model, &plan, mode, false);
+                    let ours = engine_logits(&mut e, &tokens);
+                    assert_eq!(ours.len(), reference.len());
+                    let differ = ours
+                        .iter()
+                        .zip(&reference)
+                        .filter(|(a, b)| a.to_bits() != b.to_bits())
+                        .count();
+                    assert_eq!(
+                        differ,
+                        0,
+                        "{name}: budget {label} ({budget} bytes, {streamed} of {} layers \
+                         streamed), {mode:?}: {differ} logits differ from resident",
+                        model.layers.len()
+                    );
+                }
+            }
+            say(&format!(
+                "streamed == resident on the GPU: {name} (device, mapped, pageable)\n"
+            ));
+        }
+        assert!(
+            streamed_runs > 0 || std::env::var_os("FLEA_GPU_PARTIAL_FIXTURES").is_some(),
+            "no fixture streamed"
+        );
+    }
+
+    /// One pass of the engine's loop (`Engine::run_batch` without the
+    /// checks), keeping the backend in hand to read its counters.
+    fn pass(
+        model: &Model,
+        source: &mut Residency,
+        backend: &mut CudaForward,
+        tokens: &[u32],
+        start_pos: usize,
+    ) -> Vec<f32> {
+        use flea::backend::{Backend, Batch, BatchEntry};
+        let entries = [BatchEntry {
+            seq: 0,
+            first: 0,
+            len: tokens.len(),
+            start_pos,
+            logits: Logits::Last,
+        }];
+        backend
+            .begin(
+                Batch {
+                    entries: &entries,
+                    tokens,
+                },
+                source.global(&model.token_embd),
+            )
+            .unwrap();
+        for (l, layer) in model.layers.iter().enumerate() {
+            let bytes = source.acquire_layer(l).unwrap();
+            let r = backend.layer(l, layer, bytes);
+            source.release_layer(l);
+            r.unwrap();
+        }
+        backend
+            .finish(
+                source.global(&model.output_norm),
+                source.global(&model.output),
+            )
+            .unwrap()
+            .to_vec()
+    }
+
+    /// The counters and event times the benchmark reads: every streamed
+    /// layer copied (device) or read in place (mapped) once per pass, the
+    /// bytes copied, and nonzero copy and kernel times.
+    #[test]
+    fn layer_times_count_every_streamed_layer() {
+        if gpu("layer times").is_none() {
+            return;
+        }
+        let name = "synth-256-Q4_K_M";
+        if !shipped(&[format!("models/{name}.gguf")]) {
+            return;
+        }
+        let path = common::model(&format!("{name}.gguf"));
+        let file = GgufFile::open(&path).unwrap();
+        let model = Model::from_gguf(&file).unwrap();
+        let min = Plan::minimum_budget(&model, &stream_config());
+        let one_layer = Plan::make(&model, &stream_config(), u64::MAX)
+            .unwrap()
+            .layer_reads[0]
+            .len();
+        let plan = Plan::make(&model, &stream_config(), min + one_layer).unwrap();
+        let streamed = plan.streamed_layers().count() as u64;
+        let resident = model.layers.len() as u64 - streamed;
+        assert!(streamed > 0);
+        let tokens = stream_tokens(model.hparams.vocab_size);
+        for mode in [Mode::Device, Mode::Mapped] {
+            let mut source =
+                Residency::open(&path, &model, &plan, ResidencyOptions::default()).unwrap();
+            let buffer = match mode {
+                Mode::Mapped => GpuBuffer::Mapped,
+                _ => GpuBuffer::Device,
+            };
+            let mut cfg = CudaForwardConfig::for_plan(&stream_config(), &plan, buffer);
+            cfg.profile = true;
+            let mut backend = CudaForward::new(&model.hparams, cfg).unwrap();
+            backend.pin_host_slots(&mut source).unwrap();
+            let a = pass(&model, &mut source, &mut backend, &tokens[..8], 0);
+            backend.reset_layer_times();
+            let b = pass(&model, &mut source, &mut backend, &tokens[8..9], 8);
+            let c = pass(&model, &mut source, &mut backend, &tokens[9..10], 9);
+            assert!(!a.is_empty() && !b.is_empty() && !c.is_empty());
+            let t = backend.layer_times();
+            assert_eq!(t.passes, 2, "{mode:?}");
+            assert_eq!(t.resident_layers, 2 * resident, "{mode:?}");
+            assert!(t.resident_compute_ms > 0.0, "{mode:?}: {t:?}");
+            assert!(t.streamed_compute_ms > 0.0, "{mode:?}: {t:?}");
+            assert!(t.host_wait_ms >= 0.0, "{mode:?}: {t:?}");
+            let per_pass: u64 = plan
+                .streamed_layers()
+                .map(|l| {
+                    let m = &model.layers[l];
+                    let span = super::slots::layer_span(
+                        [&m.wq, &m.wk, &m.wv, &m.wo, &m.w_gate, &m.w_up, &m.w_down]
+                            .iter()
+                            .map(|t| t.file_range.clone()),
+                    )
+                    .unwrap();
+                    span.end - span.start
+                })
+                .sum();
+            match mode {
+                Mode::Device => {
+                    assert_eq!(t.copied_layers, 2 * streamed, "{t:?}");
+                    assert_eq!(t.mapped_layers, 0, "{t:?}");
+                    assert_eq!(t.copy_bytes, 2 * per_pass, "{t:?}");
+                    assert!(t.copy_ms > 0.0 && t.copy_bytes_per_s().is_some(), "{t:?}");
+                }
+                _ => {
+                    assert_eq!(t.mapped_layers, 2 * streamed, "{t:?}");
+                    assert_eq!(t.copied_layers, 0, "{t:?}");
+                    assert_eq!(t.copy_bytes, 0, "{t:?}");
+                }
+            }
+            say(&format!("layer times {mode:?}: {t:?}\n"));
+        }
+    }
+
+    /// The registration is undone with the source, whichever of source and
+    /// backend goes first, and a backend can be given another source.
+    #[test]
+    fn host_slot_registration_follows_the_source() {
+        let Some(gpu) = gpu("host slot registration") else {
+            return;
+        };
+        let bw = cuda::measure_h2d_bandwidth(&gpu, 64 << 20, 3).unwrap();
+        assert!(bw.bytes_per_s.is_finite() && bw.bytes_per_s > 0.0);
+        say(&format!(
+            "pinned H2D: {:.1} GB/s (64 MiB x 3)\n",
+            bw.bytes_per_s / 1e9
+        ));
+        drop(gpu);
+        let name = "synth-256-Q8_0";
+        if !shipped(&[format!("models/{name}.gguf")]) {
+            return;
+        }
+        let path = common::model(&format!("{name}.gguf"));
+        let file = GgufFile::open(&path).unwrap();
+        let model = Model::from_gguf(&file).unwrap();
+        let plan = Plan::make(
+            &model,
+            &stream_config(),
+            Plan::minimum_budget(&model, &stream_config()),
+        )
+        .unwrap();
+        assert!(plan.is_streaming());
+        let tokens = stream_tokens(model.hparams.vocab_size);
+        let open = || Residency::open(&path, &model, &plan, ResidencyOptions::default()).unwrap();
+        let cfg = CudaForwardConfig::for_plan(&stream_config(), &plan, GpuBuffer::Mapped);
+        let mut backend = CudaForward::new(&model.hparams, cfg).unwrap();
+
+        // Source dropped first: the backend stops using the mapping.
+        let mut source = open();
+        backend.pin_host_slots(&mut source).unwrap();
+        assert_eq!(backend.feed(), cuda::Feed::Mapped);
+        let first = pass(&model, &mut source, &mut backend, &tokens[..8], 0);
+        drop(source);
+        assert_eq!(backend.locked_host_bytes(), 0);
+        assert_eq!(backend.feed(), cuda::Feed::Device);
+
+        // A new source, registered again on the same backend.
+        let mut source = open();
+        backend.pin_host_slots(&mut source).unwrap();
+        assert_eq!(backend.feed(), cuda::Feed::Mapped);
+        let again = pass(&model, &mut source, &mut backend, &tokens[..8], 0);
+        assert_eq!(first, again, "same pass, same logits");
+
+        // Backend dropped first: the source's guard still unregisters.
+        drop(backend);
+        let more = source.acquire_layer(0).unwrap().bytes.len();
+        source.release_layer(0);
+        assert!(more > 0);
+        drop(source);
     }
 }

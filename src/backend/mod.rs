@@ -39,6 +39,12 @@ impl<'a> Weight<'a> {
 pub struct FileBytes<'b> {
     pub base: u64,
     pub bytes: &'b [u8],
+    /// The bytes stay where they are for the whole run (memory map,
+    /// resident copy). False for a streaming slot, which is refilled with
+    /// another layer once released: a backend may keep (upload, cache)
+    /// resident bytes, but must be done with streamed ones when `layer`
+    /// returns.
+    pub resident: bool,
 }
 
 impl<'b> FileBytes<'b> {

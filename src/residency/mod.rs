@@ -54,6 +54,7 @@ impl Owned {
         FileBytes {
             base: self.read.range.start,
             bytes: &self.buf,
+            resident: true,
         }
     }
 }
@@ -71,6 +72,8 @@ struct Stream {
     held: Option<(usize, AlignedBuf)>,
     last_requested: Option<usize>,
     prefetch: bool,
+    /// Where the slots' memory lies, fixed at start (see [`SlotRegion`]).
+    regions: Vec<SlotRegion>,
 }
 
 impl Stream {
@@ -119,6 +122,8 @@ pub struct Residency {
     stream: Option<Stream>,
     stats: IoStats,
     direct: bool,
+    /// Dropped before the slots are freed (see [`Residency::hold_until_slots_freed`]).
+    slot_guards: Vec<Box<dyn Send + Sync>>,
 }
 
 impl Residency {
@@ -184,9 +189,10 @@ impl Residency {
             for (p, &l) in order.iter().enumerate() {
                 position[l] = p;
             }
-            let free = (0..SLOTS)
+            let free: Vec<AlignedBuf> = (0..SLOTS)
                 .map(|_| AlignedBuf::new(plan.slot_bytes as usize))
                 .collect();
+            let regions = free.iter().map(SlotRegion::of).collect();
             let loader = Loader::start(reader, path.to_path_buf(), options.retry, SLOTS)?;
             Some(Stream {
                 loader,
@@ -197,6 +203,7 @@ impl Residency {
                 held: None,
                 last_requested: None,
                 prefetch: options.prefetch,
+                regions,
             })
         };
         Ok(Residency {
@@ -207,6 +214,7 @@ impl Residency {
             stream,
             stats,
             direct: false,
+            slot_guards: Vec::new(),
         })
     }
 
@@ -241,7 +249,11 @@ impl WeightSource for Residency {
     fn acquire_layer(&mut self, l: usize) -> Result<FileBytes<'_>> {
         let base = self.reads[l].range.start;
         if let Some(buf) = &self.resident[l] {
-            return Ok(FileBytes { base, bytes: buf });
+            return Ok(FileBytes {
+                base,
+                bytes: buf,
+                resident: true,
+            });
         }
         let stream = self
             .stream
@@ -281,7 +293,11 @@ impl WeightSource for Residency {
             stream.prefetch_next(&self.reads)?;
         }
         let (_, buf) = stream.held.as_ref().expect("just stored");
-        Ok(FileBytes { base, bytes: buf })
+        Ok(FileBytes {
+            base,
+            bytes: buf,
+            resident: false,
+        })
     }
 
     fn release_layer(&mut self, l: usize) {
@@ -297,5 +313,59 @@ impl WeightSource for Residency {
                 let _ = stream.prefetch_next(&self.reads);
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------- slot memory for accelerators
+
+/// Where one streaming slot's host memory lies. The slots are allocated
+/// once, at open, and never move or grow: only their ownership travels
+/// between the engine and the loader thread. So an accelerator may
+/// page-lock (register) them once for the whole run, e.g. with CUDA's
+/// `cuMemHostRegister`, and copy from them or map them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotRegion {
+    /// Address of the first byte (aligned to [`buffer::IO_ALIGN`]).
+    pub addr: usize,
+    /// Bytes (a multiple of [`buffer::IO_ALIGN`]).
+    pub len: usize,
+}
+
+impl SlotRegion {
+    fn of(buf: &AlignedBuf) -> SlotRegion {
+        SlotRegion {
+            addr: buf.as_ptr() as usize,
+            len: buf.len(),
+        }
+    }
+
+    /// Whether `bytes` lie inside this region.
+    pub fn contains(&self, bytes: &[u8]) -> bool {
+        let a = bytes.as_ptr() as usize;
+        a >= self.addr && a + bytes.len() <= self.addr + self.len
+    }
+}
+
+impl Residency {
+    /// The streaming slots' memory, one region per slot (none when nothing
+    /// streams). Valid until this source is dropped.
+    pub fn slot_regions(&self) -> Vec<SlotRegion> {
+        self.stream
+            .as_ref()
+            .map_or_else(Vec::new, |s| s.regions.clone())
+    }
+
+    /// Keep `guard` until this source is dropped, and drop it before the
+    /// slots are freed: for a registration of [`Residency::slot_regions`]
+    /// (page-locking) that must be undone while the memory still exists.
+    pub fn hold_until_slots_freed(&mut self, guard: Box<dyn Send + Sync>) {
+        self.slot_guards.push(guard);
+    }
+}
+
+impl Drop for Residency {
+    fn drop(&mut self) {
+        // Before `stream` (and with it the slots) goes.
+        self.slot_guards.clear();
     }
 }

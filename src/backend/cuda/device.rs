@@ -7,6 +7,7 @@
 //! All work goes to one stream, in order, so a launch may read what the one
 //! before it wrote; cudarc's per-buffer event tracking is switched off.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use cudarc::driver::{
@@ -57,18 +58,75 @@ impl Format {
     }
 }
 
-/// A weight matrix in device memory: GGUF bytes as in the file.
+/// A weight matrix the kernels can read: GGUF bytes as in the file, in
+/// device memory or in page-locked host memory mapped into the device's
+/// address space (a streaming slot on a unified-memory board). Borrows
+/// whatever holds the bytes for `'a`.
 #[derive(Debug)]
 pub struct DevWeight<'a> {
     pub format: Format,
     pub rows: usize,
     pub cols: usize,
-    pub data: CudaView<'a, u8>,
+    /// Device address of the first byte. A plain address, never owned: a
+    /// mapped host address must not reach `cuMemFree`.
+    ptr: sys::CUdeviceptr,
+    len: usize,
+    _bytes: PhantomData<&'a [u8]>,
 }
 
-impl DevWeight<'_> {
+impl<'a> DevWeight<'a> {
+    /// A matrix in device memory.
+    pub fn new(format: Format, rows: usize, cols: usize, data: CudaView<'a, u8>) -> DevWeight<'a> {
+        // Event tracking is off (see `Gpu::new`): this only reads the address.
+        let (ptr, _sync) = data.device_ptr(data.stream());
+        DevWeight {
+            format,
+            rows,
+            cols,
+            ptr,
+            len: data.len(),
+            _bytes: PhantomData,
+        }
+    }
+
+    /// A matrix at a device address.
+    ///
+    /// # Safety
+    /// `ptr..ptr + len` must be readable by kernels of this context for as
+    /// long as the weight (and any launch that reads it) lives.
+    pub unsafe fn from_raw(
+        format: Format,
+        rows: usize,
+        cols: usize,
+        ptr: sys::CUdeviceptr,
+        len: usize,
+    ) -> DevWeight<'a> {
+        DevWeight {
+            format,
+            rows,
+            cols,
+            ptr,
+            len,
+            _bytes: PhantomData,
+        }
+    }
+
+    /// Bytes of the matrix.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Device address of the first byte.
+    pub fn device_ptr(&self) -> sys::CUdeviceptr {
+        self.ptr
+    }
+
     pub fn row_bytes(&self) -> usize {
-        self.data.len() / self.rows
+        self.len / self.rows
     }
 
     fn check(&self, what: &str) {
@@ -79,19 +137,25 @@ impl DevWeight<'_> {
             .map(|b| b * self.rows);
         assert_eq!(
             expect,
-            Some(self.data.len()),
+            Some(self.len),
             "{what}: {} [{} x {}] needs {:?} bytes, has {}",
             self.format.ggml_type,
             self.rows,
             self.cols,
             expect,
-            self.data.len()
+            self.len
         );
         assert!(
             geometry::supports_width(self.format.suffix(), self.cols),
             "{what}: {} rows of {} weights are not whole blocks",
             self.format.ggml_type,
             self.cols
+        );
+        assert!(
+            self.ptr.is_multiple_of(super::slots::WEIGHT_ALIGN),
+            "{what}: weights at {:#x} are not {}-byte aligned",
+            self.ptr,
+            super::slots::WEIGHT_ALIGN
         );
     }
 }
@@ -263,6 +327,43 @@ impl Gpu {
         self.stream.synchronize().map_err(cuda_err("synchronize"))
     }
 
+    /// Another stream on this device, for work that overlaps the kernels
+    /// (the streamed layers' copies).
+    pub fn new_stream(&self) -> Result<Arc<CudaStream>> {
+        self.ctx.new_stream().map_err(cuda_err("create stream"))
+    }
+
+    /// Device address of a buffer's first element.
+    pub fn address_of<T>(buf: &CudaSlice<T>) -> sys::CUdeviceptr {
+        // Event tracking is off: this only reads the address.
+        let (ptr, _sync) = buf.device_ptr(buf.stream());
+        ptr
+    }
+
+    /// Enqueue a copy of `host` to device address `dst` on `stream`
+    /// (`cuMemcpyHtoDAsync`). From page-locked memory it returns at once
+    /// and the DMA runs later; from pageable memory the driver stages the
+    /// bytes before it returns.
+    ///
+    /// # Safety
+    /// `dst..dst + host.len()` must be device memory of this context that
+    /// nothing else uses until the copy completes, and `host` must stay
+    /// valid and unchanged until then (record an event behind the copy and
+    /// wait for it before handing the host bytes back).
+    pub unsafe fn copy_htod_async(
+        &self,
+        stream: &CudaStream,
+        dst: sys::CUdeviceptr,
+        host: &[u8],
+    ) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(cuda_err("bind context"))?;
+        cudarc::driver::result::memcpy_htod_async(dst, host, stream.cu_stream()).map_err(cuda_err(
+            format_args!("copy {} bytes host to device", host.len()),
+        ))
+    }
+
     pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>> {
         // A zero-length allocation is legal but some drivers return null;
         // keep every buffer at least one element long.
@@ -382,7 +483,7 @@ impl Gpu {
         let rows = i32_of(w.rows, "rows");
         let cols = i32_of(w.cols, "cols");
         let mut b = self.stream.launch_builder(f);
-        b.arg(&w.data)
+        b.arg(&w.ptr)
             .arg(&row_bytes)
             .arg(&rows)
             .arg(&cols)
@@ -411,7 +512,7 @@ impl Gpu {
         let cols = i32_of(w.cols, "cols");
         let n32 = i32_of(n, "positions");
         let mut b = self.stream.launch_builder(f);
-        b.arg(&w.data)
+        b.arg(&w.ptr)
             .arg(&row_bytes)
             .arg(&rows)
             .arg(&cols)
@@ -433,7 +534,7 @@ impl Gpu {
         n: usize,
     ) -> Result<()> {
         let expect = w.format.ggml_type.row_bytes(w.cols).map(|b| b * w.rows);
-        assert_eq!(expect, Some(w.data.len()), "embed: weight size");
+        assert_eq!(expect, Some(w.len), "embed: weight size");
         assert!(tokens.len() >= n, "embed: {} token ids < {n}", tokens.len());
         assert!(out.len() >= n * w.cols, "embed: output too short");
         if n == 0 {
@@ -444,7 +545,7 @@ impl Gpu {
         let cols = i32_of(w.cols, "cols");
         let mut b = self.stream.launch_builder(f);
         b.arg(out)
-            .arg(&w.data)
+            .arg(&w.ptr)
             .arg(&row_bytes)
             .arg(tokens)
             .arg(&cols);

@@ -1,17 +1,28 @@
 //! The llama forward pass on a CUDA device: the [`Backend`] that keeps the
-//! activations, the KV cache and (up to a budget) the weights in device
-//! memory. It computes what `cpu_forward.rs` computes, stage for stage;
-//! only the summation order inside kernels differs, so logits agree within
-//! float rounding, not bit for bit.
+//! activations, the KV cache and the resident weights in device memory, and
+//! feeds it streamed layers through a device double buffer or, on
+//! unified-memory boards, straight from the mapped host slots (see
+//! `weights.rs`). It computes what `cpu_forward.rs` computes, stage for
+//! stage; only the summation order inside kernels differs, so logits agree
+//! with the CPU within float rounding, not bit for bit. Streamed and
+//! resident layers run the same kernels on the same bytes, so on the GPU
+//! streamed logits equal resident logits exactly.
 
-use cudarc::driver::CudaSlice;
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaEvent, CudaSlice};
 
-use super::device::{AttentionShape, Gpu};
-use super::weights::WeightCache;
+use super::device::{cuda_err, AttentionShape, Gpu};
+use super::pinned;
+use super::slots::{device_slot_bytes, DevicePlan, Feed, HostRegion, LayerTimes};
+use super::weights::{LayerSource, WeightCache};
 use crate::backend::{Backend, Batch, FileBytes, Logits, Weight};
+use crate::config::GpuBuffer;
+use crate::engine::EngineConfig;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::model::{Hparams, LayerTensors};
+use crate::residency::plan::Plan;
+use crate::residency::Residency;
 
 /// Shape of a CUDA forward pass, fixed at start.
 #[derive(Debug, Clone, Copy)]
@@ -22,13 +33,29 @@ pub struct CudaForwardConfig {
     pub n_seq: usize,
     /// Device ordinal.
     pub device: usize,
-    /// Most bytes of layer weights kept in device memory; layers past it
-    /// are copied in each time they run. `u64::MAX`: keep every layer.
+    /// Most bytes of resident layers kept in device memory; resident
+    /// layers past it are copied in each time they run. `u64::MAX`: keep
+    /// every resident layer. Streamed layers are never kept.
     pub weight_cache_bytes: u64,
+    /// How streamed layers reach the kernels: copied into a device double
+    /// buffer, or read in place from the mapped host slots.
+    pub buffer: GpuBuffer,
+    /// Bytes of each host streaming slot (the plan's `slot_bytes`): the
+    /// device double buffer is sized from it and allocated at start. 0:
+    /// allocated at the first streamed layer, sized from its host slot.
+    pub stream_slot_bytes: u64,
+    /// Bytes of resident layers the plan keeps (`resident_layer_bytes`):
+    /// one device buffer for them is allocated at start. 0: each resident
+    /// layer gets an allocation of its own when it first runs.
+    pub resident_bytes: u64,
+    /// Time each layer's wait for its copy and its kernels with events
+    /// ([`CudaForward::layer_times`]). Off, only the host's waits and the
+    /// bytes copied are counted.
+    pub profile: bool,
 }
 
 impl CudaForwardConfig {
-    /// Device 0, every layer kept.
+    /// Device 0, every resident layer kept, the device feed.
     pub fn new(n_ctx: usize, max_chunk: usize, n_seq: usize) -> CudaForwardConfig {
         CudaForwardConfig {
             n_ctx,
@@ -36,7 +63,74 @@ impl CudaForwardConfig {
             n_seq,
             device: 0,
             weight_cache_bytes: u64::MAX,
+            buffer: GpuBuffer::Device,
+            stream_slot_bytes: 0,
+            resident_bytes: 0,
+            profile: false,
         }
+    }
+
+    /// The engine's shape and the plan's slots, fed as `buffer` says.
+    pub fn for_plan(engine: &EngineConfig, plan: &Plan, buffer: GpuBuffer) -> CudaForwardConfig {
+        CudaForwardConfig {
+            buffer,
+            stream_slot_bytes: plan.slot_bytes,
+            resident_bytes: plan.resident_layer_bytes,
+            ..CudaForwardConfig::new(engine.n_ctx, engine.max_chunk, engine.n_seq)
+        }
+    }
+}
+
+/// Per-layer timing events on the compute stream.
+struct Profile {
+    /// Per layer: before the layer waits for its weights, once they are
+    /// ready (its copy done), after its kernels.
+    events: Vec<[CudaEvent; 3]>,
+    /// Per layer: where its weights came from, if its events were recorded
+    /// this pass and not yet read.
+    pending: Vec<Option<LayerSource>>,
+}
+
+impl Profile {
+    fn new(gpu: &Gpu, n_layers: usize) -> Result<Profile> {
+        let event = || {
+            gpu.context()
+                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(cuda_err("create event"))
+        };
+        let mut events = Vec::with_capacity(n_layers);
+        for _ in 0..n_layers {
+            events.push([event()?, event()?, event()?]);
+        }
+        Ok(Profile {
+            events,
+            pending: vec![None; n_layers],
+        })
+    }
+
+    fn record(&self, gpu: &Gpu, l: usize, which: usize) -> Result<()> {
+        self.events[l][which]
+            .record(gpu.stream())
+            .map_err(cuda_err("record event"))
+    }
+
+    /// Add the recorded layers' times (their events must be complete or
+    /// this waits for them).
+    fn collect(&mut self, times: &mut LayerTimes) -> Result<()> {
+        for (e, pending) in self.events.iter().zip(self.pending.iter_mut()) {
+            let Some(source) = pending.take() else {
+                continue;
+            };
+            let wait = f64::from(e[0].elapsed_ms(&e[1]).map_err(cuda_err("event time"))?);
+            let compute = f64::from(e[1].elapsed_ms(&e[2]).map_err(cuda_err("event time"))?);
+            if source.is_streamed() {
+                times.copy_wait_ms += wait;
+                times.streamed_compute_ms += compute;
+            } else {
+                times.resident_compute_ms += compute;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -110,6 +204,9 @@ pub struct CudaForward {
     n_seq: usize,
     max_chunk: usize,
     weights: WeightCache,
+    buffer: GpuBuffer,
+    stream_slot_bytes: u64,
+    profile: Option<Profile>,
     s: Scratch,
     /// `[layer][seq][position][kv_dim]`, as `KvCache` on the host.
     k_cache: CudaSlice<f32>,
@@ -159,12 +256,17 @@ impl CudaForward {
                 "context size, chunk size and batch size must be at least 1",
             ));
         }
-        let need = Self::memory_bytes(hp, config);
+        let slots = match config.buffer {
+            GpuBuffer::Device => 2 * device_slot_bytes(config.stream_slot_bytes),
+            GpuBuffer::Mapped => 0,
+        };
+        let need = Self::memory_bytes(hp, config) + slots + config.resident_bytes;
         let (free, _) = gpu.mem_info()?;
         if need > free as u64 {
             return Err(Error::config(format!(
-                "CUDA: the KV cache and activations need {:.2} GiB but {} has {:.2} GiB free \
-                 (lower --ctx-size, the batch or the chunk size)",
+                "CUDA: the KV cache, activations, resident layers and streaming slots need \
+                 {:.2} GiB but {} has {:.2} GiB free (lower the budget, --ctx-size, the batch \
+                 or the chunk size)",
                 need as f64 / (1u64 << 30) as f64,
                 gpu.info().name,
                 free as f64 / (1u64 << 30) as f64
@@ -172,6 +274,15 @@ impl CudaForward {
         }
         let cache_len = hp.n_layers * config.n_seq * config.n_ctx * hp.kv_dim();
         let chunk = config.max_chunk;
+        let mut weights = WeightCache::new(config.weight_cache_bytes, config.profile);
+        weights.reserve_arena(&gpu, config.resident_bytes as usize)?;
+        if config.buffer == GpuBuffer::Device && config.stream_slot_bytes > 0 {
+            weights.ensure_slots(&gpu, device_slot_bytes(config.stream_slot_bytes) as usize)?;
+        }
+        let profile = match config.profile {
+            true => Some(Profile::new(&gpu, hp.n_layers)?),
+            false => None,
+        };
         Ok(CudaForward {
             s: Scratch::new(&gpu, hp, chunk)?,
             k_cache: gpu.zeros(cache_len)?,
@@ -190,7 +301,10 @@ impl CudaForward {
             argmax: gpu.zeros(chunk)?,
             argmax_host: vec![0; chunk],
             logits_host: vec![0.0; chunk * hp.vocab_size],
-            weights: WeightCache::new(config.weight_cache_bytes),
+            weights,
+            buffer: config.buffer,
+            stream_slot_bytes: config.stream_slot_bytes,
+            profile,
             hp: hp.clone(),
             n_ctx: config.n_ctx,
             n_seq: config.n_seq,
@@ -203,15 +317,131 @@ impl CudaForward {
 
     /// Device bytes this backend allocates for the given shape besides the
     /// weights: KV cache (f32, as on the CPU), activations, logits, RoPE
-    /// table and per-row indices. Weights, and the staging buffer a layer
-    /// past the cache budget is copied into (the size of the largest
-    /// layer), are the planner's to charge.
+    /// table, per-row indices and every layer's norm vectors (f32).
+    /// Weights, the device slots and the staging buffer a resident layer
+    /// past the cache budget is copied into are the planner's to charge
+    /// ([`CudaForward::device_plan`]).
     pub fn memory_bytes(hp: &Hparams, config: CudaForwardConfig) -> u64 {
         let f32s: usize = Scratch::lengths(hp, config.max_chunk).iter().sum();
         let rope = config.n_ctx * (hp.rope_dims / 2) * 2 * 4;
         let ints = (ROW_BUFFERS + 1) * config.max_chunk * 4;
+        let norms = hp.n_layers * 2 * hp.dim * 4;
         KvCache::bytes_for(hp.n_layers, config.n_seq, config.n_ctx, hp.kv_dim())
-            + (f32s * 4 + rope + ints) as u64
+            + (f32s * 4 + rope + ints + norms) as u64
+    }
+
+    /// Device memory a run of `plan` allocates: this backend's own, the
+    /// embeddings and output head, the resident layers and (device feed)
+    /// the two slots.
+    pub fn device_plan(hp: &Hparams, config: CudaForwardConfig, plan: &Plan) -> DevicePlan {
+        DevicePlan::new(
+            Self::memory_bytes(hp, config),
+            plan.global_bytes,
+            plan.resident_layer_bytes,
+            plan.slot_bytes,
+            match config.buffer {
+                GpuBuffer::Device => Feed::Device,
+                GpuBuffer::Mapped => Feed::Mapped,
+            },
+        )
+    }
+
+    /// Page-lock `source`'s streaming slots for the run (its guard undoes
+    /// it before the slots are freed) and, with the mapped feed, map them.
+    /// Where that fails, say why in one log line and go on copying from
+    /// pageable memory (the mapped feed then falls back to the device
+    /// double buffer). Nothing to do when nothing streams.
+    pub fn pin_host_slots(&mut self, source: &mut Residency) -> Result<()> {
+        let regions: Vec<HostRegion> = source
+            .slot_regions()
+            .iter()
+            .map(|r| HostRegion {
+                addr: r.addr,
+                len: r.len,
+            })
+            .collect();
+        if regions.is_empty() {
+            return Ok(());
+        }
+        let map = self.buffer == GpuBuffer::Mapped;
+        let slot_len = regions.iter().map(|r| r.len).max().unwrap_or(0);
+        match pinned::pin(&self.gpu, &regions, map) {
+            Ok((guard, slots)) => {
+                log::info!(
+                    "CUDA: streaming slots page-locked ({} x {:.1} MiB{}); streamed layers {}",
+                    regions.len(),
+                    slot_len as f64 / (1u64 << 20) as f64,
+                    if map { ", mapped" } else { "" },
+                    if map {
+                        "are read in place by the kernels"
+                    } else {
+                        "are copied into the device double buffer"
+                    }
+                );
+                source.hold_until_slots_freed(Box::new(guard));
+                self.weights.set_pinned(slots, map);
+                Ok(())
+            }
+            Err(why) if map => {
+                log::warn!(
+                    "CUDA: [device] buffer = \"mapped\" but the streaming slots cannot be \
+                     page-locked and mapped ({why}); copying streamed layers through a device \
+                     double buffer from pageable memory instead"
+                );
+                let bytes = device_slot_bytes(self.stream_slot_bytes.max(slot_len as u64));
+                self.weights.ensure_slots(&self.gpu, bytes as usize)
+            }
+            Err(why) => {
+                log::warn!(
+                    "CUDA: streaming slots not page-locked ({why}); streamed layers are copied \
+                     from pageable memory (slower)"
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// How streamed layers reach the kernels now (after any fallback).
+    pub fn feed(&self) -> Feed {
+        if self.weights.is_mapped() {
+            Feed::Mapped
+        } else {
+            Feed::Device
+        }
+    }
+
+    /// Bytes of the host slots page-locked for this backend (0: pageable).
+    pub fn locked_host_bytes(&self) -> u64 {
+        self.weights
+            .pinned()
+            .filter(|p| p.is_alive())
+            .map_or(0, |p| p.locked_bytes)
+    }
+
+    /// Bytes of each device slot (0 when there are none).
+    pub fn device_slot_bytes(&self) -> usize {
+        self.weights.slot_bytes()
+    }
+
+    /// Where time went since the last reset (see [`LayerTimes`]).
+    pub fn layer_times(&self) -> LayerTimes {
+        *self.weights.times()
+    }
+
+    pub fn reset_layer_times(&mut self) {
+        *self.weights.times_mut() = LayerTimes::default();
+    }
+
+    /// Read the timing events of the layers run since the last collection
+    /// (waiting for them if they are still running).
+    fn collect_profile(&mut self) -> Result<()> {
+        if let Some(p) = &mut self.profile {
+            if p.pending.iter().any(Option::is_some) {
+                self.gpu.synchronize()?;
+                p.collect(self.weights.times_mut())?;
+            }
+        }
+        Ok(())
     }
 
     pub fn gpu(&self) -> &Gpu {
@@ -243,6 +473,8 @@ impl CudaForward {
 
 impl Backend for CudaForward {
     fn begin(&mut self, batch: Batch<'_>, embd: Weight<'_>) -> Result<()> {
+        // A pass cut short by an error leaves events unread.
+        self.collect_profile()?;
         let r = &mut self.rows;
         r.tokens.clear();
         r.seq.clear();
@@ -291,6 +523,11 @@ impl Backend for CudaForward {
     }
 
     fn layer(&mut self, l: usize, layer: &LayerTensors, bytes: FileBytes<'_>) -> Result<()> {
+        if let Some(p) = &self.profile {
+            p.record(&self.gpu, l, 0)?;
+        }
+        let (w, source) = self.weights.layer(&self.gpu, l, layer, bytes)?;
+        let profile = self.profile.as_ref();
         let hp = &self.hp;
         let (n, dim, q_dim, kv_dim, ffn) = (
             self.n,
@@ -302,123 +539,144 @@ impl Backend for CudaForward {
         let gpu = &self.gpu;
         let s = &mut self.s;
         let rows = &self.rows;
-        let w = self.weights.layer(gpu, layer, bytes)?;
+        let (k_all, v_all, rope_table) = (&mut self.k_cache, &mut self.v_cache, &self.rope_table);
+        let (n_seq, n_ctx) = (self.n_seq, self.n_ctx);
+        let launched = (|| -> Result<()> {
+            if let Some(p) = profile {
+                p.record(gpu, l, 1)?;
+            }
 
-        // Attention: xb = rmsnorm(x); q, k, v = xb Wq, xb Wk, xb Wv.
-        gpu.rmsnorm(
-            &mut s.xb.slice_mut(..n * dim),
-            &s.x.slice(..n * dim),
-            &w.attn_norm,
-            n,
-            dim,
-            hp.rms_eps,
-        )?;
-        let xb = s.xb.slice(..n * dim);
-        gpu.matmul(&w.wq, &xb, &mut s.q.slice_mut(..n * q_dim), n)?;
-        gpu.matmul(&w.wk, &xb, &mut s.k.slice_mut(..n * kv_dim), n)?;
-        gpu.matmul(&w.wv, &xb, &mut s.v.slice_mut(..n * kv_dim), n)?;
+            // Attention: xb = rmsnorm(x); q, k, v = xb Wq, xb Wk, xb Wv.
+            gpu.rmsnorm(
+                &mut s.xb.slice_mut(..n * dim),
+                &s.x.slice(..n * dim),
+                &w.attn_norm,
+                n,
+                dim,
+                hp.rms_eps,
+            )?;
+            let xb = s.xb.slice(..n * dim);
+            gpu.matmul(&w.wq, &xb, &mut s.q.slice_mut(..n * q_dim), n)?;
+            gpu.matmul(&w.wk, &xb, &mut s.k.slice_mut(..n * kv_dim), n)?;
+            gpu.matmul(&w.wv, &xb, &mut s.v.slice_mut(..n * kv_dim), n)?;
 
-        // RoPE on q and k at each row's position, then append k, v to each
-        // row's sequence in this layer's cache.
-        let (pos, seq) = (rows.d_pos.slice(..n), rows.d_seq.slice(..n));
-        let table = self.rope_table.slice(..);
-        let half_rot = hp.rope_dims / 2;
-        gpu.rope(
-            &mut s.q.slice_mut(..n * q_dim),
-            &table,
-            &pos,
-            n,
-            hp.n_heads,
-            hp.head_dim,
-            half_rot,
-        )?;
-        gpu.rope(
-            &mut s.k.slice_mut(..n * kv_dim),
-            &table,
-            &pos,
-            n,
-            hp.n_kv_heads,
-            hp.head_dim,
-            half_rot,
-        )?;
-        let per_layer = self.n_seq * self.n_ctx * kv_dim;
-        let span = l * per_layer..(l + 1) * per_layer;
-        let mut k_cache = self.k_cache.slice_mut(span.clone());
-        let mut v_cache = self.v_cache.slice_mut(span);
-        gpu.kv_store(
-            &mut k_cache,
-            &mut v_cache,
-            &s.k.slice(..n * kv_dim),
-            &s.v.slice(..n * kv_dim),
-            &seq,
-            &pos,
-            n,
-            kv_dim,
-            self.n_ctx,
-        )?;
-        // Causal attention: row p sees its sequence's positions 0..=pos.
-        gpu.attention(
-            &mut s.att_out.slice_mut(..n * q_dim),
-            &s.q.slice(..n * q_dim),
-            &k_cache.as_view(),
-            &v_cache.as_view(),
-            &seq,
-            &pos,
-            n,
-            AttentionShape {
-                n_heads: hp.n_heads,
-                n_kv_heads: hp.n_kv_heads,
-                head_dim: hp.head_dim,
-                n_ctx: self.n_ctx,
-            },
-        )?;
+            // RoPE on q and k at each row's position, then append k, v to each
+            // row's sequence in this layer's cache.
+            let (pos, seq) = (rows.d_pos.slice(..n), rows.d_seq.slice(..n));
+            let table = rope_table.slice(..);
+            let half_rot = hp.rope_dims / 2;
+            gpu.rope(
+                &mut s.q.slice_mut(..n * q_dim),
+                &table,
+                &pos,
+                n,
+                hp.n_heads,
+                hp.head_dim,
+                half_rot,
+            )?;
+            gpu.rope(
+                &mut s.k.slice_mut(..n * kv_dim),
+                &table,
+                &pos,
+                n,
+                hp.n_kv_heads,
+                hp.head_dim,
+                half_rot,
+            )?;
+            let per_layer = n_seq * n_ctx * kv_dim;
+            let span = l * per_layer..(l + 1) * per_layer;
+            let mut k_cache = k_all.slice_mut(span.clone());
+            let mut v_cache = v_all.slice_mut(span);
+            gpu.kv_store(
+                &mut k_cache,
+                &mut v_cache,
+                &s.k.slice(..n * kv_dim),
+                &s.v.slice(..n * kv_dim),
+                &seq,
+                &pos,
+                n,
+                kv_dim,
+                n_ctx,
+            )?;
+            // Causal attention: row p sees its sequence's positions 0..=pos.
+            gpu.attention(
+                &mut s.att_out.slice_mut(..n * q_dim),
+                &s.q.slice(..n * q_dim),
+                &k_cache.as_view(),
+                &v_cache.as_view(),
+                &seq,
+                &pos,
+                n,
+                AttentionShape {
+                    n_heads: hp.n_heads,
+                    n_kv_heads: hp.n_kv_heads,
+                    head_dim: hp.head_dim,
+                    n_ctx,
+                },
+            )?;
 
-        // Output projection and residual: x += att_out Wo.
-        gpu.matmul(
-            &w.wo,
-            &s.att_out.slice(..n * q_dim),
-            &mut s.xb.slice_mut(..n * dim),
-            n,
-        )?;
-        gpu.add_in_place(
-            &mut s.x.slice_mut(..n * dim),
-            &s.xb.slice(..n * dim),
-            n * dim,
-        )?;
+            // Output projection and residual: x += att_out Wo.
+            gpu.matmul(
+                &w.wo,
+                &s.att_out.slice(..n * q_dim),
+                &mut s.xb.slice_mut(..n * dim),
+                n,
+            )?;
+            gpu.add_in_place(
+                &mut s.x.slice_mut(..n * dim),
+                &s.xb.slice(..n * dim),
+                n * dim,
+            )?;
 
-        // Feed-forward: x += (silu(xb Wgate) * (xb Wup)) Wdown, xb = rmsnorm(x).
-        gpu.rmsnorm(
-            &mut s.xb.slice_mut(..n * dim),
-            &s.x.slice(..n * dim),
-            &w.ffn_norm,
-            n,
-            dim,
-            hp.rms_eps,
-        )?;
-        let xb = s.xb.slice(..n * dim);
-        gpu.matmul(&w.w_gate, &xb, &mut s.hb.slice_mut(..n * ffn), n)?;
-        gpu.matmul(&w.w_up, &xb, &mut s.hb2.slice_mut(..n * ffn), n)?;
-        gpu.swiglu(
-            &mut s.hb.slice_mut(..n * ffn),
-            &s.hb2.slice(..n * ffn),
-            n * ffn,
-        )?;
-        gpu.matmul(
-            &w.w_down,
-            &s.hb.slice(..n * ffn),
-            &mut s.xb.slice_mut(..n * dim),
-            n,
-        )?;
-        gpu.add_in_place(
-            &mut s.x.slice_mut(..n * dim),
-            &s.xb.slice(..n * dim),
-            n * dim,
-        )
+            // Feed-forward: x += (silu(xb Wgate) * (xb Wup)) Wdown, xb = rmsnorm(x).
+            gpu.rmsnorm(
+                &mut s.xb.slice_mut(..n * dim),
+                &s.x.slice(..n * dim),
+                &w.ffn_norm,
+                n,
+                dim,
+                hp.rms_eps,
+            )?;
+            let xb = s.xb.slice(..n * dim);
+            gpu.matmul(&w.w_gate, &xb, &mut s.hb.slice_mut(..n * ffn), n)?;
+            gpu.matmul(&w.w_up, &xb, &mut s.hb2.slice_mut(..n * ffn), n)?;
+            gpu.swiglu(
+                &mut s.hb.slice_mut(..n * ffn),
+                &s.hb2.slice(..n * ffn),
+                n * ffn,
+            )?;
+            gpu.matmul(
+                &w.w_down,
+                &s.hb.slice(..n * ffn),
+                &mut s.xb.slice_mut(..n * dim),
+                n,
+            )?;
+            gpu.add_in_place(
+                &mut s.x.slice_mut(..n * dim),
+                &s.xb.slice(..n * dim),
+                n * dim,
+            )?;
+            if let Some(p) = profile {
+                p.record(gpu, l, 2)?;
+            }
+            Ok(())
+        })();
+        // Also after a failed launch: the host slot may only go back once
+        // the copy out of it (or, mapped, the kernels reading it) is done.
+        let finished = self.weights.finish_layer(&self.gpu, source);
+        if launched.is_ok() {
+            if let Some(p) = &mut self.profile {
+                p.pending[l] = Some(source);
+            }
+        }
+        launched.and(finished)
     }
 
     fn finish(&mut self, output_norm: Weight<'_>, output: Weight<'_>) -> Result<&[f32]> {
         let (dim, vocab, m) = (self.hp.dim, self.hp.vocab_size, self.m);
+        self.weights.times_mut().passes += 1;
         if m == 0 {
+            self.collect_profile()?;
             return Ok(&self.logits_host[..0]);
         }
         let gpu = &self.gpu;
@@ -446,6 +704,7 @@ impl Backend for CudaForward {
             &mut self.logits_host[..m * vocab],
         )
         .map_err(|e| Error::config(format!("{e} (a kernel of this pass may have failed)")))?;
+        self.collect_profile()?;
         Ok(&self.logits_host[..m * vocab])
     }
 }

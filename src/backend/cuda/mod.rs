@@ -9,9 +9,20 @@
 //! - `device`: context, stream, the kernel module (the fatbin build.rs made
 //!   from `kernels/*.cu`, embedded in the binary) and one checked wrapper per
 //!   kernel launch.
-//! - `weights`: weights uploaded on first use, cached by file offset up to a
-//!   budget, staged per pass beyond it.
+//! - `slots`: the plannable half of streaming (layer spans, slot sizes, the
+//!   double buffer's rotation, registration math, device memory plan),
+//!   pure functions with unit tests that run without a GPU (also included
+//!   by `tests/gpu.rs`).
+//! - `pinned`: page-locking (and, mapped feed, mapping) the host streaming
+//!   slots with `cuMemHostRegister`.
+//! - `double_buffer`: the device double buffer, its copy stream and events.
+//! - `weights`: resident layers uploaded on first use and cached by file
+//!   offset up to a budget (staged per pass beyond it); streamed layers
+//!   copied through the double buffer or read from mapped host slots.
 //! - `forward`: [`CudaForward`], the [`crate::backend::Backend`].
+//!
+//! [`streaming_engine`] puts it together with a planned
+//! [`crate::residency::Residency`].
 //!
 //! The driver is loaded at run time (cudarc's dynamic loading), so a binary
 //! built with `cuda` still runs on a machine without a GPU or driver:
@@ -19,8 +30,11 @@
 //! missing driver or device into an error rather than a panic.
 
 pub mod device;
+pub mod double_buffer;
 pub mod forward;
 pub mod geometry;
+pub mod pinned;
+pub mod slots;
 pub mod weights;
 
 use std::time::Instant;
@@ -31,9 +45,38 @@ use cudarc::driver::CudaContext;
 pub use cudarc;
 pub use device::{AttentionShape, DevWeight, DeviceInfo, Format, Gpu, FATBIN_ARCHS};
 pub use forward::{CudaForward, CudaForwardConfig};
+pub use slots::{DevicePlan, Feed, LayerTimes};
 
+use crate::engine::{Engine, EngineConfig};
 use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::residency::Residency;
 use device::cuda_err;
+
+/// The engine on the GPU over a planned residency: the backend (built from
+/// `config`, e.g. [`CudaForwardConfig::for_plan`]) page-locks the source's
+/// streaming slots (falling back to pageable copies with a log line) and
+/// feeds streamed layers as `config.buffer` says.
+pub fn streaming_engine<'a>(
+    model: &'a Model,
+    source: Residency,
+    config: CudaForwardConfig,
+    engine: &EngineConfig,
+) -> Result<Engine<'a, Residency, CudaForward>> {
+    let backend = CudaForward::new(&model.hparams, config)?;
+    streaming_engine_with(model, source, backend, engine)
+}
+
+/// As [`streaming_engine`], with a backend already made.
+pub fn streaming_engine_with<'a>(
+    model: &'a Model,
+    mut source: Residency,
+    mut backend: CudaForward,
+    engine: &EngineConfig,
+) -> Result<Engine<'a, Residency, CudaForward>> {
+    backend.pin_host_slots(&mut source)?;
+    Engine::with_backend(model, source, backend, engine)
+}
 
 /// Whether the CUDA driver library can be loaded at all. cudarc panics on
 /// the first driver call when it cannot, so check this first.
@@ -112,5 +155,66 @@ pub fn measure_d2d_bandwidth(gpu: &Gpu, copy_bytes: usize, copies: usize) -> Res
         copies,
         seconds,
         bytes_per_s: 2.0 * copy_bytes as f64 * copies as f64 / seconds,
+    })
+}
+
+/// Host-to-device copy bandwidth from page-locked memory: the bound for
+/// streaming layers into the device double buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct H2dBandwidth {
+    pub copy_bytes: usize,
+    pub copies: usize,
+    pub seconds: f64,
+    pub bytes_per_s: f64,
+}
+
+/// Time `copies` copies of `copy_bytes` from pinned host memory
+/// (`cuMemHostAlloc`, portable, not write-combined) to device memory with
+/// CUDA events, after one untimed warm-up copy.
+pub fn measure_h2d_bandwidth(gpu: &Gpu, copy_bytes: usize, copies: usize) -> Result<H2dBandwidth> {
+    let copies = copies.max(1);
+    let ctx = gpu.context();
+    // SAFETY: the memory is written (zeroed) below before any copy reads it.
+    let mut host = unsafe {
+        ctx.alloc_pinned_with_flags::<u8>(
+            copy_bytes.max(1),
+            cudarc::driver::sys::CU_MEMHOSTALLOC_PORTABLE,
+        )
+    }
+    .map_err(cuda_err(format_args!("allocate {copy_bytes} pinned bytes")))?;
+    host.as_mut_slice()
+        .map_err(cuda_err("pinned memory"))?
+        .fill(0);
+    let mut dst = gpu.zeros::<u8>(copy_bytes)?;
+    let stream = gpu.stream();
+    stream
+        .memcpy_htod(&host, &mut dst)
+        .map_err(cuda_err("warm-up copy"))?;
+    let start = ctx
+        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+        .map_err(cuda_err("create event"))?;
+    let end = ctx
+        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+        .map_err(cuda_err("create event"))?;
+    let wall = Instant::now();
+    start.record(stream).map_err(cuda_err("record event"))?;
+    for _ in 0..copies {
+        stream
+            .memcpy_htod(&host, &mut dst)
+            .map_err(cuda_err("timed copy"))?;
+    }
+    end.record(stream).map_err(cuda_err("record event"))?;
+    let ms = start.elapsed_ms(&end).map_err(cuda_err("event time"))?;
+    let seconds = if ms > 0.0 {
+        f64::from(ms) / 1e3
+    } else {
+        wall.elapsed().as_secs_f64()
+    }
+    .max(1e-9);
+    Ok(H2dBandwidth {
+        copy_bytes,
+        copies,
+        seconds,
+        bytes_per_s: copy_bytes as f64 * copies as f64 / seconds,
     })
 }

@@ -1,30 +1,45 @@
-//! Weights in device memory.
+//! Weights as the kernels see them, by where the engine's bytes live.
 //!
-//! A layer's tensors are uploaded the first time the layer runs and kept,
-//! keyed by their file offset (the same tensor has the same offset whether
-//! the engine read it from the memory map, a resident copy or a streaming
-//! slot), until the cache budget is spent. A layer that does not fit is
-//! copied into one staging buffer each time it runs instead: slower, but it
-//! lets a model larger than device memory run (the host side streams it).
-//! Norm vectors are always kept, dequantized to f32 (a few KiB a layer).
+//! - Resident bytes (`FileBytes::resident`: the memory map, a resident
+//!   copy) are uploaded the first time their layer runs and kept, keyed by
+//!   file offset (the same tensor has the same offset whichever source the
+//!   engine read it from), until the cache budget is spent: in one arena
+//!   sized from the plan when the backend was given one, else one
+//!   allocation per layer. A resident layer past the budget is copied
+//!   into one staging buffer each time it runs instead.
+//! - Streamed bytes (a host streaming slot, refilled once `layer()`
+//!   returns) are never kept. With the device feed they are copied into a
+//!   device double buffer on a copy stream ([`DeviceSlots`]); with the
+//!   mapped feed the kernels read them in place from the page-locked,
+//!   device-mapped host slot, and `layer()` waits for the kernels before it
+//!   returns.
+//!
+//! Every copy of a layer is one contiguous copy of its [`layer_span`]
+//! (first matrix, rounded down to 256 bytes, to the end of the last), so a
+//! matrix sits at the same offset, modulo 256, in every place: the same
+//! kernels on the same bytes, whichever way they came. Norm vectors are
+//! always kept, dequantized to f32 (a few KiB a layer).
 //!
 //! The embedding table, output norm and output head reach the backend as
 //! bare [`Weight`]s without a file offset; they are resident on the host for
 //! the whole run, so their host address identifies them.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
+use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaSlice, CudaView};
 
 use super::device::{DevWeight, Format, Gpu};
+use super::double_buffer::DeviceSlots;
+use super::pinned::PinnedSlots;
+use super::slots::{
+    device_slot_bytes, host_range, layer_span, LayerTimes, DEVICE_ALIGN, WEIGHT_ALIGN,
+};
 use crate::backend::{FileBytes, Weight};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{LayerTensors, TensorRef};
 use crate::quant;
-
-/// Staging offsets are rounded up to this, so every staged tensor starts
-/// as aligned as a fresh allocation's first 256 bytes.
-const STAGING_ALIGN: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Key {
@@ -47,20 +62,43 @@ struct Matrix {
 
 impl Matrix {
     fn view(&self) -> DevWeight<'_> {
-        DevWeight {
-            format: self.format,
-            rows: self.rows,
-            cols: self.cols,
-            data: self.data.slice(..),
-        }
+        DevWeight::new(self.format, self.rows, self.cols, self.data.slice(..))
     }
 }
 
-/// Where a layer's seven matrices are this pass.
-enum LayerPlace {
+/// Where a resident layer is kept on the device.
+enum Kept {
+    /// At this offset of the resident arena.
+    Arena(usize),
+    /// In an allocation of its own.
+    Own(CudaSlice<u8>),
+}
+
+/// One allocation for the resident layers the plan keeps, filled as they
+/// first run: no per-allocation rounding, one `cuMemAlloc` at start.
+struct Arena {
+    buf: CudaSlice<u8>,
+    used: usize,
+}
+
+/// Where a layer's matrices are read from this pass. Hand it back to
+/// [`WeightCache::finish_layer`] once the layer's kernels are enqueued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerSource {
+    /// Resident, kept on the device.
     Cached,
-    /// Offsets of wq, wk, wv, wo, w_gate, w_up, w_down in the staging buffer.
-    Staged([usize; 7]),
+    /// Resident on the host, past the cache budget: in the staging buffer.
+    Staged,
+    /// Streamed, copied into device slot `n`.
+    Copied(usize),
+    /// Streamed, read in place from the mapped host slot.
+    Mapped,
+}
+
+impl LayerSource {
+    pub fn is_streamed(self) -> bool {
+        matches!(self, LayerSource::Copied(_) | LayerSource::Mapped)
+    }
 }
 
 /// The seven matrices of one layer, ready for launches.
@@ -77,14 +115,24 @@ pub struct LayerWeights<'a> {
 }
 
 pub struct WeightCache {
-    matrices: HashMap<Key, Matrix>,
+    globals: HashMap<Key, Matrix>,
     vectors: HashMap<Key, CudaSlice<f32>>,
-    /// Bytes of layer matrices kept, against `budget`.
+    /// Resident layers, by the file offset of their span.
+    layers: HashMap<u64, Kept>,
+    arena: Option<Arena>,
+    /// Bytes of resident layers kept, against `budget`.
     cached_bytes: u64,
     budget: u64,
     staging: Option<CudaSlice<u8>>,
+    /// The device double buffer (device feed, or mapped fallback).
+    slots: Option<DeviceSlots>,
+    /// The registered host slots (mapped when `mapped`).
+    pinned: Option<PinnedSlots>,
+    mapped: bool,
+    profile: bool,
     /// Dequantization scratch for norm vectors (host).
     host_f32: Vec<f32>,
+    times: LayerTimes,
 }
 
 fn matrices_of(t: &LayerTensors) -> [&TensorRef; 7] {
@@ -92,19 +140,26 @@ fn matrices_of(t: &LayerTensors) -> [&TensorRef; 7] {
 }
 
 impl WeightCache {
-    /// A cache that keeps at most `budget` bytes of layer matrices.
-    pub fn new(budget: u64) -> WeightCache {
+    /// A cache that keeps at most `budget` bytes of resident layers.
+    pub fn new(budget: u64, profile: bool) -> WeightCache {
         WeightCache {
-            matrices: HashMap::new(),
+            globals: HashMap::new(),
             vectors: HashMap::new(),
+            layers: HashMap::new(),
+            arena: None,
             cached_bytes: 0,
             budget,
             staging: None,
+            slots: None,
+            pinned: None,
+            mapped: false,
+            profile,
             host_f32: Vec::new(),
+            times: LayerTimes::default(),
         }
     }
 
-    /// Bytes of layer matrices resident on the device.
+    /// Bytes of resident layers kept on the device.
     pub fn cached_bytes(&self) -> u64 {
         self.cached_bytes
     }
@@ -112,6 +167,83 @@ impl WeightCache {
     /// Bytes of the staging buffer (0 until a layer had to be staged).
     pub fn staging_bytes(&self) -> usize {
         self.staging.as_ref().map_or(0, |s| s.len())
+    }
+
+    /// Bytes of each device slot (0 when there are none).
+    pub fn slot_bytes(&self) -> usize {
+        self.slots.as_ref().map_or(0, DeviceSlots::bytes)
+    }
+
+    /// The registered host slots, if any.
+    pub fn pinned(&self) -> Option<&PinnedSlots> {
+        self.pinned.as_ref()
+    }
+
+    /// Whether streamed layers are read in place from mapped host slots.
+    pub fn is_mapped(&self) -> bool {
+        self.mapped && self.pinned.as_ref().is_some_and(PinnedSlots::is_alive)
+    }
+
+    /// The times measured here (copies, host waits); the backend adds the
+    /// kernels' times.
+    pub fn times(&self) -> &LayerTimes {
+        &self.times
+    }
+
+    pub fn times_mut(&mut self) -> &mut LayerTimes {
+        &mut self.times
+    }
+
+    /// Allocate one buffer of `bytes` for the resident layers (the plan's
+    /// `resident_layer_bytes`: every planned layer's span fits, each at a
+    /// 256-aligned offset, because its aligned read is at least as long).
+    /// Layers past it get allocations of their own.
+    pub fn reserve_arena(&mut self, gpu: &Gpu, bytes: usize) -> Result<()> {
+        if self.arena.is_none() && bytes > 0 {
+            self.arena = Some(Arena {
+                buf: gpu.zeros::<u8>(bytes)?,
+                used: 0,
+            });
+        }
+        Ok(())
+    }
+
+    /// Keep a resident layer's span on the device.
+    fn keep(&mut self, gpu: &Gpu, host: &[u8]) -> Result<Kept> {
+        if let Some(a) = &mut self.arena {
+            if a.used + host.len() <= a.buf.len() {
+                let at = a.used;
+                gpu.upload_into(host, &mut a.buf.slice_mut(at..at + host.len()))?;
+                // As `slots::arena_bytes` counts.
+                a.used = (at + host.len()).next_multiple_of(DEVICE_ALIGN as usize);
+                return Ok(Kept::Arena(at));
+            }
+        }
+        Ok(Kept::Own(gpu.upload(host)?))
+    }
+
+    fn kept_address(&self, key: u64) -> CUdeviceptr {
+        match &self.layers[&key] {
+            Kept::Arena(at) => {
+                Gpu::address_of(&self.arena.as_ref().expect("arena").buf) + *at as u64
+            }
+            Kept::Own(buf) => Gpu::address_of(buf),
+        }
+    }
+
+    /// Allocate the device double buffer, `bytes` per slot (once).
+    pub fn ensure_slots(&mut self, gpu: &Gpu, bytes: usize) -> Result<()> {
+        if self.slots.is_none() {
+            self.slots = Some(DeviceSlots::new(gpu, bytes, self.profile)?);
+        }
+        Ok(())
+    }
+
+    /// Use registered host slots: copy from them (device feed) or, when
+    /// `mapped`, read them in place.
+    pub fn set_pinned(&mut self, pinned: PinnedSlots, mapped: bool) {
+        self.mapped = mapped && !pinned.mapped.is_empty();
+        self.pinned = Some(pinned);
     }
 
     fn upload_matrix(gpu: &Gpu, w: &Weight<'_>) -> Result<Matrix> {
@@ -125,7 +257,7 @@ impl WeightCache {
 
     /// A global matrix (embedding table, output head), uploaded on first use.
     pub fn global(&mut self, gpu: &Gpu, w: &Weight<'_>) -> Result<DevWeight<'_>> {
-        let m = match self.matrices.entry(host_key(w)) {
+        let m = match self.globals.entry(host_key(w)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(Self::upload_matrix(gpu, w)?),
         };
@@ -151,93 +283,180 @@ impl WeightCache {
         Ok(self.vectors[&key].slice(..))
     }
 
-    /// Make layer `t` ready: cached if it is (or now fits), else staged.
+    /// Make layer `l` (tensors `t`, bytes `bytes`) ready for launches:
+    /// cached if it is (or, being resident on the host, now fits), staged
+    /// if resident past the budget, copied into a device slot or mapped if
+    /// streamed. When this returns `Ok`, [`WeightCache::finish_layer`] must
+    /// follow once the kernels are enqueued; on `Err` it has been done.
     pub fn layer(
         &mut self,
         gpu: &Gpu,
+        l: usize,
         t: &LayerTensors,
         bytes: FileBytes<'_>,
-    ) -> Result<LayerWeights<'_>> {
+    ) -> Result<(LayerWeights<'_>, LayerSource)> {
         for norm in [&t.attn_norm, &t.ffn_norm] {
             self.vector_at(gpu, Key::File(norm.file_range.start), &bytes.weight(norm))?;
         }
         let mats = matrices_of(t);
-        let all_cached = mats
-            .iter()
-            .all(|m| self.matrices.contains_key(&Key::File(m.file_range.start)));
-        let layer_bytes: u64 = mats.iter().map(|m| m.bytes()).sum();
-        let place = if all_cached {
-            LayerPlace::Cached
-        } else if self.cached_bytes.saturating_add(layer_bytes) <= self.budget {
-            for m in mats {
-                let key = Key::File(m.file_range.start);
-                if !self.matrices.contains_key(&key) {
-                    let dev = Self::upload_matrix(gpu, &bytes.weight(m))?;
-                    self.cached_bytes += m.bytes();
-                    self.matrices.insert(key, dev);
-                }
+        let span =
+            layer_span(mats.iter().map(|m| m.file_range.clone())).expect("a layer has matrices");
+        let host = host_range(&span, bytes.base, bytes.bytes.len()).ok_or_else(|| {
+            Error::model(format!(
+                "CUDA: layer {l}: its matrices (file bytes {}..{}) are not all in the bytes \
+                 handed over (file bytes {}..{})",
+                span.start,
+                span.end,
+                bytes.base,
+                bytes.base + bytes.bytes.len() as u64
+            ))
+        })?;
+        let host = &bytes.bytes[host];
+        let span_len = span.end - span.start;
+
+        let source = if self.layers.contains_key(&span.start) {
+            LayerSource::Cached
+        } else if bytes.resident {
+            if self.cached_bytes.saturating_add(span_len) <= self.budget {
+                let kept = self.keep(gpu, host)?;
+                self.cached_bytes += span_len;
+                self.layers.insert(span.start, kept);
+                LayerSource::Cached
+            } else {
+                self.stage(gpu, host)?;
+                LayerSource::Staged
             }
-            LayerPlace::Cached
+        } else if self.is_mapped() && self.mapped_address(host).is_some() {
+            LayerSource::Mapped
         } else {
-            LayerPlace::Staged(self.stage(gpu, &mats, bytes)?)
+            self.streamed_copy(gpu, l, host, bytes.bytes.len())?
         };
-        let this: &WeightCache = self;
-        Ok(LayerWeights {
-            wq: this.view(&place, mats, 0)?,
-            wk: this.view(&place, mats, 1)?,
-            wv: this.view(&place, mats, 2)?,
-            wo: this.view(&place, mats, 3)?,
-            w_gate: this.view(&place, mats, 4)?,
-            w_up: this.view(&place, mats, 5)?,
-            w_down: this.view(&place, mats, 6)?,
-            attn_norm: this.vectors[&Key::File(t.attn_norm.file_range.start)].slice(..),
-            ffn_norm: this.vectors[&Key::File(t.ffn_norm.file_range.start)].slice(..),
-        })
-    }
 
-    /// Matrix `i` of a layer placed by [`WeightCache::layer`].
-    fn view(&self, place: &LayerPlace, mats: [&TensorRef; 7], i: usize) -> Result<DevWeight<'_>> {
-        let r = mats[i];
-        match place {
-            LayerPlace::Cached => Ok(self.matrices[&Key::File(r.file_range.start)].view()),
-            LayerPlace::Staged(offsets) => {
-                let staging = self.staging.as_ref().expect("staged layer has a buffer");
-                let len = r.bytes() as usize;
-                Ok(DevWeight {
-                    format: Format::of(r.ggml_type)?,
-                    rows: r.rows,
-                    cols: r.cols,
-                    data: staging.slice(offsets[i]..offsets[i] + len),
-                })
+        let base: CUdeviceptr = match source {
+            LayerSource::Cached => self.kept_address(span.start),
+            LayerSource::Staged => Gpu::address_of(self.staging.as_ref().expect("staged")),
+            LayerSource::Copied(slot) => self.slots.as_ref().expect("copied").address(slot),
+            LayerSource::Mapped => self.mapped_address(host).expect("checked above"),
+        };
+        // Check every matrix before handing out views, so that an error
+        // still closes the slot's turn.
+        let mut formats: [Option<Format>; 7] = [None; 7];
+        let checked = formats.iter_mut().zip(mats).try_for_each(|(f, m)| {
+            let ptr = base + (m.file_range.start - span.start);
+            if !ptr.is_multiple_of(WEIGHT_ALIGN) {
+                return Err(Error::model(format!(
+                    "CUDA: layer {l}: a {} tensor at file offset {} is not {WEIGHT_ALIGN}-byte \
+                     aligned (the GGUF's alignment is too small for the kernels)",
+                    m.ggml_type, m.file_range.start
+                )));
             }
+            *f = Some(Format::of(m.ggml_type)?);
+            Ok(())
+        });
+        if let Err(e) = checked {
+            // Nothing was launched; still close the slot's turn.
+            let _ = self.finish_layer(gpu, source);
+            return Err(e);
         }
+        let view = |i: usize| -> DevWeight<'_> {
+            let m = mats[i];
+            // SAFETY: `ptr..ptr + bytes` lies in the device buffer (or
+            // mapped host slot) `base` addresses, which holds the span
+            // covering every matrix; it lives as long as `self` (a mapped
+            // host slot as long as the engine holds the layer, which
+            // outlasts the launches: `finish_layer` waits for them before
+            // the engine releases it).
+            unsafe {
+                DevWeight::from_raw(
+                    formats[i].expect("checked"),
+                    m.rows,
+                    m.cols,
+                    base + (m.file_range.start - span.start),
+                    m.bytes() as usize,
+                )
+            }
+        };
+        let w = LayerWeights {
+            wq: view(0),
+            wk: view(1),
+            wv: view(2),
+            wo: view(3),
+            w_gate: view(4),
+            w_up: view(5),
+            w_down: view(6),
+            attn_norm: self.vectors[&Key::File(t.attn_norm.file_range.start)].slice(..),
+            ffn_norm: self.vectors[&Key::File(t.ffn_norm.file_range.start)].slice(..),
+        };
+        Ok((w, source))
     }
 
-    /// Copy a layer's matrices into the staging buffer (grown if needed),
-    /// each at a 256-byte aligned offset. Copies go on the same stream as
-    /// the launches, so they wait for the previous layer's kernels.
-    fn stage(
+    fn mapped_address(&self, host: &[u8]) -> Option<CUdeviceptr> {
+        self.pinned.as_ref()?.device_address(host)
+    }
+
+    /// Copy a streamed layer (`host`, its span inside a host slot of
+    /// `host_slot_len` bytes) into the next device slot. The slots are
+    /// allocated now, the size of the host slot, if the backend was not
+    /// given the plan's slot size.
+    fn streamed_copy(
         &mut self,
         gpu: &Gpu,
-        mats: &[&TensorRef; 7],
-        bytes: FileBytes<'_>,
-    ) -> Result<[usize; 7]> {
-        let mut offsets = [0usize; 7];
-        let mut end = 0usize;
-        for (o, m) in offsets.iter_mut().zip(mats) {
-            *o = end;
-            end = (end + m.bytes() as usize).next_multiple_of(STAGING_ALIGN);
+        l: usize,
+        host: &[u8],
+        host_slot_len: usize,
+    ) -> Result<LayerSource> {
+        if self.slots.is_none() {
+            let bytes = device_slot_bytes(host_slot_len as u64) as usize;
+            log::info!(
+                "CUDA: streamed layer {l} and no device slots yet: allocating 2 x {bytes} bytes"
+            );
+            self.ensure_slots(gpu, bytes)?;
         }
-        if self.staging_bytes() < end {
+        let slots = self.slots.as_mut().expect("ensured");
+        let (slot, copied) = slots.begin(gpu, l, host);
+        match copied {
+            Ok(()) => Ok(LayerSource::Copied(slot)),
+            Err(e) => {
+                let _ = slots.finish(gpu, slot, &mut self.times);
+                Err(e)
+            }
+        }
+    }
+
+    /// The layer's kernels are enqueued. A copied layer: record that its
+    /// slot's readers are enqueued and wait for the copy out of the host
+    /// slot. A mapped layer: wait for the kernels, which read the host
+    /// slot. Either way the engine may then hand the host slot back.
+    pub fn finish_layer(&mut self, gpu: &Gpu, source: LayerSource) -> Result<()> {
+        match source {
+            LayerSource::Cached | LayerSource::Staged => {
+                self.times.resident_layers += 1;
+                Ok(())
+            }
+            LayerSource::Copied(slot) => {
+                let slots = self.slots.as_mut().expect("a copied layer has slots");
+                slots.finish(gpu, slot, &mut self.times)
+            }
+            LayerSource::Mapped => {
+                let wait = Instant::now();
+                let done = gpu.synchronize();
+                self.times.host_wait_ms += wait.elapsed().as_secs_f64() * 1e3;
+                self.times.mapped_layers += 1;
+                done
+            }
+        }
+    }
+
+    /// Copy a resident layer's span into the staging buffer (grown if
+    /// needed). The copy goes on the compute stream, so it waits for the
+    /// previous layer's kernels; the host bytes are resident, so nothing
+    /// needs to wait for the copy.
+    fn stage(&mut self, gpu: &Gpu, host: &[u8]) -> Result<()> {
+        if self.staging_bytes() < host.len() {
             self.staging = None; // free the old one first
-            self.staging = Some(gpu.zeros::<u8>(end)?);
+            self.staging = Some(gpu.zeros::<u8>(host.len())?);
         }
         let staging = self.staging.as_mut().expect("just allocated");
-        for (&o, m) in offsets.iter().zip(mats) {
-            let w = bytes.weight(m);
-            Format::of(w.ggml_type)?;
-            gpu.upload_into(w.data, &mut staging.slice_mut(o..o + w.data.len()))?;
-        }
-        Ok(offsets)
+        gpu.upload_into(host, &mut staging.slice_mut(..host.len()))
     }
 }
