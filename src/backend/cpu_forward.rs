@@ -20,9 +20,9 @@ struct Scratch {
     att_out: Vec<f32>, // (chunk, n_heads * head_dim)
     hb: Vec<f32>,      // (chunk, ffn_dim) gate, then silu(gate) * up
     hb2: Vec<f32>,     // (chunk, ffn_dim) up
-    scores: Vec<f32>,  // (threads, n_ctx) attention scores, a row per thread
-    norm_w: Vec<f32>,  // (dim) a norm's weights, dequantized
-    logits: Vec<f32>,  // (chunk, vocab)
+    scores: Vec<f32>, // (threads, group, n_ctx) scores: one block per thread, a row per query head of a kv group
+    norm_w: Vec<f32>, // (dim) a norm's weights, dequantized
+    logits: Vec<f32>, // (chunk, vocab)
 }
 
 impl Scratch {
@@ -38,7 +38,9 @@ impl Scratch {
             chunk * q_dim,
             chunk * hp.ffn_dim,
             chunk * hp.ffn_dim,
-            threads * n_ctx,
+            // Grouped: each thread scores every query head of one kv head
+            // at once, so each cached K/V row is read once per kv head.
+            threads * (hp.n_heads / hp.n_kv_heads) * n_ctx,
             hp.dim,
             chunk * hp.vocab_size,
         ]
@@ -171,10 +173,17 @@ impl Backend for CpuForward {
             let r = p * dim..(p + 1) * dim;
             cpu::rmsnorm(&mut s.xb[r.clone()], &s.x[r], &s.norm_w, hp.rms_eps);
         }
-        let xb = &s.xb[..n * dim];
-        mm.matmul(w(&layer.wq), xb, &mut s.q[..n * q_dim], n);
-        mm.matmul(w(&layer.wk), xb, &mut s.k[..n * kv_dim], n);
-        mm.matmul(w(&layer.wv), xb, &mut s.v[..n * kv_dim], n);
+        // One quantization of xb and one dispatch for all three.
+        mm.matmuls(
+            &s.xb[..n * dim],
+            n,
+            [w(&layer.wq), w(&layer.wk), w(&layer.wv)],
+            [
+                &mut s.q[..n * q_dim],
+                &mut s.k[..n * kv_dim],
+                &mut s.v[..n * kv_dim],
+            ],
+        );
 
         for run in &self.runs {
             // RoPE on q and k at each position, then append k, v to the
@@ -224,9 +233,12 @@ impl Backend for CpuForward {
             let r = p * dim..(p + 1) * dim;
             cpu::rmsnorm(&mut s.xb[r.clone()], &s.x[r], &s.norm_w, hp.rms_eps);
         }
-        let xb = &s.xb[..n * dim];
-        mm.matmul(w(&layer.w_gate), xb, &mut s.hb[..n * ffn], n);
-        mm.matmul(w(&layer.w_up), xb, &mut s.hb2[..n * ffn], n);
+        mm.matmuls(
+            &s.xb[..n * dim],
+            n,
+            [w(&layer.w_gate), w(&layer.w_up)],
+            [&mut s.hb[..n * ffn], &mut s.hb2[..n * ffn]],
+        );
         cpu::swiglu(&mut s.hb[..n * ffn], &s.hb2[..n * ffn]);
         mm.matmul(w(&layer.w_down), &s.hb[..n * ffn], &mut s.xb[..n * dim], n);
         cpu::add_in_place(&mut s.x[..n * dim], &s.xb[..n * dim]);

@@ -434,6 +434,27 @@ pub(crate) unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     float_dot::<F32W>(a.as_ptr().cast(), b)
 }
 
+/// `y[i] += a * x[i]` (multiply, then add: no fusing, like the scalar twin).
+///
+/// # Safety
+/// Needs AVX2, FMA and F16C; `y.len() == x.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    let full = x.len() / 8 * 8;
+    let va = _mm256_set1_ps(a);
+    for i in (0..full).step_by(8) {
+        let p = y.as_mut_ptr().add(i);
+        let v = _mm256_add_ps(
+            _mm256_loadu_ps(p),
+            _mm256_mul_ps(va, _mm256_loadu_ps(x.as_ptr().add(i))),
+        );
+        _mm256_storeu_ps(p, v);
+    }
+    for (yi, &xi) in y[full..].iter_mut().zip(&x[full..]) {
+        *yi += a * xi;
+    }
+}
+
 #[inline(always)]
 unsafe fn float_row<W: FloatWeights, const N: usize>(
     row: &[u8],

@@ -1,5 +1,5 @@
 //! Matrix products: activations quantized once per call, row tiles spread
-//! over the thread pool, positions processed in tiles of up to
+//! over the thread pool, positions processed in chunks of up to
 //! [`MAX_POSITIONS`].
 //!
 //! Work layout. The rows of every weight matrix in a call are cut into tiles
@@ -38,10 +38,11 @@ use crate::quant::q8_k::BlockQ8K;
 const PARALLEL_MIN_WORK: usize = 1 << 16;
 
 /// How far ahead of the row being computed the weight stream is prefetched.
-/// The hardware prefetcher alone kept a decode step at about half the RAM
-/// bandwidth; 8 KiB ahead reached it (`examples/matmul_bench.rs`: 2 threads,
-/// 70 ms/token without, 44 ms with; 2-16 KiB all help, 8-16 KiB best).
-const PREFETCH_BYTES: usize = 8192;
+/// The hardware prefetcher alone kept a decode step well below the RAM
+/// bandwidth (`examples/matmul_bench.rs`, 2 threads: 70 ms/token without
+/// software prefetch, 41 ms prefetching 8 KiB ahead into L1, 33-35 ms into
+/// L2, where 8, 16 and 32 KiB ahead did alike).
+const PREFETCH_BYTES: usize = 16 * 1024;
 
 /// Quantized activations of the current call. One buffer serves both 8-bit
 /// formats (one at a time), so it costs at most 1.25 bytes per input value:

@@ -498,6 +498,25 @@ pub(crate) unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     float_dot::<F32W>(a.as_ptr().cast(), b)
 }
 
+/// `y[i] += a * x[i]` (multiply, then add: no fusing, like the scalar twin).
+///
+/// # Safety
+/// `y.len() == x.len()`.
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    let full = x.len() / 4 * 4;
+    for i in (0..full).step_by(4) {
+        let p = y.as_mut_ptr().add(i);
+        vst1q_f32(
+            p,
+            vaddq_f32(vld1q_f32(p), vmulq_n_f32(vld1q_f32(x.as_ptr().add(i)), a)),
+        );
+    }
+    for (yi, &xi) in y[full..].iter_mut().zip(&x[full..]) {
+        *yi += a * xi;
+    }
+}
+
 #[inline(always)]
 unsafe fn float_row<W: FloatWeights, const N: usize>(
     row: &[u8],

@@ -2,12 +2,13 @@
 //!
 //! They are small next to the matmuls except attention over a long context,
 //! which [`CpuBackend::attention_batch`] spreads over the pool by
-//! (position, head).
+//! (position, kv head).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::isa::Isa;
-use super::{kernels, CpuBackend};
+use super::kernels::FloatOps;
+use super::CpuBackend;
 use crate::backend::Weight;
 use crate::quant;
 
@@ -78,14 +79,21 @@ impl HeadLayout {
     }
 }
 
-/// Query head `h` of one position against `n_seen` cached positions: scores
-/// by the fixed-layout f32 dot ([`kernels::dot_f32`], identical on every
-/// instruction set), softmax, then the values summed in position order.
+/// Query heads `heads` of one position, which all read kv head `kv`,
+/// against `n_seen` cached positions. Per head: scores by the fixed-layout
+/// f32 dot, softmax, then the values summed in position order with
+/// `out += p * v` (identical on every instruction set). Heads of a group
+/// are computed together so that each cached key and value row is read
+/// once for all of them, not once per head.
+///
+/// `q` and `out` hold the group's heads (`heads.len() x head_dim`);
+/// `scores` holds at least `heads.len() * n_seen` floats.
 #[allow(clippy::too_many_arguments)]
-fn attend_head(
-    isa: Isa,
+fn attend_group(
+    ops: FloatOps,
     l: HeadLayout,
-    h: usize,
+    kv: usize,
+    heads: usize,
     out: &mut [f32],
     q: &[f32],
     k_cache: &[f32],
@@ -93,18 +101,23 @@ fn attend_head(
     n_seen: usize,
     scores: &mut [f32],
 ) {
-    let kv_off = (h / l.group) * l.head_dim;
-    let scores = &mut scores[..n_seen];
-    for (t, s) in scores.iter_mut().enumerate() {
-        let k = &k_cache[t * l.kv_dim + kv_off..t * l.kv_dim + kv_off + l.head_dim];
-        *s = kernels::dot_f32(isa, q, k) * l.scale;
+    let hd = l.head_dim;
+    let kv_off = kv * hd;
+    let scores = &mut scores[..heads * n_seen];
+    for t in 0..n_seen {
+        let k = &k_cache[t * l.kv_dim + kv_off..t * l.kv_dim + kv_off + hd];
+        for (h, qh) in q.chunks_exact(hd).enumerate() {
+            scores[h * n_seen + t] = ops.dot(qh, k) * l.scale;
+        }
     }
-    softmax(scores);
+    for s in scores.chunks_exact_mut(n_seen) {
+        softmax(s);
+    }
     out.fill(0.0);
-    for (t, &p) in scores.iter().enumerate() {
-        let v = &v_cache[t * l.kv_dim + kv_off..t * l.kv_dim + kv_off + l.head_dim];
-        for (o, &vi) in out.iter_mut().zip(v) {
-            *o += p * vi;
+    for t in 0..n_seen {
+        let v = &v_cache[t * l.kv_dim + kv_off..t * l.kv_dim + kv_off + hd];
+        for (h, oh) in out.chunks_exact_mut(hd).enumerate() {
+            ops.axpy(oh, scores[h * n_seen + t], v);
         }
     }
 }
@@ -129,14 +142,26 @@ pub fn attention(
     scores: &mut [f32],
 ) {
     let l = HeadLayout::new(n_heads, n_kv_heads, head_dim);
-    let isa = Isa::best();
+    let ops = FloatOps::new(Isa::best());
+    // One head at a time: `scores` only promises room for one.
     for (h, (oh, qh)) in out
         .chunks_exact_mut(head_dim)
         .zip(q.chunks_exact(head_dim))
         .enumerate()
         .take(n_heads)
     {
-        attend_head(isa, l, h, oh, qh, k_cache, v_cache, n_ctx, scores);
+        attend_group(
+            ops,
+            l,
+            h / l.group,
+            1,
+            oh,
+            qh,
+            k_cache,
+            v_cache,
+            n_ctx,
+            scores,
+        );
     }
 }
 
@@ -158,15 +183,19 @@ impl SharedMut {
 
 impl CpuBackend {
     /// Causal attention for `n` consecutive positions `start_pos..start_pos
-    /// + n`, spread over the pool by (position, head). Position `p` sees
+    /// + n`, spread over the pool by (position, kv head). Position `p` sees
     /// cache entries `0..=start_pos + p`.
     ///
     /// `q` and `out` are `n x (n_heads * head_dim)`; `k_cache` and `v_cache`
     /// hold at least `start_pos + n` positions of `n_kv_heads * head_dim`.
-    /// `scores` is scratch of at least `threads() * (start_pos + n)` floats
-    /// (one row per thread; allocate `threads() * n_ctx` once). Each output
-    /// equals what [`attention`] computes for that position, whatever the
-    /// thread count.
+    /// `scores` is scratch of at least `threads() * (start_pos + n)` floats,
+    /// split evenly between threads; allocate it once for the longest
+    /// context. With `threads() * (n_heads / n_kv_heads) * n_ctx` floats,
+    /// all query heads of a kv head run together and each cached row is
+    /// read once per kv head instead of once per query head (GQA: several
+    /// times less cache traffic at long contexts). Each output equals what
+    /// [`attention`] computes for that position, whatever the thread count
+    /// or scratch size.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_batch(
         &self,
@@ -197,8 +226,12 @@ impl CpuBackend {
             scores.len(),
             self.threads
         );
-        let isa = self.isa;
-        let items = n * n_heads;
+        // Work items are (position, kv head), each taking up to `pass`
+        // query heads of the group at a time, as many as the scratch holds.
+        let n_kv = n_kv_heads;
+        let pass = (stride / n_ctx).clamp(1, l.group);
+        let ops = FloatOps::new(self.isa);
+        let items = n * n_kv;
         let next = AtomicUsize::new(0);
         let out_ptr = SharedMut(out.as_mut_ptr());
         let scores_ptr = SharedMut(scores.as_mut_ptr());
@@ -212,22 +245,18 @@ impl CpuBackend {
                 if item >= items {
                     return;
                 }
-                let (p, h) = (item / n_heads, item % n_heads);
-                let at = p * q_dim + h * head_dim;
-                // SAFETY: `at + head_dim <= n * q_dim = out.len()`, and item
-                // (p, h) is taken by one worker only.
-                let out = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(at), head_dim) };
-                attend_head(
-                    isa,
-                    l,
-                    h,
-                    out,
-                    &q[at..at + head_dim],
-                    k_cache,
-                    v_cache,
-                    start_pos + p + 1,
-                    scores,
-                );
+                let (p, kv) = (item / n_kv, item % n_kv);
+                let n_seen = start_pos + p + 1;
+                for h0 in (kv * l.group..(kv + 1) * l.group).step_by(pass) {
+                    let heads = pass.min((kv + 1) * l.group - h0);
+                    let at = p * q_dim + h0 * head_dim;
+                    let len = heads * head_dim;
+                    // SAFETY: `at + len <= n * q_dim = out.len()`, and these
+                    // heads of position p belong to this item only.
+                    let out = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(at), len) };
+                    let q = &q[at..at + len];
+                    attend_group(ops, l, kv, heads, out, q, k_cache, v_cache, n_seen, scores);
+                }
             }
         };
         // Dot products plus value sums per item, roughly.
@@ -289,7 +318,7 @@ mod tests {
 
     #[test]
     fn batched_attention_matches_per_position_attention() {
-        let (n_heads, n_kv, hd, start, n) = (8, 2, 64, 37, 9);
+        let (n_heads, n_kv, hd, start, n) = (8, 2, 68, 37, 9);
         let kv_dim = n_kv * hd;
         let val = |i: usize, m: usize| ((i * m) % 1013) as f32 / 1013.0 - 0.5;
         let k: Vec<f32> = (0..(start + n) * kv_dim).map(|i| val(i, 7919)).collect();
@@ -311,11 +340,13 @@ mod tests {
                 &mut scores,
             );
         }
-        for threads in [1, 2, 3] {
+        // Scratch for one head, three heads (groups split unevenly), and a
+        // whole group per thread.
+        for (threads, heads) in [(1, 1), (2, 1), (3, 1), (2, 3), (1, 4), (3, 4)] {
             for isa in Isa::available() {
                 let backend = CpuBackend::with_isa(threads, isa);
                 let mut got = vec![0.0; q.len()];
-                let mut scores = vec![0.0; threads * (start + n)];
+                let mut scores = vec![0.0; threads * heads * (start + n)];
                 backend.attention_batch(
                     &mut got,
                     &q,
@@ -328,7 +359,7 @@ mod tests {
                     hd,
                     &mut scores,
                 );
-                assert_eq!(got, want, "{threads} threads, {isa}");
+                assert_eq!(got, want, "{threads} threads, {heads} heads, {isa}");
             }
         }
     }

@@ -236,6 +236,12 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     float_dot(|i| a[i], b)
 }
 
+pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
+}
+
 #[inline(always)]
 fn float_row<const N: usize>(
     row: &[u8],
