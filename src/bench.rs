@@ -26,7 +26,7 @@ pub struct DiskBandwidth {
 
 /// Read up to `max_bytes` of `path` sequentially in 8 MiB requests.
 pub fn measure_disk_bandwidth(path: &Path, max_bytes: u64) -> Result<DiskBandwidth> {
-    const CHUNK: usize = 8 << 20;
+    const CHUNK: usize = crate::residency::loader::MAX_REQUEST;
     let mut reader = FileReader::open(path, true)?;
     let len = std::fs::metadata(path)
         .map_err(|e| Error::io(format!("{}: {e}", path.display())))?

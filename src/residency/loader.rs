@@ -18,6 +18,11 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// The most one read asks for. Measured on this project's machines, 8 MiB
+/// O_DIRECT requests stream 10-20% faster than one request per layer
+/// (tens of MiB); the disk probe in `flea bench` reads the same way.
+pub const MAX_REQUEST: usize = 8 << 20;
+
 /// Positional reads; `read_at` may return fewer bytes than asked.
 pub trait ReadAt: Send {
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
@@ -108,7 +113,8 @@ pub fn read_range(
     let mut delay = policy.backoff;
     while (done as u64) < needed {
         let offset = range.start + done as u64;
-        match reader.read_at(&mut buf[done..len], offset) {
+        let end = (done + MAX_REQUEST).min(len);
+        match reader.read_at(&mut buf[done..end], offset) {
             Ok(0) => {
                 return Err(Error::io(format!(
                     "{}: {what}: unexpected end of file at offset {offset} (expected {} more bytes); was the file truncated?",
