@@ -36,6 +36,19 @@ pub(crate) fn as_blocks<B: ByteBlock>(bytes: &[u8]) -> &[B] {
 /// stack buffer of `N` weights with `expand` and accumulating in one running
 /// f32 sum in weight order, so the result is bit-for-bit the dot product of
 /// the fully dequantized row with `x` summed the same way.
+/// Expand every block of a row into `out` (`N` weights per block).
+pub(crate) fn dequantize_blocks<B, const N: usize>(
+    blocks: &[B],
+    out: &mut [f32],
+    expand: impl Fn(&B, &mut [f32; N]),
+    format: &str,
+) {
+    assert_eq!(out.len(), blocks.len() * N, "{format} row length");
+    for (b, o) in blocks.iter().zip(out.chunks_exact_mut(N)) {
+        expand(b, o.try_into().expect("chunks_exact gives N values"));
+    }
+}
+
 pub(crate) fn dot_blocks<B, const N: usize>(
     blocks: &[B],
     x: &[f32],

@@ -18,7 +18,7 @@
 //! The 6-bit scales are stored with a +32 bias. The sub-block of weight `p`
 //! is `p / 16`, and the weight is `(d * (scale[p / 16] - 32)) * q`.
 
-use super::blocks::{as_blocks, dot_blocks, f16_to_f32, ByteBlock};
+use super::blocks::{as_blocks, dequantize_blocks, dot_blocks, f16_to_f32, ByteBlock};
 use super::QK_K;
 
 pub const BLOCK_BYTES: usize = 110;
@@ -82,11 +82,7 @@ fn expand(b: &BlockQ3K, out: &mut [f32; QK_K]) {
 }
 
 pub fn dequantize(row: &[u8], out: &mut [f32]) {
-    let blocks: &[BlockQ3K] = as_blocks(row);
-    assert_eq!(out.len(), blocks.len() * QK_K, "Q3_K row length");
-    for (b, o) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
-        expand(b, o.try_into().unwrap());
-    }
+    dequantize_blocks(as_blocks::<BlockQ3K>(row), out, expand, "Q3_K");
 }
 
 pub fn dot(row: &[u8], x: &[f32]) -> f32 {

@@ -15,7 +15,7 @@
 //! A weight in sub-block `j` with quant `q` is
 //! `(d * scale[j]) * q - (dmin * min[j])`.
 
-use super::blocks::{as_blocks, dot_blocks, f16_to_f32, ByteBlock};
+use super::blocks::{as_blocks, dequantize_blocks, dot_blocks, f16_to_f32, ByteBlock};
 use super::QK_K;
 
 pub const BLOCK_BYTES: usize = 144;
@@ -78,11 +78,7 @@ fn expand(b: &BlockQ4K, out: &mut [f32; QK_K]) {
 }
 
 pub fn dequantize(row: &[u8], out: &mut [f32]) {
-    let blocks: &[BlockQ4K] = as_blocks(row);
-    assert_eq!(out.len(), blocks.len() * QK_K, "Q4_K row length");
-    for (b, o) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
-        expand(b, o.try_into().unwrap());
-    }
+    dequantize_blocks(as_blocks::<BlockQ4K>(row), out, expand, "Q4_K");
 }
 
 pub fn dot(row: &[u8], x: &[f32]) -> f32 {

@@ -18,7 +18,7 @@
 //! A weight in sub-block `j` with quant `q` is
 //! `(d * scale[j]) * q - (dmin * min[j])`.
 
-use super::blocks::{as_blocks, dot_blocks, f16_to_f32, ByteBlock};
+use super::blocks::{as_blocks, dequantize_blocks, dot_blocks, f16_to_f32, ByteBlock};
 use super::q4_k::scale_min;
 use super::QK_K;
 
@@ -68,11 +68,7 @@ fn expand(b: &BlockQ5K, out: &mut [f32; QK_K]) {
 }
 
 pub fn dequantize(row: &[u8], out: &mut [f32]) {
-    let blocks: &[BlockQ5K] = as_blocks(row);
-    assert_eq!(out.len(), blocks.len() * QK_K, "Q5_K row length");
-    for (b, o) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
-        expand(b, o.try_into().unwrap());
-    }
+    dequantize_blocks(as_blocks::<BlockQ5K>(row), out, expand, "Q5_K");
 }
 
 pub fn dot(row: &[u8], x: &[f32]) -> f32 {

@@ -17,7 +17,7 @@
 //! The 6-bit quant is stored with a +32 bias. The sub-block of weight `p` is
 //! `p / 16`, and the weight is `(d * scales[p / 16]) * (q - 32)`.
 
-use super::blocks::{as_blocks, dot_blocks, f16_to_f32, ByteBlock};
+use super::blocks::{as_blocks, dequantize_blocks, dot_blocks, f16_to_f32, ByteBlock};
 use super::QK_K;
 
 pub const BLOCK_BYTES: usize = 210;
@@ -68,11 +68,7 @@ fn expand(b: &BlockQ6K, out: &mut [f32; QK_K]) {
 }
 
 pub fn dequantize(row: &[u8], out: &mut [f32]) {
-    let blocks: &[BlockQ6K] = as_blocks(row);
-    assert_eq!(out.len(), blocks.len() * QK_K, "Q6_K row length");
-    for (b, o) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
-        expand(b, o.try_into().unwrap());
-    }
+    dequantize_blocks(as_blocks::<BlockQ6K>(row), out, expand, "Q6_K");
 }
 
 pub fn dot(row: &[u8], x: &[f32]) -> f32 {

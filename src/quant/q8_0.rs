@@ -7,7 +7,7 @@
 //!
 //! Weight `i` of the block is `d * qs[i]`.
 
-use super::blocks::{as_blocks, dot_blocks, f16_to_f32, ByteBlock};
+use super::blocks::{as_blocks, dequantize_blocks, dot_blocks, f16_to_f32, ByteBlock};
 
 /// Weights per block.
 pub const QK8_0: usize = 32;
@@ -35,11 +35,7 @@ fn expand(b: &BlockQ8_0, out: &mut [f32; QK8_0]) {
 }
 
 pub fn dequantize(row: &[u8], out: &mut [f32]) {
-    let blocks: &[BlockQ8_0] = as_blocks(row);
-    assert_eq!(out.len(), blocks.len() * QK8_0, "Q8_0 row length");
-    for (b, o) in blocks.iter().zip(out.chunks_exact_mut(QK8_0)) {
-        expand(b, o.try_into().unwrap());
-    }
+    dequantize_blocks(as_blocks::<BlockQ8_0>(row), out, expand, "Q8_0");
 }
 
 pub fn dot(row: &[u8], x: &[f32]) -> f32 {
