@@ -37,10 +37,11 @@ pub mod pinned;
 pub mod slots;
 pub mod weights;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::CudaContext;
+use cudarc::driver::{CudaContext, CudaStream};
 
 pub use cudarc;
 pub use device::{AttentionShape, DevWeight, DeviceInfo, Format, Gpu, FATBIN_ARCHS};
@@ -104,53 +105,63 @@ pub fn open(device: usize) -> Result<Gpu> {
     Gpu::new(device)
 }
 
-/// Device-to-device copy bandwidth, the bound a memory-bound decode step is
-/// read against.
+/// A copy bandwidth measured with CUDA events: device-to-device (the bound
+/// a memory-bound decode step is read against) or pinned host-to-device
+/// (the bound for streaming layers into the device double buffer).
 #[derive(Debug, Clone, Copy)]
-pub struct D2dBandwidth {
+pub struct CopyBandwidth {
     /// Bytes of each copy.
     pub copy_bytes: usize,
     pub copies: usize,
     pub seconds: f64,
-    /// Memory traffic per second: every copied byte is read once and
-    /// written once, so `2 * copy_bytes * copies / seconds`.
+    /// Memory traffic per second. A device-to-device copy reads and writes
+    /// every byte on the device, so it counts `2 * copy_bytes` per copy; a
+    /// host-to-device copy counts `copy_bytes`.
     pub bytes_per_s: f64,
 }
 
-/// Time `copies` device-to-device copies of `copy_bytes` with CUDA events,
-/// after one untimed warm-up copy.
-pub fn measure_d2d_bandwidth(gpu: &Gpu, copy_bytes: usize, copies: usize) -> Result<D2dBandwidth> {
-    let copies = copies.max(1);
-    let src = gpu.zeros::<u8>(copy_bytes)?;
-    let mut dst = gpu.zeros::<u8>(copy_bytes)?;
+pub type D2dBandwidth = CopyBandwidth;
+pub type H2dBandwidth = CopyBandwidth;
+
+/// Time `copies` calls of `copy` on the stream with events, after one
+/// untimed warm-up call. Falls back on the wall clock if events say 0.
+fn time_copies(
+    gpu: &Gpu,
+    copies: usize,
+    mut copy: impl FnMut(&Arc<CudaStream>, &'static str) -> Result<()>,
+) -> Result<f64> {
     let stream = gpu.stream();
     let ctx = gpu.context();
-    stream
-        .memcpy_dtod(&src, &mut dst)
-        .map_err(cuda_err("warm-up copy"))?;
-    let start = ctx
-        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-        .map_err(cuda_err("create event"))?;
-    let end = ctx
-        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-        .map_err(cuda_err("create event"))?;
+    copy(stream, "warm-up copy")?;
+    let event = || {
+        ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(cuda_err("create event"))
+    };
+    let (start, end) = (event()?, event()?);
     let wall = Instant::now();
     start.record(stream).map_err(cuda_err("record event"))?;
     for _ in 0..copies {
-        stream
-            .memcpy_dtod(&src, &mut dst)
-            .map_err(cuda_err("timed copy"))?;
+        copy(stream, "timed copy")?;
     }
     end.record(stream).map_err(cuda_err("record event"))?;
     let ms = start.elapsed_ms(&end).map_err(cuda_err("event time"))?;
-    // Events time the device; fall back on the wall clock if they say 0.
     let seconds = if ms > 0.0 {
         f64::from(ms) / 1e3
     } else {
         wall.elapsed().as_secs_f64()
     };
-    let seconds = seconds.max(1e-9);
-    Ok(D2dBandwidth {
+    Ok(seconds.max(1e-9))
+}
+
+/// Time `copies` device-to-device copies of `copy_bytes`.
+pub fn measure_d2d_bandwidth(gpu: &Gpu, copy_bytes: usize, copies: usize) -> Result<D2dBandwidth> {
+    let copies = copies.max(1);
+    let src = gpu.zeros::<u8>(copy_bytes)?;
+    let mut dst = gpu.zeros::<u8>(copy_bytes)?;
+    let seconds = time_copies(gpu, copies, |stream, what| {
+        stream.memcpy_dtod(&src, &mut dst).map_err(cuda_err(what))
+    })?;
+    Ok(CopyBandwidth {
         copy_bytes,
         copies,
         seconds,
@@ -158,25 +169,13 @@ pub fn measure_d2d_bandwidth(gpu: &Gpu, copy_bytes: usize, copies: usize) -> Res
     })
 }
 
-/// Host-to-device copy bandwidth from page-locked memory: the bound for
-/// streaming layers into the device double buffer.
-#[derive(Debug, Clone, Copy)]
-pub struct H2dBandwidth {
-    pub copy_bytes: usize,
-    pub copies: usize,
-    pub seconds: f64,
-    pub bytes_per_s: f64,
-}
-
 /// Time `copies` copies of `copy_bytes` from pinned host memory
-/// (`cuMemHostAlloc`, portable, not write-combined) to device memory with
-/// CUDA events, after one untimed warm-up copy.
+/// (`cuMemHostAlloc`, portable, not write-combined) to device memory.
 pub fn measure_h2d_bandwidth(gpu: &Gpu, copy_bytes: usize, copies: usize) -> Result<H2dBandwidth> {
     let copies = copies.max(1);
-    let ctx = gpu.context();
     // SAFETY: the memory is written (zeroed) below before any copy reads it.
     let mut host = unsafe {
-        ctx.alloc_pinned_with_flags::<u8>(
+        gpu.context().alloc_pinned_with_flags::<u8>(
             copy_bytes.max(1),
             cudarc::driver::sys::CU_MEMHOSTALLOC_PORTABLE,
         )
@@ -186,32 +185,10 @@ pub fn measure_h2d_bandwidth(gpu: &Gpu, copy_bytes: usize, copies: usize) -> Res
         .map_err(cuda_err("pinned memory"))?
         .fill(0);
     let mut dst = gpu.zeros::<u8>(copy_bytes)?;
-    let stream = gpu.stream();
-    stream
-        .memcpy_htod(&host, &mut dst)
-        .map_err(cuda_err("warm-up copy"))?;
-    let start = ctx
-        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-        .map_err(cuda_err("create event"))?;
-    let end = ctx
-        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-        .map_err(cuda_err("create event"))?;
-    let wall = Instant::now();
-    start.record(stream).map_err(cuda_err("record event"))?;
-    for _ in 0..copies {
-        stream
-            .memcpy_htod(&host, &mut dst)
-            .map_err(cuda_err("timed copy"))?;
-    }
-    end.record(stream).map_err(cuda_err("record event"))?;
-    let ms = start.elapsed_ms(&end).map_err(cuda_err("event time"))?;
-    let seconds = if ms > 0.0 {
-        f64::from(ms) / 1e3
-    } else {
-        wall.elapsed().as_secs_f64()
-    }
-    .max(1e-9);
-    Ok(H2dBandwidth {
+    let seconds = time_copies(gpu, copies, |stream, what| {
+        stream.memcpy_htod(&host, &mut dst).map_err(cuda_err(what))
+    })?;
+    Ok(CopyBandwidth {
         copy_bytes,
         copies,
         seconds,
