@@ -190,11 +190,12 @@ pub fn demo(model: Option<PathBuf>, budget: Option<Budget>, threads: Option<usiz
     .map_err(io)?;
     writeln!(
         out,
-        "streamed {} per token; the disk reads that in {:.1} ms at {:.2} GB/s ({})",
+        "streamed {} per token; the disk reads that in {:.1} ms at {:.2} GB/s ({}): decode runs at {:.0}% of the disk bound",
         ByteSize(streamed.bytes_read_per_token as u64),
         bound_ms,
         disk.bytes_per_s / 1e9,
-        if disk.direct { "O_DIRECT" } else { "buffered" }
+        if disk.direct { "O_DIRECT" } else { "buffered" },
+        100.0 * bound_ms / streamed.decode_ms_per_token
     )
     .map_err(io)?;
 
