@@ -509,6 +509,24 @@ fn plan(args: PlanArgs) -> Result<u8> {
         ByteSize(Plan::minimum_budget(&session.model, &session.engine))
     )
     .map_err(io)?;
+    // Each sequence decoded together costs a KV cache: show what batching
+    // takes from the resident layers under the same budget.
+    let trade: Vec<String> = [1usize, 4, 16]
+        .iter()
+        .map(|&n| {
+            let mut e = session.engine.clone();
+            e.n_seq = n;
+            e.max_chunk = e.max_chunk.max(n);
+            match Plan::make(&session.model, &e, session.plan.budget) {
+                Ok(p) => format!(
+                    "batch {n}: {} resident layers",
+                    p.placement.len() - p.streamed_layers().count()
+                ),
+                Err(_) => format!("batch {n}: does not fit"),
+            }
+        })
+        .collect();
+    writeln!(out, "{}", trade.join("; ")).map_err(io)?;
     if args.no_measure {
         return Ok(0);
     }

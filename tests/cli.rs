@@ -297,6 +297,7 @@ fn plan_prints_ranges_and_prediction() {
     assert!(s.contains("streamed") && s.contains("resident"), "{s}");
     assert!(s.contains("predicted decode") && s.contains("disk"), "{s}");
     assert!(s.contains("minimum budget"), "{s}");
+    assert!(s.contains("batch 16:"), "the batch trade-off is shown: {s}");
 }
 
 #[test]
