@@ -57,6 +57,17 @@ pub struct Session {
     pub backend: BackendChoice,
 }
 
+/// Plan `model` (from `path`), naming the file in a budget error.
+fn plan_named(
+    path: &std::path::Path,
+    model: &Model,
+    engine: &EngineConfig,
+    budget: u64,
+) -> Result<Plan> {
+    Plan::make(model, engine, budget)
+        .map_err(|e| Error::new(e.kind, format!("{}: {}", path.display(), e.message)))
+}
+
 /// Where the forward pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendChoice {
@@ -168,14 +179,13 @@ pub fn open_session(args: &CommonArgs) -> Result<Session> {
     };
     let engine = EngineConfig {
         n_ctx,
-        // A pass holds every sequence's decode step.
-        max_chunk: config.pipeline.prefill_chunk.max(config.pipeline.batch),
-        n_seq: config.pipeline.batch,
+        max_chunk: config.pipeline.prefill_chunk,
+        n_seq: 1,
         threads,
-    };
+    }
+    .with_batch(config.pipeline.batch);
     let budget = config.memory.budget.resolve(file.file_len());
-    let plan = Plan::make(&model, &engine, budget)
-        .map_err(|e| Error::new(e.kind, format!("{}: {}", path.display(), e.message)))?;
+    let plan = plan_named(&path, &model, &engine, budget)?;
     Ok(Session {
         path,
         config,
@@ -202,16 +212,14 @@ impl Session {
 
     /// Plan again for a different budget.
     pub fn replan(&mut self, budget: u64) -> Result<()> {
-        self.plan = Plan::make(&self.model, &self.engine, budget)
-            .map_err(|e| Error::new(e.kind, format!("{}: {}", self.path.display(), e.message)))?;
+        self.plan = plan_named(&self.path, &self.model, &self.engine, budget)?;
         Ok(())
     }
 
     /// Grow the context (and re-plan) for a pass longer than configured.
     pub fn replan_for_context(&mut self, n_ctx: usize) -> Result<()> {
         self.engine.n_ctx = n_ctx;
-        self.plan = Plan::make(&self.model, &self.engine, self.plan.budget)?;
-        Ok(())
+        self.replan(self.plan.budget)
     }
 
     /// The engine on the GPU: resident layers stay in device memory once

@@ -73,6 +73,16 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
+    /// The same shape decoding `n_seq` sequences together: a pass must
+    /// hold every sequence's decode step, so the chunk is at least `n_seq`.
+    pub fn with_batch(&self, n_seq: usize) -> EngineConfig {
+        EngineConfig {
+            n_seq,
+            max_chunk: self.max_chunk.max(n_seq),
+            ..self.clone()
+        }
+    }
+
     fn cpu(&self) -> CpuForwardConfig {
         CpuForwardConfig {
             n_ctx: self.n_ctx,

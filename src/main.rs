@@ -514,9 +514,7 @@ fn plan(args: PlanArgs) -> Result<u8> {
     let trade: Vec<String> = [1usize, 4, 16]
         .iter()
         .map(|&n| {
-            let mut e = session.engine.clone();
-            e.n_seq = n;
-            e.max_chunk = e.max_chunk.max(n);
+            let e = session.engine.with_batch(n);
             match Plan::make(&session.model, &e, session.plan.budget) {
                 Ok(p) => format!(
                     "batch {n}: {} resident layers",
@@ -620,8 +618,7 @@ fn bench_cmd(args: BenchArgs) -> Result<u8> {
             return Err(Error::usage("--batch-sweep: batch sizes start at 1"));
         }
         let mut o = opts.clone();
-        o.engine.n_seq = n;
-        o.engine.max_chunk = o.engine.max_chunk.max(n);
+        o.engine = o.engine.with_batch(n);
         let p = Plan::make(&session.model, &o.engine, session.plan.budget)?;
         sweep.push(bench::run(
             &session.path,
