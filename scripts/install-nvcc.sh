@@ -7,8 +7,10 @@
 # On a Jetson use JetPack's own nvcc instead (/usr/local/cuda/bin/nvcc): its
 # CUDA 12.x output runs on the board's driver, which a CUDA 13 build does not.
 #
-# Prints the variables to export on its last lines, e.g.
-#   eval "$(scripts/install-nvcc.sh | grep '^export ')"
+# Prints the variables to export on stdout (and nothing else there), e.g.
+#   exports="$(scripts/install-nvcc.sh)" && eval "$exports"
+# Capture first, then eval: a pipeline inside eval "$(...)" hides the
+# installer's exit status. Progress and errors go to stderr.
 #
 # Environment:
 #   FLEA_NVCC_VENV   where the venv goes (default /opt/flea-nvcc)
@@ -40,34 +42,52 @@ if [ ! -x "$VENV/bin/pip" ]; then
     fi
 fi
 
-# Skip pip entirely when every pinned version is already there.
+# Skip pip entirely when every pinned version is already there. `pip show`
+# exits 1 for a package that is not installed: that is the expected answer on
+# a fresh venv, not a failure, so its status is read explicitly (under
+# `set -e -o pipefail` a bare `have=$(pip show ... | sed ...)` would end the
+# script silently right here).
+installed_version() {
+    local out
+    if out="$("$VENV/bin/pip" show "$1" 2>/dev/null)"; then
+        sed -n 's/^Version: //p' <<<"$out"
+    fi
+}
 missing=0
 for spec in "${PACKAGES[@]}"; do
     name="${spec%%==*}"
     want="${spec##*==}"
-    have="$("$VENV/bin/pip" show "$name" 2>/dev/null | sed -n 's/^Version: //p')"
+    have="$(installed_version "$name")"
     if [ "$have" != "$want" ]; then
         missing=1
     fi
 done
 if [ "$missing" = 1 ]; then
-    log "installing ${PACKAGES[*]}"
-    "$VENV/bin/pip" install --disable-pip-version-check --quiet "${PACKAGES[@]}" >&2
+    log "installing ${PACKAGES[*]} into $VENV"
+    if ! "$VENV/bin/pip" install --disable-pip-version-check --quiet "${PACKAGES[@]}" >&2; then
+        log "error: pip install failed (see above); cannot build --features cuda without nvcc"
+        exit 1
+    fi
 else
     log "pinned wheels already installed in $VENV"
 fi
 
-NVCC="$(find "$VENV" -path '*/bin/nvcc' -type f | head -n 1)"
+NVCC="$(find "$VENV" -path '*/bin/nvcc' -type f -print -quit)"
 if [ -z "$NVCC" ] || [ ! -x "$NVCC" ]; then
     log "no nvcc found under $VENV after install"
     exit 1
 fi
 CUDA_ROOT="$(cd "$(dirname "$NVCC")/.." && pwd)"
-log "$("$NVCC" --version | tail -n 2 | head -n 1)"
+if ! version="$("$NVCC" --version)"; then
+    log "error: $NVCC does not run"
+    exit 1
+fi
+log "$(sed -n 's/.*\(release [0-9.]*\).*/nvcc \1/p' <<<"$version")"
 
 # nvcc calls the host C++ compiler.
 if ! command -v g++ >/dev/null 2>&1 && ! command -v c++ >/dev/null 2>&1; then
-    log "warning: no host C++ compiler (g++) on PATH; nvcc needs one (apt-get install g++)"
+    log "error: no host C++ compiler (g++) on PATH; nvcc needs one (apt-get install g++)"
+    exit 1
 fi
 
 echo "export NVCC=$NVCC"
