@@ -49,6 +49,7 @@ fn cached_model() -> Result<PathBuf> {
         path.display()
     );
     let opts = SynthOptions::new(Preset::B1, QuantMix::Q4KM);
+    crate::cli_setup::remove_partial_on_signal(&path)?;
     let report = synth::synth(&opts, &path, progress_bar("synth"))?;
     eprintln!(
         "\nwrote {} in {:.1} s ({:.0} MB/s)",
@@ -94,6 +95,7 @@ pub fn demo(model: Option<PathBuf>, budget: Option<Budget>, threads: Option<usiz
         ctx_size: Some(256),
         chunk: Some(16),
         batch: Some(1),
+        verify: false,
     };
     let mut session = open_session(&args)?;
     let file_len = session.file.file_len();
@@ -105,7 +107,7 @@ pub fn demo(model: Option<PathBuf>, budget: Option<Budget>, threads: Option<usiz
     session.replan(budget_bytes)?;
 
     let mut out = std::io::stdout().lock();
-    let io = |e: std::io::Error| Error::io(format!("stdout: {e}"));
+    let io = Error::stdout;
     writeln!(
         out,
         "Flea-Flicker demo: {} ({}) inside a budget of {} ({:.1}x smaller than the model)",

@@ -6,6 +6,7 @@ use clap::Args;
 use flea::config::{Budget, ByteSize, Config};
 use flea::engine::{Engine, EngineConfig};
 use flea::gguf::GgufFile;
+use flea::limits::{self, check_count};
 use flea::model::Model;
 use flea::residency::loader::RetryPolicy;
 use flea::residency::plan::Plan;
@@ -38,6 +39,9 @@ pub struct CommonArgs {
     /// Sequences decoded together; each streamed layer read serves all [default: 1].
     #[arg(long)]
     pub batch: Option<usize>,
+    /// Check every layer read against MODEL.sums (see `flea checksum`) [config: io.verify].
+    #[arg(long)]
+    pub verify: bool,
 }
 
 fn parse_budget(s: &str) -> std::result::Result<Budget, String> {
@@ -117,29 +121,21 @@ pub fn open_session(args: &CommonArgs) -> Result<Session> {
     if let Some(b) = args.budget {
         config.memory.budget = b;
     }
+    if args.verify {
+        config.io.verify = true;
+    }
     if let Some(t) = args.threads {
-        if t == 0 {
-            return Err(Error::usage("--threads: expected at least 1, found 0"));
-        }
-        config.device.threads = t;
+        config.device.threads = check_count("--threads", t, limits::MAX_THREADS, Error::usage)?;
     }
     if let Some(c) = args.chunk {
-        if c == 0 {
-            return Err(Error::usage("--chunk: expected at least 1, found 0"));
-        }
-        config.pipeline.prefill_chunk = c;
+        config.pipeline.prefill_chunk = check_count("--chunk", c, limits::MAX_CHUNK, Error::usage)?;
     }
     if let Some(b) = args.batch {
-        if b == 0 {
-            return Err(Error::usage("--batch: expected at least 1, found 0"));
-        }
-        config.pipeline.batch = b;
+        config.pipeline.batch = check_count("--batch", b, limits::MAX_BATCH, Error::usage)?;
     }
     if let Some(c) = args.ctx_size {
-        if c == 0 {
-            return Err(Error::usage("--ctx-size: expected at least 1, found 0"));
-        }
-        config.generation.context = c;
+        config.generation.context =
+            check_count("--ctx-size", c, limits::MAX_CONTEXT, Error::usage)?;
     }
     let backend = choose_backend(config.device.backend)?;
 
@@ -207,6 +203,7 @@ impl Session {
                 backoff: Duration::from_millis(self.config.io.retry_backoff_ms),
             },
             prefetch: self.config.pipeline.prefetch,
+            verify: self.config.io.verify,
         }
     }
 
@@ -314,4 +311,15 @@ pub fn open_draft(session: &mut Session, path: &std::path::Path) -> Result<Draft
     );
     let weights = Residency::open(path, &model, &plan, session.residency_options())?;
     Ok(Draft { model, weights })
+}
+
+/// SIGINT/SIGTERM while an output file is written: remove its partial
+/// file (the target is untouched until the final rename) and exit 130.
+pub fn remove_partial_on_signal(target: &std::path::Path) -> Result<()> {
+    let partial = flea::output_file::partial_path(target)?;
+    ctrlc::set_handler(move || {
+        let _ = std::fs::remove_file(&partial);
+        std::process::exit(130);
+    })
+    .map_err(|e| Error::io(format!("cannot install the signal handler: {e}")))
 }

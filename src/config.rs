@@ -3,6 +3,7 @@
 //! the key and the file. Command-line flags override what a file says.
 
 use crate::error::{Error, Result};
+use crate::limits;
 use serde::Deserialize;
 use std::fmt;
 use std::path::Path;
@@ -175,6 +176,9 @@ pub struct IoConfig {
     pub retries: u32,
     /// The first retry waits this long; each later one waits twice as long.
     pub retry_backoff_ms: u64,
+    /// Check every layer read against the model's `.sums` sidecar (written
+    /// by `flea checksum`); a mismatch fails the run naming the layer.
+    pub verify: bool,
 }
 
 impl Default for IoConfig {
@@ -183,6 +187,7 @@ impl Default for IoConfig {
             direct: true,
             retries: 4,
             retry_backoff_ms: 10,
+            verify: false,
         }
     }
 }
@@ -272,12 +277,33 @@ impl Config {
                 "{source}: key {key}: expected {expected}, found {found}"
             )))
         };
-        if self.pipeline.prefill_chunk == 0 {
-            return bad("pipeline.prefill_chunk", "at least 1", "0".into());
-        }
-        if self.pipeline.batch == 0 || self.pipeline.batch > 256 {
-            return bad("pipeline.batch", "1..=256", self.pipeline.batch.to_string());
-        }
+        let in_range = |key: &str, value: usize, min: usize, max: usize| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                bad(key, &format!("{min}..={max}"), value.to_string())
+            }
+        };
+        in_range(
+            "pipeline.prefill_chunk",
+            self.pipeline.prefill_chunk,
+            1,
+            limits::MAX_CHUNK,
+        )?;
+        in_range("pipeline.batch", self.pipeline.batch, 1, limits::MAX_BATCH)?;
+        // 0 means "choose for me" for these two.
+        in_range(
+            "device.threads",
+            self.device.threads,
+            0,
+            limits::MAX_THREADS,
+        )?;
+        in_range(
+            "generation.context",
+            self.generation.context,
+            0,
+            limits::MAX_CONTEXT,
+        )?;
         if self.io.retries > 30 {
             return bad("io.retries", "at most 30", self.io.retries.to_string());
         }

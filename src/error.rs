@@ -19,6 +19,10 @@ pub enum ErrorKind {
     Io,
     /// The run was interrupted by a signal.
     Interrupted,
+    /// Whoever reads our standard output went away (EPIPE, e.g. `| head`).
+    /// As with any Unix filter that is not a failure: what was written
+    /// stands, the run ends quietly with exit 0.
+    OutputClosed,
 }
 
 impl ErrorKind {
@@ -30,6 +34,7 @@ impl ErrorKind {
             ErrorKind::Model => 4,
             ErrorKind::Io => 5,
             ErrorKind::Interrupted => 130,
+            ErrorKind::OutputClosed => 0,
         }
     }
 }
@@ -60,6 +65,18 @@ impl Error {
     }
     pub fn io(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Io, message)
+    }
+    /// A failed write to standard output: a closed pipe is
+    /// [`ErrorKind::OutputClosed`], anything else an I/O error.
+    pub fn stdout(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            Self::new(
+                ErrorKind::OutputClosed,
+                "stdout: the reader closed the pipe",
+            )
+        } else {
+            Self::io(format!("stdout: {e}"))
+        }
     }
 }
 

@@ -107,7 +107,8 @@ impl<'a, W: WeightSource, B: Backend> Generator<'a, W, B> {
                 prompt.len()
             )));
         }
-        let mut tokens = Vec::with_capacity(max_tokens);
+        // At most n_ctx - prompt + 1 tokens fit, whatever was asked.
+        let mut tokens = Vec::with_capacity(max_tokens.min(n_ctx - prompt.len() + 1));
         self.history.clear();
         self.history.extend_from_slice(prompt);
 

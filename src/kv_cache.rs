@@ -25,7 +25,11 @@ impl KvCache {
 
     /// Bytes a cache of this shape takes.
     pub fn bytes_for(n_layers: usize, n_seq: usize, n_ctx: usize, kv_dim: usize) -> u64 {
-        2 * (n_layers * n_seq * n_ctx * kv_dim * std::mem::size_of::<f32>()) as u64
+        // Saturating: a hostile shape must come out as "too large for the
+        // budget", never wrap around to a small number.
+        [n_layers, n_seq, n_ctx, kv_dim, std::mem::size_of::<f32>()]
+            .iter()
+            .fold(2u64, |acc, &n| acc.saturating_mul(n as u64))
     }
 
     pub fn n_ctx(&self) -> usize {

@@ -33,6 +33,7 @@ use flea::engine::Engine;
 use flea::generate::teacher_forced;
 use flea::gguf::GgufFile;
 use flea::model::Model;
+use flea::output_file::OutputFile;
 use flea::pipeline::{self, Format, Interrupt, RunOptions};
 use flea::residency::plan::Plan;
 use flea::sampler::{Sampler, SamplerConfig};
@@ -107,6 +108,15 @@ chosen quantization. Blocks hold random but valid values. The vocabulary is copi
 (a GGUF with tokenizer.ggml.* keys), or a placeholder SPM vocabulary is built."
     )]
     Synth(SynthArgs),
+    /// Write MODEL.sums: a hash per layer and per global tensor, checked by --verify.
+    #[command(
+        long_about = "Hash the regions a run reads (each layer's tensors, the embeddings and \
+output head) with XXH3-64 and write them next to the model as MODEL.sums. With --verify (or \
+[io] verify = true), run, logits, bench and plan-with-measure check every layer they read \
+against it: a file that changed or storage that returned corrupt data fails the run with \
+exit 5, naming the layer, instead of producing wrong text."
+    )]
+    Checksum(ChecksumArgs),
     /// Stream a synthesized model ~4x larger than its budget and show the numbers.
     #[command(
         long_about = "Start here. With no download, synthesize (and cache) a 1B-shaped \
@@ -134,6 +144,13 @@ struct SynthArgs {
     /// Output file.
     #[arg(long, short = 'o')]
     out: PathBuf,
+}
+
+#[derive(Args)]
+struct ChecksumArgs {
+    /// Path to a GGUF model file; the hashes go to this path + ".sums".
+    #[arg(long, short = 'm')]
+    model: PathBuf,
 }
 
 #[derive(Args)]
@@ -259,10 +276,15 @@ fn main() -> ExitCode {
         Command::Plan(args) => plan(args),
         Command::Bench(args) => bench_cmd(args),
         Command::Synth(args) => synth_cmd(args),
+        Command::Checksum(args) => checksum_cmd(args),
         Command::Demo(args) => cli_demo::demo(args.model, args.budget, args.threads),
     };
     match result {
         Ok(code) => ExitCode::from(code),
+        Err(e) if e.kind == flea::ErrorKind::OutputClosed => {
+            log::debug!("{e}");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(e.kind.exit_code() as u8)
@@ -314,6 +336,16 @@ fn run(args: RunArgs) -> Result<u8> {
     };
     let interrupt = Arc::new(Interrupt::default());
     install_signal_handler(interrupt.clone())?;
+    if std::io::stdin().is_terminal() {
+        eprintln!(
+            "reading prompts from stdin, one per line ({}); end with Ctrl-D",
+            if args.jsonl {
+                "JSON requests"
+            } else {
+                "plain text"
+            }
+        );
+    }
     let input = pipeline::spawn_line_reader(|| std::io::stdin().lock(), 2 * session.engine.n_seq);
     let summary = match &args.draft {
         None => with_engine!(session, |engine| pipeline::run(
@@ -391,12 +423,19 @@ fn logits(args: LogitsArgs) -> Result<u8> {
     if tokens.is_empty() {
         return Err(Error::usage("no tokens to evaluate"));
     }
+    let vocab = session.model.hparams.vocab_size;
+    if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+        return Err(Error::usage(format!(
+            "--tokens: token id {bad} is out of range: the vocabulary has {vocab} tokens (0..={})",
+            vocab - 1
+        )));
+    }
     if tokens.len() > session.engine.n_ctx {
         session.replan_for_context(tokens.len())?;
     }
-    let file = std::fs::File::create(&args.out)
-        .map_err(|e| Error::io(format!("{}: cannot create: {e}", args.out.display())))?;
-    let mut out = BufWriter::new(file);
+    cli_setup::remove_partial_on_signal(&args.out)?;
+    let mut output = OutputFile::create(&args.out)?;
+    let mut out = BufWriter::new(output.file());
     let start = Instant::now();
     let write_err = |e: std::io::Error| Error::io(format!("{}: {e}", args.out.display()));
     with_engine!(session, |engine| teacher_forced(
@@ -410,6 +449,8 @@ fn logits(args: LogitsArgs) -> Result<u8> {
         }
     )?);
     out.flush().map_err(write_err)?;
+    drop(out);
+    output.commit()?;
     log::info!(
         "wrote {} x {} logits to {} in {:.1} ms",
         tokens.len(),
@@ -425,7 +466,7 @@ fn inspect(args: InspectArgs) -> Result<u8> {
     let file = GgufFile::open(&args.model)?;
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    let io = |e: std::io::Error| Error::io(format!("stdout: {e}"));
+    let io = Error::stdout;
     writeln!(
         out,
         "file: {}\nGGUF version {}, {} metadata keys, {} tensors, alignment {}, data at offset {}, {} bytes",
@@ -500,7 +541,7 @@ fn inspect(args: InspectArgs) -> Result<u8> {
 fn plan(args: PlanArgs) -> Result<u8> {
     let session = open_session(&args.common)?;
     let mut out = std::io::stdout().lock();
-    let io = |e: std::io::Error| Error::io(format!("stdout: {e}"));
+    let io = Error::stdout;
     writeln!(out, "{}", session.plan).map_err(io)?;
     writeln!(
         out,
@@ -693,11 +734,11 @@ fn bench_cmd(args: BenchArgs) -> Result<u8> {
             "speculative_target_alone": speculative.as_ref().map(|(p, _)| p),
             "speculative_speedup": speculative.as_ref().map(|(p, s)| s.decode_tokens_per_s / p.decode_tokens_per_s),
         });
-        println!("{json}");
+        writeln!(std::io::stdout().lock(), "{json}").map_err(Error::stdout)?;
         return Ok(0);
     }
     let mut out = std::io::stdout().lock();
-    let io = |e: std::io::Error| Error::io(format!("stdout: {e}"));
+    let io = Error::stdout;
     writeln!(
         out,
         "model {} ({}), {} threads",
@@ -828,6 +869,33 @@ fn bench_cmd(args: BenchArgs) -> Result<u8> {
     Ok(0)
 }
 
+fn checksum_cmd(args: ChecksumArgs) -> Result<u8> {
+    use flea::residency::checksum::{sidecar_path, Sums};
+    let file = GgufFile::open(&args.model)?;
+    let model = Model::from_gguf(&file)?;
+    let target = sidecar_path(&args.model);
+    let start = Instant::now();
+    let bytes = file.bytes_at(0..file.file_len());
+    let sums = Sums::compute(&model, bytes, cli_demo::progress_bar("checksum"));
+    eprintln!();
+    cli_setup::remove_partial_on_signal(&target)?;
+    let mut out = OutputFile::create(&target)?;
+    out.file()
+        .write_all(sums.to_text().as_bytes())
+        .map_err(|e| Error::io(format!("{}: {e}", out.partial().display())))?;
+    out.commit()?;
+    let seconds = start.elapsed().as_secs_f64();
+    log::info!(
+        "wrote {} ({} layers, {} global regions) in {:.2} s: {:.0} MB/s",
+        target.display(),
+        sums.layers.len(),
+        sums.globals.len(),
+        seconds,
+        file.file_len() as f64 / seconds.max(1e-9) / 1e6
+    );
+    Ok(0)
+}
+
 fn synth_cmd(args: SynthArgs) -> Result<u8> {
     let opts = flea::synth::SynthOptions {
         preset: args.preset,
@@ -841,6 +909,7 @@ fn synth_cmd(args: SynthArgs) -> Result<u8> {
         opts.quant,
         args.out.display()
     );
+    cli_setup::remove_partial_on_signal(&args.out)?;
     let report = flea::synth::synth(&opts, &args.out, cli_demo::progress_bar("synth"))?;
     eprintln!();
     log::info!(

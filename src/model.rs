@@ -72,6 +72,17 @@ impl Hparams {
             Ok(())
         };
         positive("block_count", n_layers)?;
+        // Each block has nine tensors, so the tensor table bounds the block
+        // count; check before anything is sized by it.
+        let most_layers = (file.tensors.len() / 9).min(crate::limits::MAX_LAYERS);
+        if n_layers > most_layers {
+            return Err(Error::model(format!(
+                "{path}: key {}: expected at most {most_layers} (the file has {} tensors, nine per block; cap {}), found {n_layers}",
+                key("block_count"),
+                file.tensors.len(),
+                crate::limits::MAX_LAYERS
+            )));
+        }
         positive("embedding_length", dim)?;
         positive("attention.head_count", n_heads)?;
         positive("attention.head_count_kv", n_kv_heads)?;

@@ -11,6 +11,7 @@ use crate::backend::Backend;
 use crate::engine::{Engine, Logits, WeightSource};
 use crate::error::{Error, Result};
 use crate::generate::{Completion, FinishReason, Flow};
+use crate::limits;
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::speculative::Speculative;
 use crate::tokenizer::Tokenizer;
@@ -137,6 +138,7 @@ struct Outcome {
     text: String,
     completion: Option<Completion>,
     error: Option<String>,
+    warning: Option<String>,
 }
 
 impl Outcome {
@@ -166,31 +168,115 @@ impl Outcome {
         if let Some(e) = &self.error {
             record["error"] = serde_json::Value::String(e.clone());
         }
+        if let Some(w) = &self.warning {
+            record["warning"] = serde_json::Value::String(w.clone());
+        }
         record
     }
 }
 
+/// One line of input, as the reader thread hands it over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputLine {
+    /// A line of text, without its line ending.
+    Text(String),
+    /// A line that cannot be a request: not UTF-8, or longer than
+    /// [`limits::MAX_LINE_BYTES`]. It gets an error record (an empty line in
+    /// text mode) and the run goes on with the next line.
+    Rejected(String),
+}
+
 /// Read lines on a thread of their own, so the scheduler can keep decoding
 /// while it waits for input. `open` runs on that thread (stdin's lock is
-/// not `Send`). The channel is bounded: a fast producer waits.
-pub fn spawn_line_reader<R, F>(open: F, capacity: usize) -> Receiver<std::io::Result<String>>
+/// not `Send`). The channel is bounded: a fast producer waits. Only a
+/// failing read ends the input early; a bad line is handed over as
+/// [`InputLine::Rejected`], so it cannot take the lines after it down.
+pub fn spawn_line_reader<R, F>(open: F, capacity: usize) -> Receiver<std::io::Result<InputLine>>
 where
     R: BufRead,
     F: FnOnce() -> R + Send + 'static,
 {
     let (tx, rx) = mpsc::sync_channel(capacity.max(1));
-    std::thread::Builder::new()
+    let spawned = std::thread::Builder::new()
         .name("flea-stdin".into())
         .spawn(move || {
-            for line in open().lines() {
-                let failed = line.is_err();
-                if tx.send(line).is_err() || failed {
+            let mut reader = open();
+            loop {
+                let line = read_line(&mut reader, limits::MAX_LINE_BYTES);
+                let stop = !matches!(line, Ok(Some(_)));
+                let item = match line {
+                    Ok(Some(l)) => Ok(l),
+                    Ok(None) => break,
+                    Err(e) => Err(e),
+                };
+                if tx.send(item).is_err() || stop {
                     break;
                 }
             }
-        })
-        .expect("spawning the input thread");
+        });
+    if let Err(e) = spawned {
+        // No thread, no input: the run sees one read error and ends cleanly.
+        let (tx, failed) = mpsc::sync_channel(1);
+        let _ = tx.send(Err(e));
+        return failed;
+    }
     rx
+}
+
+/// The next line of `reader` without its `\n` (or `\r\n`), `None` at the
+/// end. A line longer than `max` bytes is read to its end but not kept, so
+/// memory stays bounded whatever the input.
+fn read_line(reader: &mut impl BufRead, max: usize) -> std::io::Result<Option<InputLine>> {
+    let mut bytes = Vec::new();
+    let mut total = 0usize;
+    let mut too_long = false;
+    loop {
+        let buf = match reader.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            if total == 0 {
+                return Ok(None);
+            }
+            break;
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        total += take;
+        // Room for the line ending on top of `max` bytes of text.
+        if too_long || bytes.len() + take > max + 2 {
+            too_long = true;
+            bytes = Vec::new();
+        } else {
+            bytes.extend_from_slice(&buf[..take]);
+        }
+        reader.consume(take);
+        if done {
+            break;
+        }
+    }
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+    if too_long || bytes.len() > max {
+        return Ok(Some(InputLine::Rejected(format!(
+            "line of {total} bytes is longer than the limit of {max} bytes"
+        ))));
+    }
+    Ok(Some(match String::from_utf8(bytes) {
+        Ok(text) => InputLine::Text(text),
+        Err(e) => InputLine::Rejected(format!(
+            "not valid UTF-8 (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )),
+    }))
 }
 
 /// A request being served: its KV cache slot, its prompt, what it has
@@ -209,6 +295,8 @@ struct Active {
     pending: u32,
     sampler: Sampler,
     max_tokens: usize,
+    /// Said in the request's record: e.g. that `max_tokens` was clamped.
+    warning: Option<String>,
     stops: Vec<String>,
     text: Vec<u8>,
     stop_at: Option<usize>,
@@ -254,7 +342,7 @@ impl<Wr: Write> Output<Wr> {
     fn write(&mut self, record: &str) -> Result<()> {
         writeln!(self.out, "{record}")
             .and_then(|_| self.out.flush())
-            .map_err(|e| Error::io(format!("stdout: {e}")))
+            .map_err(Error::stdout)
     }
 }
 
@@ -266,7 +354,7 @@ impl<Wr: Write> Output<Wr> {
 pub fn run<W: WeightSource, B: Backend>(
     engine: &mut Engine<'_, W, B>,
     tokenizer: &Tokenizer,
-    input: Receiver<std::io::Result<String>>,
+    input: Receiver<std::io::Result<InputLine>>,
     output: impl Write,
     options: &RunOptions,
     interrupt: &Interrupt,
@@ -420,7 +508,7 @@ pub fn run<W: WeightSource, B: Backend>(
 pub fn run_speculative<W: WeightSource, D: WeightSource, B: Backend>(
     spec: &mut Speculative<'_, W, D, B>,
     tokenizer: &Tokenizer,
-    input: Receiver<std::io::Result<String>>,
+    input: Receiver<std::io::Result<InputLine>>,
     output: impl Write,
     options: &RunOptions,
     interrupt: &Interrupt,
@@ -514,7 +602,7 @@ pub fn run_speculative<W: WeightSource, D: WeightSource, B: Backend>(
 /// as failed). Blank JSONL lines are skipped. `None`: nothing to run.
 #[allow(clippy::too_many_arguments)]
 fn intake<Wr: Write>(
-    line: std::io::Result<String>,
+    line: std::io::Result<InputLine>,
     n: usize,
     options: &RunOptions,
     tokenizer: &Tokenizer,
@@ -523,7 +611,15 @@ fn intake<Wr: Write>(
     summary: &mut RunSummary,
     out: &mut Output<Wr>,
 ) -> Result<Option<Active>> {
-    let line = line.map_err(|e| Error::io(format!("stdin: line {n}: {e}")))?;
+    let line = match line.map_err(|e| Error::io(format!("stdin: line {n}: {e}")))? {
+        InputLine::Text(text) => text,
+        InputLine::Rejected(why) => {
+            summary.prompts += 1;
+            let msg = format!("stdin: line {n}: {why}");
+            fail(out, summary, n, serde_json::Value::Null, msg)?;
+            return Ok(None);
+        }
+    };
     if options.format == Format::Jsonl && line.trim().is_empty() {
         return Ok(None);
     }
@@ -552,6 +648,7 @@ fn fail<Wr: Write>(
         text: String::new(),
         completion: None,
         error: Some(msg),
+        warning: None,
     };
     out.emit(line, &outcome)
 }
@@ -618,6 +715,20 @@ fn admit(
             ),
         ));
     }
+    // A request may ask for more than the context can hold after its
+    // prompt (the last token need not enter the cache): run what fits and
+    // say so, rather than reserve memory for the impossible.
+    let fits = n_ctx - tokens.len() + 1;
+    let (max_tokens, warning) = if max_tokens > fits {
+        let w = format!(
+            "max_tokens {max_tokens} clamped to {fits}: the context holds {n_ctx} tokens and the prompt uses {}",
+            tokens.len()
+        );
+        log::warn!("prompt {n}: {w}");
+        (fits, Some(w))
+    } else {
+        (max_tokens, None)
+    };
     let mut history = Vec::with_capacity(tokens.len() + max_tokens);
     history.extend_from_slice(&tokens);
     Ok(Active {
@@ -631,6 +742,7 @@ fn admit(
         pending: 0,
         sampler: Sampler::new(sampling, vocab),
         max_tokens,
+        warning,
         stops,
         text: Vec::new(),
         stop_at: None,
@@ -704,6 +816,7 @@ fn finished(a: Active, tokenizer: &Tokenizer) -> (usize, Outcome) {
             text,
             completion: Some(completion),
             error: None,
+            warning: a.warning,
         },
     )
 }

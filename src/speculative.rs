@@ -162,7 +162,7 @@ impl<'a, W: WeightSource, D: WeightSource, B: Backend> Speculative<'a, W, D, B> 
         let start = Instant::now();
         self.history.clear();
         self.history.extend_from_slice(prompt);
-        let mut tokens = Vec::with_capacity(max_tokens);
+        let mut tokens = Vec::with_capacity(max_tokens.min(n_ctx));
 
         // Prefill both; the target's last logits give the first token.
         Self::prefill(&mut self.target, &prompt[..prompt.len() - 1], false)?;
@@ -180,6 +180,11 @@ impl<'a, W: WeightSource, D: WeightSource, B: Backend> Speculative<'a, W, D, B> 
         let mut finish = FinishReason::Length;
         let mut next = Some(first);
         'outer: while let Some(t) = next.take() {
+            // A pass whose drafts were all accepted up to `max_tokens` still
+            // offers a replacement token: it is not wanted.
+            if tokens.len() >= max_tokens {
+                break;
+            }
             if Some(t) == eos {
                 finish = FinishReason::Stop;
                 break;

@@ -18,6 +18,7 @@
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, GgufWriter, TensorInfo, Value, ValueType};
 use crate::model::{Hparams, LayerTensors, Model, TensorRef};
+use crate::output_file::OutputFile;
 use crate::quant::GgmlType;
 use crate::tokenizer::Tokenizer;
 use half::f16;
@@ -244,8 +245,8 @@ impl SynthReport {
 
 /// Write a synthetic model to `out`. `progress(written, total)` is called
 /// as the data goes out (every few MiB). The file appears under its name
-/// only once complete: it is written to `out` + `.partial`, synced, then
-/// renamed.
+/// only once complete (see [`OutputFile`]): a failure or a dropped call
+/// leaves neither a partial file nor a truncated `out`.
 pub fn synth(
     opts: &SynthOptions,
     out: &Path,
@@ -254,21 +255,11 @@ pub fn synth(
     let start = Instant::now();
     let plan = Plan::new(opts)?;
     let total = plan.writer.file_len();
-    let partial = partial_path(out);
-    let cannot = |e: io::Error| Error::io(format!("{}: cannot write: {e}", partial.display()));
-    let written = write_file(&plan, &partial, opts.seed, total, &mut progress).map_err(cannot);
-    if let Err(e) = written {
-        // A partial file is useless; leaving it would only fill the disk.
-        let _ = std::fs::remove_file(&partial);
-        return Err(e);
-    }
-    std::fs::rename(&partial, out).map_err(|e| {
-        Error::io(format!(
-            "{}: cannot rename to {}: {e}",
-            partial.display(),
-            out.display()
-        ))
-    })?;
+    let mut output = OutputFile::create(out)?;
+    let partial = output.partial().to_path_buf();
+    write_file(&plan, output.file(), opts.seed, total, &mut progress)
+        .map_err(|e| Error::io(format!("{}: cannot write: {e}", partial.display())))?;
+    output.commit()?;
     progress(total, total);
     Ok(SynthReport {
         bytes: total,
@@ -292,21 +283,15 @@ pub fn preset_model(preset: Preset, quant: QuantMix) -> Model {
         .expect("a preset with the placeholder vocabulary always plans")
 }
 
-fn partial_path(out: &Path) -> PathBuf {
-    let mut name = out.as_os_str().to_owned();
-    name.push(".partial");
-    PathBuf::from(name)
-}
-
 fn write_file(
     plan: &Plan,
-    path: &Path,
+    file: &mut File,
     seed: u64,
     total: u64,
     progress: &mut dyn FnMut(u64, u64),
 ) -> io::Result<()> {
     let (data_offset, _) = plan.writer.layout();
-    let mut w = BufWriter::with_capacity(1 << 20, File::create(path)?);
+    let mut w = BufWriter::with_capacity(1 << 20, file);
     let mut buf = Vec::with_capacity(CHUNK_BYTES);
     plan.writer.write_streaming(&mut w, |index, t, sink| {
         let start = data_offset + t.offset;
@@ -314,8 +299,7 @@ fn write_file(
         let rng = Rng::new(tensor_seed(seed, index as u64));
         write_tensor(t, plan.fills[index], rng, &mut buf, sink, &mut report)
     })?;
-    let file = w.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()
+    w.flush()
 }
 
 /// What a tensor's values look like.

@@ -118,6 +118,9 @@ impl CpuForward {
     /// activations, logits, RoPE table and the kernels' activation scratch.
     /// The planner charges this against the budget.
     pub fn memory_bytes(hp: &Hparams, config: CpuForwardConfig) -> u64 {
+        // Every size here is bounded by the stated caps (`crate::limits`)
+        // and by tensor shapes checked against the file, so the usize
+        // products cannot overflow on a 64-bit target; the sum saturates.
         let f32s: usize = Scratch::lengths(hp, config.n_ctx, config.max_chunk, config.threads)
             .iter()
             .sum();
@@ -126,7 +129,7 @@ impl CpuForward {
         // The kernels quantize a matmul input to at most 1.25 bytes a value.
         let act_quant = config.max_chunk * widest * 5 / 4;
         KvCache::bytes_for(hp.n_layers, config.n_seq, config.n_ctx, hp.kv_dim())
-            + (f32s * std::mem::size_of::<f32>() + rope + act_quant) as u64
+            .saturating_add((f32s * std::mem::size_of::<f32>() + rope + act_quant) as u64)
     }
 }
 

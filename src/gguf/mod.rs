@@ -51,6 +51,20 @@ impl ValueType {
             _ => return None,
         })
     }
+
+    /// The fewest bytes one value of this type takes in a file: a string
+    /// is at least its 8-byte length, an array its 4-byte element type and
+    /// 8-byte count. Used to reject counts the rest of the file cannot hold.
+    pub fn min_encoded_bytes(self) -> u64 {
+        use ValueType::*;
+        match self {
+            U8 | I8 | Bool => 1,
+            U16 | I16 => 2,
+            U32 | I32 | F32 => 4,
+            U64 | I64 | F64 | String => 8,
+            Array => 12,
+        }
+    }
 }
 
 /// A metadata value. Arrays keep their element type so that an empty array

@@ -74,8 +74,8 @@ impl GgufFile {
         r.check_count(kv_count, 13, "metadata count")?;
         r.check_count(tensor_count, 24, "tensor count")?;
 
-        let mut metadata = Vec::with_capacity(kv_count as usize);
-        let mut metadata_index = HashMap::with_capacity(kv_count as usize);
+        let mut metadata = Vec::with_capacity(preallocation(kv_count));
+        let mut metadata_index = HashMap::with_capacity(preallocation(kv_count));
         for _ in 0..kv_count {
             let key_offset = r.pos;
             let key = r.string("metadata key")?;
@@ -111,8 +111,8 @@ impl GgufFile {
             }
         };
 
-        let mut tensors = Vec::with_capacity(tensor_count as usize);
-        let mut tensor_index = HashMap::with_capacity(tensor_count as usize);
+        let mut tensors = Vec::with_capacity(preallocation(tensor_count));
+        let mut tensor_index = HashMap::with_capacity(preallocation(tensor_count));
         for _ in 0..tensor_count {
             let entry_offset = r.pos;
             let name = r.string("tensor name")?;
@@ -364,7 +364,18 @@ impl<'a> Reader<'a> {
     fn u64(&mut self, what: &str) -> Result<u64> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
+}
 
+/// How many entries to reserve for a count read from the file. A count is
+/// checked against the bytes left before anything is read, but one encoded
+/// byte can still become a 32-byte [`Value`]: reserving up front would let a
+/// small hostile file ask for 32x its size. Beyond this many entries the
+/// vectors grow as entries are actually decoded.
+fn preallocation(count: u64) -> usize {
+    count.min(4096) as usize
+}
+
+impl Reader<'_> {
     /// Reject a count whose minimal encoding would not fit in the rest of the file.
     fn check_count(&self, count: u64, min_bytes_each: u64, what: &str) -> Result<()> {
         let remaining = (self.bytes.len() - self.pos) as u64;
@@ -430,8 +441,12 @@ impl<'a> Reader<'a> {
                     )
                 })?;
                 let count = self.u64(key)?;
-                self.check_count(count, 1, &format!("key {key:?}: array length"))?;
-                let mut items = Vec::with_capacity(count as usize);
+                self.check_count(
+                    count,
+                    elem.min_encoded_bytes(),
+                    &format!("key {key:?}: array length"),
+                )?;
+                let mut items = Vec::with_capacity(preallocation(count));
                 for _ in 0..count {
                     items.push(self.value(elem, key, depth + 1)?);
                 }

@@ -7,6 +7,7 @@
 //! EIO. Transient failures are retried with exponential backoff.
 
 use super::buffer::AlignedBuf;
+use super::checksum::{mismatch, Expected, Hasher};
 use crate::error::{Error, Result};
 use std::fs::File;
 use std::io;
@@ -152,6 +153,74 @@ pub fn read_range(
     Ok(())
 }
 
+/// As [`read_range`], and check the bytes of `expect.span` against its hash.
+/// The hash runs on a second (scoped) thread fed one request-sized piece at
+/// a time, so hashing piece k overlaps reading piece k+1: at disk speed the
+/// check costs only the hash of the last piece, not a second pass over the
+/// layer.
+#[allow(clippy::too_many_arguments)]
+pub fn read_range_verified(
+    reader: &mut dyn ReadAt,
+    buf: &mut [u8],
+    range: Range<u64>,
+    needed: u64,
+    policy: RetryPolicy,
+    what: &dyn std::fmt::Display,
+    path: &Path,
+    expect: &Expected,
+) -> Result<()> {
+    let len = (range.end - range.start) as usize;
+    // The span relative to the buffer.
+    let lo = (expect.span.start - range.start) as usize;
+    let hi = (expect.span.end - range.start) as usize;
+    let found = std::thread::scope(|scope| -> Result<u64> {
+        let (pieces, arriving) = mpsc::sync_channel::<&[u8]>(4);
+        let hasher = std::thread::Builder::new()
+            .name("flea-verify".into())
+            .spawn_scoped(scope, move || {
+                let mut h = Hasher::new();
+                for piece in arriving {
+                    h.update(piece);
+                }
+                h.digest()
+            })
+            .map_err(|e| Error::io(format!("cannot start the checksum thread: {e}")))?;
+        let mut at = 0usize;
+        for piece in buf[..len].chunks_mut(MAX_REQUEST) {
+            if at as u64 >= needed {
+                break;
+            }
+            let piece_len = piece.len();
+            let piece_needed = (needed - at as u64).min(piece_len as u64);
+            let start = range.start + at as u64;
+            read_range(
+                reader,
+                piece,
+                start..start + piece_len as u64,
+                piece_needed,
+                policy,
+                what,
+                path,
+            )?;
+            let (a, b) = (lo.clamp(at, at + piece_len), hi.clamp(at, at + piece_len));
+            if a < b {
+                let piece: &[u8] = piece;
+                // The hasher only stops early if it panicked; join says so.
+                let _ = pieces.send(&piece[a - at..b - at]);
+            }
+            at += piece_len;
+        }
+        drop(pieces);
+        hasher
+            .join()
+            .map_err(|_| Error::io("the checksum thread panicked"))
+    })?;
+    if found != expect.hash {
+        return Err(mismatch(path, what, expect.hash, found));
+    }
+    Ok(())
+}
+
 /// Names a layer in error messages without allocating on the hot path.
 struct LayerName(usize);
 
@@ -167,6 +236,8 @@ struct Request {
     range: Range<u64>,
     needed: u64,
     buf: AlignedBuf,
+    /// Check the read against this hash (`[io] verify`).
+    expect: Option<Expected>,
 }
 
 /// A filled (or failed) slot coming back.
@@ -201,15 +272,28 @@ impl Loader {
             .spawn(move || {
                 for mut req in req_rx {
                     let start = Instant::now();
-                    let result = read_range(
-                        reader.as_mut(),
-                        &mut req.buf,
-                        req.range.clone(),
-                        req.needed,
-                        policy,
-                        &LayerName(req.layer),
-                        &path,
-                    );
+                    let what = LayerName(req.layer);
+                    let result = match &req.expect {
+                        None => read_range(
+                            reader.as_mut(),
+                            &mut req.buf,
+                            req.range.clone(),
+                            req.needed,
+                            policy,
+                            &what,
+                            &path,
+                        ),
+                        Some(expect) => read_range_verified(
+                            reader.as_mut(),
+                            &mut req.buf,
+                            req.range.clone(),
+                            req.needed,
+                            policy,
+                            &what,
+                            &path,
+                            expect,
+                        ),
+                    };
                     let done = Done {
                         layer: req.layer,
                         buf: req.buf,
@@ -229,13 +313,15 @@ impl Loader {
         })
     }
 
-    /// Queue a read of `range` (of which `needed` bytes must arrive) into `buf`.
+    /// Queue a read of `range` (of which `needed` bytes must arrive) into
+    /// `buf`, checked against `expect` when given.
     pub fn request(
         &self,
         layer: usize,
         range: Range<u64>,
         needed: u64,
         buf: AlignedBuf,
+        expect: Option<Expected>,
     ) -> Result<()> {
         self.requests
             .as_ref()
@@ -245,6 +331,7 @@ impl Loader {
                 range,
                 needed,
                 buf,
+                expect,
             })
             .map_err(|_| Error::io("the loader thread stopped unexpectedly"))
     }
@@ -438,10 +525,10 @@ mod tests {
         };
         let loader = Loader::start(Box::new(r), "m.gguf".into(), policy(0), 2).unwrap();
         loader
-            .request(3, 4096..12288, 8192, AlignedBuf::new(8192))
+            .request(3, 4096..12288, 8192, AlignedBuf::new(8192), None)
             .unwrap();
         loader
-            .request(4, 12288..16384, 4096, AlignedBuf::new(8192))
+            .request(4, 12288..16384, 4096, AlignedBuf::new(8192), None)
             .unwrap();
         let a = loader.wait().unwrap();
         assert_eq!(a.layer, 3);

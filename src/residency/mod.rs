@@ -3,6 +3,7 @@
 //! double buffer, reading layer i+1 while layer i computes.
 
 pub mod buffer;
+pub mod checksum;
 pub mod loader;
 pub mod plan;
 pub mod stats;
@@ -12,7 +13,8 @@ use crate::engine::{FileBytes, WeightSource};
 use crate::error::{Error, Result};
 use crate::model::{Model, TensorRef};
 use buffer::AlignedBuf;
-use loader::{read_range, FileReader, Loader, ReadAt, RetryPolicy};
+use checksum::{sidecar_path, Expected, Sums};
+use loader::{read_range, read_range_verified, FileReader, Loader, ReadAt, RetryPolicy};
 use plan::{global_reads, LayerRead, Placement, Plan, SLOTS};
 use stats::IoStats;
 use std::collections::VecDeque;
@@ -28,6 +30,9 @@ pub struct ResidencyOptions {
     /// Read the next streamed layer while the current one computes. Off,
     /// each layer is read only when needed (load, then compute).
     pub prefetch: bool,
+    /// Check every read against the sidecar `M.gguf.sums` (see
+    /// [`checksum`]); a mismatch is an I/O error naming the layer.
+    pub verify: bool,
 }
 
 impl Default for ResidencyOptions {
@@ -39,6 +44,7 @@ impl Default for ResidencyOptions {
                 backoff: Duration::from_millis(10),
             },
             prefetch: true,
+            verify: false,
         }
     }
 }
@@ -74,14 +80,17 @@ struct Stream {
     prefetch: bool,
     /// Where the slots' memory lies, fixed at start (see [`SlotRegion`]).
     regions: Vec<SlotRegion>,
+    /// Expected hashes, when reads are verified.
+    sums: Option<Sums>,
 }
 
 impl Stream {
     fn issue(&mut self, layer: usize, reads: &[LayerRead]) -> Result<()> {
         let buf = self.free.pop().expect("a free slot to issue into");
         let r = &reads[layer];
+        let expect = self.sums.as_ref().map(|s| s.layers[layer].clone());
         self.loader
-            .request(layer, r.range.clone(), r.needed(), buf)?;
+            .request(layer, r.range.clone(), r.needed(), buf, expect)?;
         self.in_flight.push_back(layer);
         self.last_requested = Some(self.position[layer]);
         Ok(())
@@ -150,31 +159,61 @@ impl Residency {
         options: ResidencyOptions,
     ) -> Result<Residency> {
         let start = Instant::now();
+        let sums = if options.verify {
+            let file_len = std::fs::metadata(path)
+                .map_err(|e| Error::io(format!("{}: {e}", path.display())))?
+                .len();
+            Some(Sums::load(&sidecar_path(path), model, file_len)?)
+        } else {
+            None
+        };
         let mut stats = IoStats::default();
-        let mut load = |read: &LayerRead, what: &dyn std::fmt::Display| -> Result<AlignedBuf> {
+        let mut load = |read: &LayerRead,
+                        what: &dyn std::fmt::Display,
+                        expect: Option<&Expected>|
+         -> Result<AlignedBuf> {
             let mut buf = AlignedBuf::new(read.len() as usize);
-            read_range(
-                reader.as_mut(),
-                &mut buf,
-                read.range.clone(),
-                read.needed(),
-                options.retry,
-                what,
-                path,
-            )?;
+            let (range, needed) = (read.range.clone(), read.needed());
+            match expect {
+                None => read_range(
+                    reader.as_mut(),
+                    &mut buf,
+                    range,
+                    needed,
+                    options.retry,
+                    what,
+                    path,
+                )?,
+                Some(e) => read_range_verified(
+                    reader.as_mut(),
+                    &mut buf,
+                    range,
+                    needed,
+                    options.retry,
+                    what,
+                    path,
+                    e,
+                )?,
+            }
             stats.resident_bytes += read.len();
             Ok(buf)
         };
         let mut globals = Vec::new();
-        for read in global_reads(model) {
-            let buf = load(&read, &"embeddings/output")?;
+        for (g, read) in global_reads(model).into_iter().enumerate() {
+            let expect = sums.as_ref().map(|s| &s.globals[g]);
+            let buf = load(&read, &"embeddings/output", expect)?;
             globals.push(Owned { read, buf });
         }
         let mut resident = Vec::with_capacity(plan.placement.len());
         for (i, p) in plan.placement.iter().enumerate() {
             resident.push(match p {
                 Placement::Resident => {
-                    Some(load(&plan.layer_reads[i], &format_args!("layer {i}"))?)
+                    let expect = sums.as_ref().map(|s| &s.layers[i]);
+                    Some(load(
+                        &plan.layer_reads[i],
+                        &format_args!("layer {i}"),
+                        expect,
+                    )?)
                 }
                 Placement::Streamed => None,
             });
@@ -204,6 +243,7 @@ impl Residency {
                 last_requested: None,
                 prefetch: options.prefetch,
                 regions,
+                sums,
             })
         };
         Ok(Residency {

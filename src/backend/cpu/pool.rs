@@ -77,15 +77,25 @@ impl Pool {
             lock: Mutex::new(()),
             wake: Condvar::new(),
         });
-        let workers = (1..threads.max(1))
-            .map(|index| {
-                let shared = Arc::clone(&shared);
-                std::thread::Builder::new()
-                    .name(format!("flea-cpu-{index}"))
-                    .spawn(move || worker(&shared, index))
-                    .expect("spawn CPU worker thread")
-            })
-            .collect();
+        // A worker that cannot be started (a container's pid limit, memory
+        // for its stack) leaves the pool smaller, not the run dead: results
+        // do not depend on the thread count, only speed does.
+        let mut workers = Vec::with_capacity(threads.saturating_sub(1));
+        for index in 1..threads.max(1) {
+            let worker_shared = Arc::clone(&shared);
+            match std::thread::Builder::new()
+                .name(format!("flea-cpu-{index}"))
+                .spawn(move || worker(&worker_shared, index))
+            {
+                Ok(handle) => workers.push(handle),
+                Err(e) => {
+                    log::warn!(
+                        "started {index} of {threads} CPU threads ({e}); running with {index}"
+                    );
+                    break;
+                }
+            }
+        }
         Pool { shared, workers }
     }
 
