@@ -531,7 +531,12 @@ fn inspect(args: InspectArgs) -> Result<u8> {
             )
             .map_err(io)?;
         }
-        Err(e) => writeln!(out, "\nnot a loadable llama model: {e}").map_err(io)?,
+        Err(e) => {
+            // The header and tensor table above are still worth reading;
+            // the error goes to stderr with its exit code.
+            out.flush().map_err(io)?;
+            return Err(e);
+        }
     }
     out.flush().map_err(io)?;
     log::info!("inspected in {:.1} ms", start.elapsed().as_secs_f64() * 1e3);

@@ -35,6 +35,22 @@ impl GgufFile {
     /// Open and parse `path`. Tensor data is not read, only mapped.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
         let path = path.as_ref();
+        // Only a regular file can be mapped; say so before open(2), which
+        // would block forever on a FIFO.
+        let meta = std::fs::metadata(path)
+            .map_err(|e| Error::io(format!("{}: cannot open: {e}", path.display())))?;
+        if meta.is_dir() {
+            return Err(Error::io(format!(
+                "{}: is a directory; expected a GGUF file",
+                path.display()
+            )));
+        }
+        if !meta.is_file() {
+            return Err(Error::io(format!(
+                "{}: is not a regular file (a device, FIFO or socket); expected a GGUF file",
+                path.display()
+            )));
+        }
         let file = File::open(path)
             .map_err(|e| Error::io(format!("{}: cannot open: {e}", path.display())))?;
         // SAFETY: the map is read-only. Another process truncating the file
