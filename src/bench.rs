@@ -60,11 +60,19 @@ pub fn measure_disk_bandwidth(path: &Path, max_bytes: u64) -> Result<DiskBandwid
     })
 }
 
-/// Sequential read bandwidth of RAM: every core sums its share of a buffer
-/// larger than the caches (one core alone cannot saturate the memory bus).
-pub fn measure_memory_bandwidth() -> f64 {
-    const BYTES: usize = 512 << 20;
-    let buf: Vec<u64> = (0..BYTES / 8).map(|i| i as u64).collect();
+/// How large a RAM probe a budget allows: half the budget (the probe runs
+/// and is freed before the model loads, so the peak stays the run's), at
+/// least 32 MiB to stay well above the last-level cache of a Jetson or a
+/// desktop part, at most 512 MiB.
+pub fn memory_probe_bytes(budget: u64) -> usize {
+    (budget / 2).clamp(32 << 20, 512 << 20) as usize
+}
+
+/// Sequential read bandwidth of RAM: every core sums its share of a
+/// `bytes`-long buffer, which must be larger than the caches (one core
+/// alone cannot saturate the memory bus). See [`memory_probe_bytes`].
+pub fn measure_memory_bandwidth(bytes: usize) -> f64 {
+    let buf: Vec<u64> = (0..bytes / 8).map(|i| i as u64).collect();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per = buf.len().div_ceil(threads);
     let mut best = f64::MAX;
@@ -95,7 +103,7 @@ pub fn measure_memory_bandwidth() -> f64 {
         std::hint::black_box(total);
         best = best.min(start.elapsed().as_secs_f64());
     }
-    BYTES as f64 / best.max(1e-9)
+    (buf.len() * 8) as f64 / best.max(1e-9)
 }
 
 #[derive(Debug, Clone)]
@@ -279,7 +287,9 @@ pub fn measure_compute_rate(path: &Path, model: &Model, threads: usize) -> Resul
     use crate::engine::FileBytes;
     let layer = &model.layers[0];
     let read = crate::residency::plan::LayerRead::covering(layer.file_span());
-    let mut reader = FileReader::open(path, false)?;
+    // O_DIRECT like the runs themselves: the page cache counts against a
+    // container's memory limit.
+    let mut reader = FileReader::open(path, true)?;
     let mut buf = AlignedBuf::new(read.len() as usize);
     let policy = RetryPolicy {
         retries: 2,

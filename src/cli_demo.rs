@@ -108,13 +108,22 @@ pub fn demo(model: Option<PathBuf>, budget: Option<Budget>, threads: Option<usiz
 
     let mut out = std::io::stdout().lock();
     let io = Error::stdout;
+    // "0.9x smaller" reads as nonsense: say plainly when nothing streams.
+    let streams = session.plan.is_streaming();
+    let ratio = if streams {
+        format!(
+            "{:.1}x smaller than the model",
+            file_len as f64 / budget_bytes as f64
+        )
+    } else {
+        "the whole model fits: nothing streams".to_string()
+    };
     writeln!(
         out,
-        "Flea-Flicker demo: {} ({}) inside a budget of {} ({:.1}x smaller than the model)",
+        "Flea-Flicker demo: {} ({}) inside a budget of {} ({ratio})",
         path.display(),
         ByteSize(file_len),
         ByteSize(budget_bytes),
-        file_len as f64 / budget_bytes as f64
     )
     .map_err(io)?;
     if synthetic {
@@ -190,18 +199,29 @@ pub fn demo(model: Option<PathBuf>, budget: Option<Budget>, threads: Option<usiz
         ByteSize(streamed.planned_bytes)
     )
     .map_err(io)?;
-    writeln!(
-        out,
-        "streamed {} per token; the disk reads that in {:.1} ms at {:.2} GB/s ({}): decode runs at {:.0}% of the disk bound",
-        ByteSize(streamed.bytes_read_per_token as u64),
-        bound_ms,
-        disk.bytes_per_s / 1e9,
-        if disk.direct { "O_DIRECT" } else { "buffered" },
-        100.0 * bound_ms / streamed.decode_ms_per_token
-    )
-    .map_err(io)?;
+    if streams {
+        writeln!(
+            out,
+            "streamed {} per token; the disk reads that in {:.1} ms at {:.2} GB/s ({}): decode runs at {:.0}% of the disk bound",
+            ByteSize(streamed.bytes_read_per_token as u64),
+            bound_ms,
+            disk.bytes_per_s / 1e9,
+            if disk.direct { "O_DIRECT" } else { "buffered" },
+            100.0 * bound_ms / streamed.decode_ms_per_token
+        )
+        .map_err(io)?;
+    } else {
+        writeln!(
+            out,
+            "nothing streamed: every layer is resident, so the disk ({:.2} GB/s) plays no part per token",
+            disk.bytes_per_s / 1e9
+        )
+        .map_err(io)?;
+    }
 
-    if fits_in_memory(file_len) {
+    if !streams {
+        // The run above was the fully resident run.
+    } else if fits_in_memory(file_len) {
         let all = Plan::make(&session.model, &session.engine, u64::MAX)?;
         let resident = bench::run(&path, &session.model, &all, &opts, "resident", progress)?;
         writeln!(
@@ -215,7 +235,7 @@ pub fn demo(model: Option<PathBuf>, budget: Option<Budget>, threads: Option<usiz
     } else {
         writeln!(
             out,
-            "fully resident: skipped, the model does not fit in this machine's free memory"
+            "fully resident: skipped, the model does not fit in the memory available (container limit included)"
         )
         .map_err(io)?;
     }
@@ -230,13 +250,8 @@ pub fn demo(model: Option<PathBuf>, budget: Option<Budget>, threads: Option<usiz
 
 /// Whether a fully resident copy would fit in memory now available.
 fn fits_in_memory(bytes: u64) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/meminfo") else {
-        return false;
-    };
-    let available_kib = info
-        .lines()
-        .find(|l| l.starts_with("MemAvailable:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok());
-    matches!(available_kib, Some(k) if bytes < k * 1024 / 2)
+    // Half of what is available (container limits included): the
+    // comparison must not push the machine, or the container, into swap or
+    // the OOM killer.
+    matches!(flea::platform::available_memory(), Some(a) if bytes < a / 2)
 }

@@ -8,6 +8,8 @@ pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod generate;
 pub mod gguf;
 pub mod kv_cache;

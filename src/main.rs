@@ -611,7 +611,18 @@ fn bench_cmd(args: BenchArgs) -> Result<u8> {
     if args.no_prefetch {
         opts.residency.prefetch = false;
     }
-    let need = args.prompt_tokens + args.gen_tokens;
+    let need = args
+        .prompt_tokens
+        .checked_add(args.gen_tokens)
+        .filter(|&n| n <= flea::limits::MAX_CONTEXT)
+        .ok_or_else(|| {
+            Error::usage(format!(
+                "--prompt-tokens + --gen-tokens: expected at most {} in all, found {} + {}",
+                flea::limits::MAX_CONTEXT,
+                args.prompt_tokens,
+                args.gen_tokens
+            ))
+        })?;
     if need > opts.engine.n_ctx {
         opts.engine.n_ctx = need;
     }
@@ -621,7 +632,7 @@ fn bench_cmd(args: BenchArgs) -> Result<u8> {
     // Shared storage drifts: measure the disk right before and right after
     // the budgeted run and take the mean as its bound.
     let disk_before = bench::measure_disk_bandwidth(&session.path, 1 << 30)?;
-    let memory_bw = bench::measure_memory_bandwidth();
+    let memory_bw = bench::measure_memory_bandwidth(bench::memory_probe_bytes(plan.budget));
     let progress = |s: &str| log::info!("{s}");
 
     let streamed = bench::run(
@@ -642,8 +653,36 @@ fn bench_cmd(args: BenchArgs) -> Result<u8> {
         disk_before.bytes_per_s / 1e9,
         disk_after.bytes_per_s / 1e9
     );
-    let resident = if args.compare {
-        let all = Plan::make(&session.model, &opts.engine, u64::MAX)?;
+    // With --verify, the same run again without it: the price of checking.
+    let unverified = if opts.residency.verify {
+        let mut o = opts.clone();
+        o.residency.verify = false;
+        Some(bench::run(
+            &session.path,
+            &session.model,
+            &plan,
+            &o,
+            "budget, unverified",
+            progress,
+        )?)
+    } else {
+        None
+    };
+    let verify_cost = unverified
+        .as_ref()
+        .map(|u| streamed.decode_ms_per_token / u.decode_ms_per_token - 1.0);
+    let all = Plan::make(&session.model, &opts.engine, u64::MAX)?;
+    let resident_fits = matches!(
+        flea::platform::available_memory(),
+        Some(a) if all.total_bytes() < a / 2
+    );
+    if args.compare && !resident_fits {
+        log::warn!(
+            "--compare: skipping the fully resident run: {} would not fit in the memory available (container limit included)",
+            ByteSize(all.total_bytes())
+        );
+    }
+    let resident = if args.compare && resident_fits {
         Some(bench::run(
             &session.path,
             &session.model,
@@ -660,9 +699,7 @@ fn bench_cmd(args: BenchArgs) -> Result<u8> {
     // Batch sizes: each plans its own KV caches inside the same budget.
     let mut sweep = Vec::new();
     for &n in &args.batch_sweep {
-        if n == 0 {
-            return Err(Error::usage("--batch-sweep: batch sizes start at 1"));
-        }
+        flea::limits::check_count("--batch-sweep", n, flea::limits::MAX_BATCH, Error::usage)?;
         let mut o = opts.clone();
         o.engine = o.engine.with_batch(n);
         let p = Plan::make(&session.model, &o.engine, session.plan.budget)?;
@@ -730,6 +767,9 @@ fn bench_cmd(args: BenchArgs) -> Result<u8> {
             "memory_bandwidth_bytes_per_s": memory_bw,
             "weight_bytes_per_s": session.file.file_len() as f64 * streamed.decode_tokens_per_s / streamed.batch as f64,
             "overlap_efficiency": streamed.overlap_efficiency,
+            "verify": opts.residency.verify,
+            "unverified": unverified,
+            "verify_cost": verify_cost,
             "streamed": streamed,
             "resident": resident,
             "resident_over_streamed_decode": resident.as_ref().map(|r| r.decode_tokens_per_s / streamed.decode_tokens_per_s),
@@ -815,6 +855,16 @@ fn bench_cmd(args: BenchArgs) -> Result<u8> {
         plan.streamed_bytes_per_pass() as f64 / (1 << 20) as f64
     )
     .map_err(io)?;
+    if let (Some(cost), Some(u)) = (verify_cost, &unverified) {
+        writeln!(
+            out,
+            "verification (--verify): {:+.1}% decode time ({:.1} ms/token checked vs {:.1} unchecked)",
+            cost * 100.0,
+            streamed.decode_ms_per_token,
+            u.decode_ms_per_token
+        )
+        .map_err(io)?;
+    }
     writeln!(
         out,
         "memory: {:.2} GB/s sequential read; decode touches {:.2} GB/s of model file (file bytes x tok/s)",

@@ -653,6 +653,20 @@ fn fail<Wr: Write>(
     out.emit(line, &outcome)
 }
 
+/// Everything `flea run` does with one input line before the engine sees
+/// it (parse, validate, tokenize, size against the context), for the fuzz
+/// harness: the error message a bad line gets, or `Ok`.
+pub fn check_line(
+    line: &str,
+    options: &RunOptions,
+    tokenizer: &Tokenizer,
+    n_ctx: usize,
+) -> std::result::Result<(), String> {
+    admit(line, 1, options, tokenizer, n_ctx, tokenizer.vocab_size())
+        .map(|_| ())
+        .map_err(|(_, msg)| msg)
+}
+
 /// Parse and tokenize one input line into a request ready to run.
 fn admit(
     line: &str,

@@ -436,3 +436,105 @@ fn install_nvcc_fails_loudly_when_pip_fails() {
     assert!(err.contains("pip install failed"), "{err}");
     assert!(out.stdout.is_empty(), "nothing to export after a failure");
 }
+
+/// A memory cgroup with `limit` bytes, v1 or v2, or `None` where this
+/// machine does not let us make one (not root, no memory controller).
+struct MemoryCgroup {
+    dir: PathBuf,
+    v2: bool,
+}
+
+impl MemoryCgroup {
+    fn create(name: &str, limit: u64) -> Option<MemoryCgroup> {
+        let v1 = Path::new("/sys/fs/cgroup/memory");
+        let v2 = Path::new("/sys/fs/cgroup");
+        let (dir, v2, limit_file) = if v1.join("memory.limit_in_bytes").exists() {
+            (v1.join(name), false, "memory.limit_in_bytes")
+        } else if std::fs::read_to_string(v2.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|w| w == "memory"))
+        {
+            (v2.join(name), true, "memory.max")
+        } else {
+            return None;
+        };
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir).ok()?;
+        std::fs::write(dir.join(limit_file), limit.to_string()).ok()?;
+        Some(MemoryCgroup { dir, v2 })
+    }
+
+    /// Run `flea ARGS` inside the group; its output and the group's peak.
+    fn run(&self, args: &[&str]) -> (Output, u64) {
+        let peak_file = if self.v2 {
+            "memory.peak"
+        } else {
+            "memory.max_usage_in_bytes"
+        };
+        if !self.v2 {
+            let _ = std::fs::write(self.dir.join(peak_file), "0");
+        }
+        let procs = self.dir.join("cgroup.procs");
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > '{}' && exec \"$0\" \"$@\"",
+                procs.display()
+            ))
+            .arg(env!("CARGO_BIN_EXE_flea"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let peak = std::fs::read_to_string(self.dir.join(peak_file))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        (out, peak)
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn bench_plan_and_demo_stay_inside_a_cgroup_limit_near_the_budget() {
+    // Budget 21 MiB (every layer streams at context 64); the limit leaves
+    // 40 MiB for the process itself (binary, stacks, allocator) and nothing
+    // for probe buffers or page cache beyond what the budget allows.
+    let budget_mib = 21u64;
+    let limit = (budget_mib + 40) << 20;
+    let name = format!("flea-test-{}", std::process::id());
+    let Some(group) = MemoryCgroup::create(&name, limit) else {
+        eprintln!(
+            "SKIPPED: cannot create a memory cgroup here (needs root and a memory controller)"
+        );
+        return;
+    };
+    let m = model();
+    let budget = format!("{budget_mib}MiB");
+    let runs: [Vec<&str>; 3] = [
+        vec!["bench", "-m", &m, "--budget", &budget, "-c", "64"],
+        vec!["plan", "-m", &m, "--budget", &budget, "-c", "64"],
+        vec!["demo", "-m", &m, "--budget", &budget],
+    ];
+    for args in runs {
+        let (out, peak) = group.run(&args);
+        assert!(
+            out.status.success(),
+            "{args:?} under a {} MiB cgroup limit: {} (peak {} MiB)\n{}",
+            limit >> 20,
+            out.status,
+            peak >> 20,
+            stderr(&out)
+        );
+        eprintln!(
+            "{}: cgroup peak {} MiB (limit {} MiB)",
+            args[0],
+            peak >> 20,
+            limit >> 20
+        );
+    }
+}

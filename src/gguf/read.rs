@@ -61,6 +61,21 @@ impl GgufFile {
         Self::parse(path.to_path_buf(), map)
     }
 
+    /// Parse a GGUF image held in memory (fuzzing, tests); `name` stands
+    /// for the path in error messages. The bytes are copied into an
+    /// anonymous read-only map, so the result is the same type as a file.
+    pub fn from_bytes(name: impl Into<PathBuf>, bytes: &[u8]) -> Result<GgufFile> {
+        let name = name.into();
+        let cannot = |e: std::io::Error| Error::io(format!("{}: cannot map: {e}", name.display()));
+        let mut anon = memmap2::MmapOptions::new()
+            .len(bytes.len())
+            .map_anon()
+            .map_err(cannot)?;
+        anon.copy_from_slice(bytes);
+        let map = anon.make_read_only().map_err(cannot)?;
+        Self::parse(name, map)
+    }
+
     fn parse(path: PathBuf, map: Mmap) -> Result<GgufFile> {
         let mut r = Reader {
             bytes: &map,
