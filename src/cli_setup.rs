@@ -33,8 +33,9 @@ pub struct CommonArgs {
     /// Context length: KV cache positions [default: min(model's, 2048)].
     #[arg(long, short = 'c')]
     pub ctx_size: Option<usize>,
-    /// Positions per forward pass while reading a prompt [default: 64].
-    #[arg(long)]
+    /// Positions per forward pass while reading a prompt (llama.cpp's
+    /// -b/--batch-size) [default: 64].
+    #[arg(long, short = 'b', visible_alias = "batch-size")]
     pub chunk: Option<usize>,
     /// Sequences decoded together; each streamed layer read serves all [default: 1].
     #[arg(long)]

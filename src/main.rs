@@ -170,11 +170,15 @@ struct DemoArgs {
 struct RunArgs {
     #[command(flatten)]
     common: CommonArgs,
-    /// Most tokens to generate per prompt [config: generation.max_tokens, default 128].
-    #[arg(long, short = 'n')]
+    /// Complete this one prompt instead of reading prompts from stdin.
+    #[arg(long, short = 'p', conflicts_with = "jsonl")]
+    prompt: Option<String>,
+    /// Most tokens to generate per prompt, clamped to what the context holds
+    /// [config: generation.max_tokens, default 128].
+    #[arg(long, short = 'n', visible_alias = "n-predict")]
     max_tokens: Option<usize>,
     /// Sampling temperature; 0 means greedy [default 0.8].
-    #[arg(long)]
+    #[arg(long, visible_alias = "temp")]
     temperature: Option<f32>,
     /// Keep the k most likely tokens, 0 = all [default 40].
     #[arg(long)]
@@ -336,17 +340,23 @@ fn run(args: RunArgs) -> Result<u8> {
     };
     let interrupt = Arc::new(Interrupt::default());
     install_signal_handler(interrupt.clone())?;
-    if std::io::stdin().is_terminal() {
-        eprintln!(
-            "reading prompts from stdin, one per line ({}); end with Ctrl-D",
-            if args.jsonl {
-                "JSON requests"
-            } else {
-                "plain text"
+    let input = match args.prompt.clone() {
+        // One prompt from the command line: the same pipeline, fed once.
+        Some(prompt) => {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let _ = tx.send(Ok(pipeline::InputLine::Text(prompt)));
+            rx
+        }
+        None => {
+            if std::io::stdin().is_terminal() {
+                eprintln!(
+                    "reading prompts from stdin, one per line ({}); end with Ctrl-D (or use -p TEXT)",
+                    if args.jsonl { "JSON requests" } else { "plain text" }
+                );
             }
-        );
-    }
-    let input = pipeline::spawn_line_reader(|| std::io::stdin().lock(), 2 * session.engine.n_seq);
+            pipeline::spawn_line_reader(|| std::io::stdin().lock(), 2 * session.engine.n_seq)
+        }
+    };
     let summary = match &args.draft {
         None => with_engine!(session, |engine| pipeline::run(
             &mut engine,
