@@ -1,5 +1,5 @@
-//! The SPM tokenizer against llama.cpp's own test vectors and the reference
-//! prompts of the fixture models.
+//! The SPM and byte-level BPE tokenizers against llama.cpp's own test
+//! vectors and the reference prompts of the fixture models.
 
 mod common;
 
@@ -14,16 +14,20 @@ use std::path::PathBuf;
 const CASE_SEPARATOR: &str = "\n__ggml_vocab_test__\n";
 
 const VOCAB: &str = "tokenizer/ggml-vocab-llama-spm.gguf";
+const PHI3_VOCAB: &str = "tokenizer/ggml-vocab-phi-3.gguf";
+const LLAMA3_VOCAB: &str = "tokenizer/ggml-vocab-llama3-bpe.gguf";
+const QWEN2_VOCAB: &str = "tokenizer/ggml-vocab-qwen2.gguf";
+const GPT2_VOCAB: &str = "tokenizer/ggml-vocab-gpt-2.gguf";
 
 fn load(path: &std::path::Path) -> Tokenizer {
     let file = GgufFile::open(path).expect("open gguf");
     Tokenizer::from_gguf(&file).expect("build tokenizer")
 }
 
-/// The test strings and their expected ids (without BOS).
-fn vocab_cases() -> Vec<(String, Vec<u32>)> {
-    let inp = std::fs::read_to_string(common::fixture(&format!("{VOCAB}.inp"))).unwrap();
-    let out = std::fs::read_to_string(common::fixture(&format!("{VOCAB}.out"))).unwrap();
+/// The test strings of `vocab` and their expected ids (without BOS).
+fn vocab_cases(vocab: &str) -> Vec<(String, Vec<u32>)> {
+    let inp = std::fs::read_to_string(common::fixture(&format!("{vocab}.inp"))).unwrap();
+    let out = std::fs::read_to_string(common::fixture(&format!("{vocab}.out"))).unwrap();
 
     // Only text *before* a separator is a case; whatever follows the last
     // one (nothing, in the fixture) is not.
@@ -38,17 +42,17 @@ fn vocab_cases() -> Vec<(String, Vec<u32>)> {
     assert_eq!(
         texts.len(),
         expected.len(),
-        "{VOCAB}: .inp has {} cases but .out has {} lines",
+        "{vocab}: .inp has {} cases but .out has {} lines",
         texts.len(),
         expected.len()
     );
     texts.into_iter().map(str::to_owned).zip(expected).collect()
 }
 
-#[test]
-fn llama_spm_vocab_matches_llama_cpp() {
-    let tok = load(&common::fixture(VOCAB));
-    let cases = vocab_cases();
+/// Every case of `vocab` must give exactly the expected ids.
+fn assert_vocab_exact(vocab: &str) {
+    let tok = load(&common::fixture(vocab));
+    let cases = vocab_cases(vocab);
     assert!(cases.len() > 40, "only {} cases parsed", cases.len());
     let mut failures = Vec::new();
     for (i, (text, expected)) in cases.iter().enumerate() {
@@ -61,7 +65,7 @@ fn llama_spm_vocab_matches_llama_cpp() {
     }
     assert!(
         failures.is_empty(),
-        "{} of {} cases differ:\n{}",
+        "{vocab}: {} of {} cases differ:\n{}",
         failures.len(),
         cases.len(),
         failures.join("\n")
@@ -69,9 +73,34 @@ fn llama_spm_vocab_matches_llama_cpp() {
 }
 
 #[test]
+fn llama_spm_vocab_matches_llama_cpp() {
+    assert_vocab_exact(VOCAB);
+}
+
+#[test]
+fn phi3_spm_vocab_matches_llama_cpp() {
+    assert_vocab_exact(PHI3_VOCAB);
+}
+
+#[test]
+fn llama3_bpe_vocab_matches_reference() {
+    assert_vocab_exact(LLAMA3_VOCAB);
+}
+
+#[test]
+fn qwen2_bpe_vocab_matches_reference() {
+    assert_vocab_exact(QWEN2_VOCAB);
+}
+
+#[test]
+fn gpt2_bpe_vocab_matches_reference() {
+    assert_vocab_exact(GPT2_VOCAB);
+}
+
+#[test]
 fn decode_round_trips_fixture_strings() {
     let tok = load(&common::fixture(VOCAB));
-    for (text, _) in vocab_cases() {
+    for (text, _) in vocab_cases(VOCAB) {
         // U+2581 in the input would come back as a space; the fixture has
         // none, but guard so that the test keeps meaning the same thing.
         if text.contains('\u{2581}') {
@@ -115,7 +144,7 @@ fn long_input_round_trips() {
     // Long prompts must neither be slow (the merge loop is heap-based) nor
     // lose text at fragment or buffer boundaries.
     let tok = load(&common::fixture(VOCAB));
-    let cases: Vec<String> = vocab_cases().into_iter().map(|c| c.0).collect();
+    let cases: Vec<String> = vocab_cases(VOCAB).into_iter().map(|c| c.0).collect();
     let text = cases.join(" ").repeat(20);
     let ids = tok.encode(&text, false);
     assert!(ids.len() > 5000);
@@ -253,30 +282,105 @@ impl Drop for TempGguf {
     }
 }
 
-#[test]
-fn gpt2_tokenizer_is_unsupported() {
-    let f = TempGguf::new(
-        "gpt2",
-        &[
-            ("tokenizer.ggml.model", Kv::Str("gpt2")),
-            ("tokenizer.ggml.tokens", Kv::Strs(vec!["a", "b"])),
-        ],
-    );
-    let err = f.tokenizer_error();
+fn assert_mentions(err: &flea::Error, needles: &[&str]) {
     assert_eq!(err.kind, ErrorKind::Model);
-    let path = f.0.display().to_string();
-    for needle in [
-        "unsupported tokenizer",
-        "tokenizer.ggml.model",
-        "gpt2",
-        path.as_str(),
-    ] {
+    for needle in needles {
         assert!(
             err.message.contains(needle),
             "{needle:?} not in {:?}",
             err.message
         );
     }
+}
+
+#[test]
+fn unknown_tokenizer_model_is_unsupported() {
+    let f = TempGguf::new(
+        "t5",
+        &[
+            ("tokenizer.ggml.model", Kv::Str("t5")),
+            ("tokenizer.ggml.tokens", Kv::Strs(vec!["a", "b"])),
+        ],
+    );
+    let path = f.0.display().to_string();
+    // The message names the value and what is supported instead.
+    assert_mentions(
+        &f.tokenizer_error(),
+        &[
+            "unsupported tokenizer",
+            "tokenizer.ggml.model",
+            "\"t5\"",
+            "\"llama\"",
+            "\"gpt2\"",
+            path.as_str(),
+        ],
+    );
+}
+
+#[test]
+fn unknown_pre_tokenizer_is_named() {
+    let f = TempGguf::new(
+        "pre",
+        &[
+            ("tokenizer.ggml.model", Kv::Str("gpt2")),
+            ("tokenizer.ggml.pre", Kv::Str("deepseek-coder")),
+            ("tokenizer.ggml.tokens", Kv::Strs(vec!["a", "b", "ab"])),
+            ("tokenizer.ggml.merges", Kv::Strs(vec!["a b"])),
+        ],
+    );
+    assert_mentions(
+        &f.tokenizer_error(),
+        &[
+            "tokenizer.ggml.pre",
+            "unsupported pre-tokenizer",
+            "\"deepseek-coder\"",
+            "llama-bpe",
+            "qwen2",
+            "smollm",
+            "gpt-2",
+        ],
+    );
+}
+
+#[test]
+fn bpe_without_merges_is_named() {
+    let f = TempGguf::new(
+        "nomerges",
+        &[
+            ("tokenizer.ggml.model", Kv::Str("gpt2")),
+            ("tokenizer.ggml.tokens", Kv::Strs(vec!["a", "b"])),
+        ],
+    );
+    assert_mentions(&f.tokenizer_error(), &["tokenizer.ggml.merges"]);
+}
+
+#[test]
+fn minimal_hand_built_bpe_vocab_works() {
+    // Merges by rank: "b c" (rank 0) before "a b" (rank 1), so "abc" is
+    // a + bc, not ab + c; "bc" has no rule with "a" and stays.
+    let f = TempGguf::new(
+        "minimal-bpe",
+        &[
+            ("tokenizer.ggml.model", Kv::Str("gpt2")),
+            (
+                "tokenizer.ggml.tokens",
+                Kv::Strs(vec!["a", "b", "c", "ab", "bc", "Ġ", "Ġa", "<|end|>"]),
+            ),
+            (
+                "tokenizer.ggml.token_type",
+                Kv::I32s(vec![1, 1, 1, 1, 1, 1, 1, 3]),
+            ),
+            ("tokenizer.ggml.merges", Kv::Strs(vec!["b c", "a b", "Ġ a"])),
+        ],
+    );
+    let file = GgufFile::open(&f.0).unwrap();
+    let tok = Tokenizer::from_gguf(&file).unwrap();
+    assert_eq!(tok.encode("abc", true), vec![0, 4], "no BOS in this vocab");
+    assert_eq!(tok.encode("ab a", false), vec![3, 6]);
+    assert!(!tok.add_bos_default(), "BPE defaults to no BOS");
+    assert_eq!(tok.decode(&[3, 6, 7]), "ab a");
+    assert_eq!(tok.encode_with_special("a<|end|>", false), vec![0, 7]);
+    assert!(tok.is_end_of_generation(7));
 }
 
 #[test]
