@@ -97,6 +97,195 @@ fn gpt2_bpe_vocab_matches_reference() {
     assert_vocab_exact(GPT2_VOCAB);
 }
 
+const BPE_VOCABS: [&str; 3] = [LLAMA3_VOCAB, QWEN2_VOCAB, GPT2_VOCAB];
+
+#[test]
+fn bpe_decode_round_trips_fixture_strings() {
+    for vocab in BPE_VOCABS {
+        let tok = load(&common::fixture(vocab));
+        for (text, _) in vocab_cases(vocab) {
+            let ids = tok.encode(&text, false);
+            // Byte-level BPE loses nothing and adds no space.
+            assert_eq!(tok.decode(&ids), text, "{vocab}: {text:?} ({ids:?})");
+            let streamed: Vec<u8> = ids.iter().flat_map(|&t| tok.token_piece(t)).collect();
+            assert_eq!(streamed, text.as_bytes(), "{vocab}: pieces of {text:?}");
+        }
+    }
+}
+
+#[test]
+fn streamed_completion_never_splits_a_character() {
+    // GPT-2's vocabulary spells most CJK characters and emoji as several
+    // byte tokens, so single pieces are not UTF-8; the pipeline must join
+    // the bytes of a completion before turning them into text.
+    let tok = load(&common::fixture(GPT2_VOCAB));
+    let text = "日本語の文章 🚀 naïve";
+    let ids = tok.encode(text, false);
+    let partial = ids
+        .iter()
+        .filter(|&&t| std::str::from_utf8(&tok.token_piece(t)).is_err())
+        .count();
+    assert!(
+        partial > 0,
+        "expected some tokens to hold part of a character"
+    );
+    assert_eq!(flea::pipeline::completion_text(&tok, &ids), text);
+}
+
+#[test]
+fn bpe_vocab_special_tokens() {
+    let llama3 = load(&common::fixture(LLAMA3_VOCAB));
+    assert_eq!(llama3.vocab_size(), 128256);
+    assert_eq!(
+        (llama3.bos(), llama3.eos(), llama3.eot()),
+        (Some(128000), Some(128001), Some(128009))
+    );
+    assert!(llama3.add_bos_default());
+    assert!(
+        llama3.token_piece(128000).is_empty(),
+        "control tokens print nothing"
+    );
+    assert_eq!(llama3.encode("Hello", true), vec![128000, 9906]);
+
+    let qwen2 = load(&common::fixture(QWEN2_VOCAB));
+    assert_eq!((qwen2.bos(), qwen2.eos()), (Some(151643), Some(151645)));
+    assert!(!qwen2.add_bos_default());
+
+    let gpt2 = load(&common::fixture(GPT2_VOCAB));
+    assert_eq!((gpt2.bos(), gpt2.eos()), (Some(50256), Some(50256)));
+    assert!(!gpt2.add_bos_default(), "no add_bos_token key: BPE default");
+}
+
+#[test]
+fn end_of_generation_tokens() {
+    let llama3 = load(&common::fixture(LLAMA3_VOCAB));
+    // <|end_of_text|> (EOS), <|eot_id|> (EOT).
+    for id in [128001, 128009] {
+        assert!(llama3.is_end_of_generation(id), "{id}");
+    }
+    // BOS, <|start_header_id|>, a reserved token, normal text, out of range.
+    for id in [128000, 128006, 128010, 9906, 999_999] {
+        assert!(!llama3.is_end_of_generation(id), "{id}");
+    }
+
+    let qwen2 = load(&common::fixture(QWEN2_VOCAB));
+    // <|im_end|> (EOS) and <|endoftext|> (by its text; the file's BOS).
+    for id in [151645, 151643] {
+        assert!(qwen2.is_end_of_generation(id), "{id}");
+    }
+    for id in [151644, 151646, 9707] {
+        assert!(!qwen2.is_end_of_generation(id), "{id}");
+    }
+
+    let spm = load(&common::fixture(VOCAB));
+    assert!(spm.is_end_of_generation(2));
+    assert!(!spm.is_end_of_generation(1));
+}
+
+fn chat_templates() -> serde_json::Value {
+    let text = std::fs::read_to_string(common::fixture("tokenizer/chat-templates.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn control_tokens_parse_only_when_asked() {
+    let qwen2 = load(&common::fixture(QWEN2_VOCAB));
+    let (start, end) = (151644, 151645);
+    for case in chat_templates()["qwen2"].as_array().unwrap() {
+        let rendered = case["rendered"].as_str().unwrap();
+        // With special parsing: each marker is one token and the text
+        // between is tokenized on its own.
+        let mut expected = Vec::new();
+        for (i, turn) in rendered.split("<|im_start|>").enumerate() {
+            if i > 0 {
+                expected.push(start);
+            }
+            for (j, part) in turn.split("<|im_end|>").enumerate() {
+                if j > 0 {
+                    expected.push(end);
+                }
+                expected.extend(qwen2.encode(part, false));
+            }
+        }
+        assert_eq!(qwen2.encode_with_special(rendered, false), expected);
+        // Without: the markers are plain text and round-trip as such.
+        let plain = qwen2.encode(rendered, false);
+        assert!(
+            !plain.contains(&start) && !plain.contains(&end),
+            "{plain:?}"
+        );
+        assert_eq!(qwen2.decode(&plain), rendered);
+    }
+
+    let llama3 = load(&common::fixture(LLAMA3_VOCAB));
+    for case in chat_templates()["llama3-bpe"].as_array().unwrap() {
+        let rendered = case["rendered"].as_str().unwrap();
+        let ids = llama3.encode_with_special(rendered, false);
+        // The template writes BOS itself.
+        assert_eq!(&ids[..2], &[128000, 128006], "{ids:?}");
+        assert_eq!(
+            ids.iter().filter(|&&t| t == 128009).count(),
+            rendered.matches("<|eot_id|>").count()
+        );
+        assert!(!llama3.encode(rendered, false).contains(&128006));
+    }
+
+    // SPM: `</s>` in text is text unless asked.
+    let spm = load(&common::fixture(VOCAB));
+    assert!(!spm.encode("a</s>", false).contains(&2));
+    assert!(spm.encode_with_special("a</s>", false).ends_with(&[2]));
+}
+
+#[test]
+fn arch_prompts_tokenize_like_llama_cpp() {
+    // Small models with real vocabularies; llama.cpp tokenized the prompt
+    // (BOS as each file asks: Llama 3 and Phi-3 yes, Qwen no).
+    for name in ["synth-llama3", "synth-qwen2", "synth-qwen3", "synth-phi3"] {
+        let tok = load(&common::fixture(&format!("arch/{name}.gguf")));
+        let text = std::fs::read_to_string(common::fixture(&format!("arch/{name}.json"))).unwrap();
+        let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let prompt = r["prompt"].as_str().unwrap();
+        assert_eq!(
+            tok.encode(prompt, tok.add_bos_default()),
+            ids(&r["prompt_tokens"]),
+            "{name}: {prompt:?}"
+        );
+    }
+}
+
+#[test]
+fn bpe_vocab_loads_and_encodes_fast() {
+    // 128k tokens and 280k merges: the merge table is built once at load.
+    let path = common::fixture(LLAMA3_VOCAB);
+    let start = std::time::Instant::now();
+    let file = GgufFile::open(&path).unwrap();
+    let parsed = start.elapsed();
+    let tok = Tokenizer::from_gguf(&file).unwrap();
+    let loaded = start.elapsed();
+    let text: String = vocab_cases(LLAMA3_VOCAB)
+        .into_iter()
+        .map(|c| c.0)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .repeat(20);
+    let start = std::time::Instant::now();
+    let ids = tok.encode(&text, false);
+    let encoded = start.elapsed();
+    eprintln!(
+        "llama3 vocab: GGUF parsed in {:.0} ms, tokenizer built by {:.0} ms, encode {} bytes -> {} tokens in {:.1} ms",
+        parsed.as_secs_f64() * 1e3,
+        loaded.as_secs_f64() * 1e3,
+        text.len(),
+        ids.len(),
+        encoded.as_secs_f64() * 1e3
+    );
+    assert_eq!(tok.decode(&ids), text);
+    // Generous bounds for a loaded CI machine; typical figures are far
+    // below (see the printed line).
+    assert!(loaded.as_secs_f64() < 5.0, "load took {loaded:?}");
+    assert!(encoded.as_secs_f64() < 2.0, "encode took {encoded:?}");
+}
+
 #[test]
 fn decode_round_trips_fixture_strings() {
     let tok = load(&common::fixture(VOCAB));

@@ -20,10 +20,10 @@
 //! Decoding maps each character of a token back to its byte, so a token's
 //! piece is raw bytes that may end inside a UTF-8 character.
 
-use super::TokenType;
+use super::{FastMap, TokenType};
 use crate::error::{Error, Result};
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use unicode_general_category::{get_general_category, GeneralCategory};
 
 /// The `tokenizer.ggml.pre` values understood, for error messages.
@@ -369,7 +369,7 @@ pub(super) struct Bpe {
     /// `(left id << 32) | right id` -> rule. Keyed by ids rather than
     /// strings so that the merge loop compares integers and allocates
     /// nothing.
-    merges: HashMap<u64, Merge>,
+    merges: FastMap<u64, Merge>,
     /// The token of each byte's character, the starting symbols.
     byte_tokens: [Option<u32>; 256],
     byte_chars: [char; 256],
@@ -386,7 +386,7 @@ impl Bpe {
     pub fn new(
         pre: PreTokenizer,
         merges: &[String],
-        piece_to_id: &HashMap<String, u32>,
+        piece_to_id: &FastMap<String, u32>,
         source: &str,
         merges_key: &str,
     ) -> Result<Bpe> {
@@ -395,7 +395,7 @@ impl Bpe {
         for (slot, c) in byte_tokens.iter_mut().zip(byte_chars) {
             *slot = piece_to_id.get(c.encode_utf8(&mut [0; 4]) as &str).copied();
         }
-        let mut table = HashMap::with_capacity(merges.len());
+        let mut table = FastMap::with_capacity_and_hasher(merges.len(), Default::default());
         let mut skipped = 0usize;
         let mut joined = String::new();
         for (rank, line) in merges.iter().enumerate() {
@@ -451,7 +451,7 @@ impl Bpe {
     pub fn encode(
         &self,
         text: &str,
-        piece_to_id: &HashMap<String, u32>,
+        piece_to_id: &FastMap<String, u32>,
         unk: Option<u32>,
         out: &mut Vec<u32>,
     ) {

@@ -35,6 +35,7 @@ mod spm;
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, Value};
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 const KEY_MODEL: &str = "tokenizer.ggml.model";
 const KEY_TOKENS: &str = "tokenizer.ggml.tokens";
@@ -133,7 +134,7 @@ pub struct Tokenizer {
     /// What each token prints as (see the module docs), computed once so
     /// that streaming output is a lookup.
     pieces: Vec<Vec<u8>>,
-    piece_to_id: HashMap<String, u32>,
+    piece_to_id: FastMap<String, u32>,
     /// Tokens matched in the raw text before the model's own algorithm:
     /// user-defined, control and unknown tokens, longest text first. Which
     /// of them are honoured depends on the encode call.
@@ -287,7 +288,7 @@ impl Tokenizer {
                 }
             })
             .collect();
-        let mut piece_to_id = HashMap::with_capacity(n);
+        let mut piece_to_id = FastMap::with_capacity_and_hasher(n, Default::default());
         for (i, t) in texts.iter().enumerate() {
             piece_to_id.insert(t.clone(), i as u32);
         }
@@ -574,6 +575,60 @@ impl Tokenizer {
 
     pub fn token_type(&self, token: u32) -> Option<TokenType> {
         self.types.get(token as usize).copied()
+    }
+}
+
+/// A hash map with a cheap hasher. Loading a large vocabulary hashes
+/// about a million short strings and id pairs (the token index, then the
+/// merge table); SipHash's protection against chosen keys buys nothing for
+/// keys read from the model file, and costs a good part of the load time.
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
+/// The multiply-rotate hash of rustc's `FxHasher`, eight bytes at a time.
+#[derive(Default, Clone, Copy)]
+struct FastHasher(u64);
+
+impl FastHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            self.add(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(last));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    /// The multiply leaves the low bits, which pick the bucket, depending
+    /// only on the input's low bits (a merge pair's right id alone); the
+    /// rotate brings well-mixed high bits down, as rustc-hash 2 does.
+    fn finish(&self) -> u64 {
+        self.0.rotate_left(26)
     }
 }
 
