@@ -149,11 +149,12 @@ pub struct Tokenizer {
     model: Model,
 }
 
-/// The part of a tokenizer that differs per `tokenizer.ggml.model`.
+/// The part of a tokenizer that differs per `tokenizer.ggml.model`. Boxed:
+/// both hold kilobytes of per-byte tables.
 #[derive(Debug, Clone)]
 enum Model {
-    Spm(Spm),
-    Bpe(bpe::Bpe),
+    Spm(Box<Spm>),
+    Bpe(Box<bpe::Bpe>),
 }
 
 #[derive(Debug, Clone)]
@@ -344,7 +345,7 @@ impl Tokenizer {
                     byte_tokens,
                     add_space_prefix: parts.add_space_prefix.unwrap_or(true),
                 };
-                (Model::Spm(spm), pieces)
+                (Model::Spm(Box::new(spm)), pieces)
             }
             Some(pre) => {
                 let merges = parts.merges.ok_or_else(|| {
@@ -359,7 +360,7 @@ impl Tokenizer {
                     .zip(&types)
                     .map(|(text, ty)| bpe::render_piece(text, *ty, &table))
                     .collect();
-                (Model::Bpe(bpe), pieces)
+                (Model::Bpe(Box::new(bpe)), pieces)
             }
         };
 
@@ -535,8 +536,10 @@ impl Tokenizer {
     }
 
     /// Whether generation should stop after `token`: EOS, EOT, or a control
-    /// token spelled like a common end-of-turn marker (`<|im_end|>`,
-    /// `<|eot_id|>`, `<|end|>`, `<|endoftext|>`, `</s>`, ...).
+    /// (or user-defined) token spelled like a common end-of-turn marker
+    /// (`<|im_end|>`, `<|eot_id|>`, `<|end|>`, `<|endoftext|>`, `</s>`, ...),
+    /// since a chat model may end its turn with a marker the file does not
+    /// name as EOS.
     pub fn is_end_of_generation(&self, token: u32) -> bool {
         self.end_of_generation.binary_search(&token).is_ok()
     }
