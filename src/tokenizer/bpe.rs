@@ -618,6 +618,23 @@ mod tests {
     }
 
     #[test]
+    fn pre_tokenizer_names() {
+        use PreTokenizer::*;
+        for (name, pre) in [
+            (None, Gpt2),
+            (Some("default"), Gpt2),
+            (Some("gpt-2"), Gpt2),
+            (Some("llama-bpe"), Llama3),
+            (Some("llama3"), Llama3),
+            (Some("qwen2"), Qwen2),
+            (Some("smollm"), SmolLm),
+        ] {
+            assert_eq!(PreTokenizer::from_name(name), Some(pre), "{name:?}");
+        }
+        assert_eq!(PreTokenizer::from_name(Some("deepseek-llm")), None);
+    }
+
+    #[test]
     fn byte_map_is_gpt2s() {
         let map = byte_to_char();
         assert_eq!(map[b'!' as usize], '!');
