@@ -84,6 +84,17 @@ vocab, row-major (the layout of llama.cpp reference dumps)."
     Logits(LogitsArgs),
     /// Print a GGUF file's metadata, tensor table and bytes per layer.
     Inspect(InspectArgs),
+    /// Print the tokens a model's tokenizer makes of a text.
+    #[command(
+        long_about = "Tokenize TEXT (or, without it, all of stdin, taken as is: a final \
+newline is part of the text) with the model's tokenizer and print one `id -> 'piece'` line per \
+token, the piece's bytes written raw (a piece may hold part of a UTF-8 character; control \
+tokens show their text), or with --ids one list `[1, 2, 3]`. Only the tokenizer is read, so a \
+vocab-only GGUF works. BOS is added when the model asks for it (tokenizer.ggml.add_bos_token) \
+unless --no-bos. Control tokens written in the text (<|im_start|>, <s>) stay text unless \
+--special."
+    )]
+    Tokenize(TokenizeArgs),
     /// Show what a budget keeps resident and streams, and the predicted time per token.
     #[command(
         long_about = "Plan a run: which layers stay resident and which stream through \
@@ -232,6 +243,24 @@ struct InspectArgs {
 }
 
 #[derive(Args)]
+struct TokenizeArgs {
+    /// Path to a GGUF file (a vocab-only file is enough).
+    #[arg(long, short = 'm')]
+    model: PathBuf,
+    /// Print only the ids, as one list: [1, 2, 3].
+    #[arg(long)]
+    ids: bool,
+    /// Do not add BOS, even if the model asks for it.
+    #[arg(long)]
+    no_bos: bool,
+    /// Turn control tokens written in the text (<|im_start|>, <s>) into those tokens.
+    #[arg(long)]
+    special: bool,
+    /// The text [default: all of stdin].
+    text: Option<String>,
+}
+
+#[derive(Args)]
 struct PlanArgs {
     #[command(flatten)]
     common: CommonArgs,
@@ -277,6 +306,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Logits(args) => logits(args),
         Command::Inspect(args) => inspect(args),
+        Command::Tokenize(args) => tokenize(args),
         Command::Plan(args) => plan(args),
         Command::Bench(args) => bench_cmd(args),
         Command::Synth(args) => synth_cmd(args),
@@ -550,6 +580,51 @@ fn inspect(args: InspectArgs) -> Result<u8> {
     }
     out.flush().map_err(io)?;
     log::info!("inspected in {:.1} ms", start.elapsed().as_secs_f64() * 1e3);
+    Ok(0)
+}
+
+fn tokenize(args: TokenizeArgs) -> Result<u8> {
+    let file = GgufFile::open(&args.model)?;
+    let tokenizer = flea::tokenizer::Tokenizer::from_gguf(&file)?;
+    let text = match args.text {
+        Some(text) => text,
+        None => std::io::read_to_string(std::io::stdin().lock()).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                Error::usage("stdin: the text is not valid UTF-8")
+            } else {
+                Error::io(format!("stdin: {e}"))
+            }
+        })?,
+    };
+    let add_bos = tokenizer.add_bos_default() && !args.no_bos;
+    let tokens = if args.special {
+        tokenizer.encode_with_special(&text, add_bos)
+    } else {
+        tokenizer.encode(&text, add_bos)
+    };
+
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let io = |e: std::io::Error| Error::io(format!("stdout: {e}"));
+    if args.ids {
+        let list: Vec<String> = tokens.iter().map(u32::to_string).collect();
+        writeln!(out, "[{}]", list.join(", ")).map_err(io)?;
+    } else {
+        // llama-tokenize's layout. Pieces are written as raw bytes, as the
+        // model produces them; tokens that print nothing (BOS, control
+        // tokens) show their stored text so that they can be seen.
+        for &t in &tokens {
+            let piece = tokenizer.token_piece(t);
+            let shown = if piece.is_empty() {
+                tokenizer.token_text(t).unwrap_or_default().as_bytes()
+            } else {
+                &piece
+            };
+            write!(out, "{t:6} -> '").map_err(io)?;
+            out.write_all(shown).map_err(io)?;
+            writeln!(out, "'").map_err(io)?;
+        }
+    }
+    out.flush().map_err(io)?;
     Ok(0)
 }
 

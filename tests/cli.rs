@@ -166,8 +166,49 @@ fn inspect_lists_tensors_and_layers() {
 }
 
 #[test]
+fn tokenize_prints_ids_and_pieces() {
+    let vocab = common::fixture("tokenizer/ggml-vocab-llama3-bpe.gguf")
+        .display()
+        .to_string();
+    let stdout = |o: Output| {
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    // BOS because the file asks for it (tokenizer.ggml.add_bos_token).
+    let out = flea(&["tokenize", "--model", &vocab, "--ids", "Hello world"], "");
+    assert_eq!(stdout(out), "[128000, 9906, 1917]\n");
+    // Text from stdin, taken whole (the newline is a token), one line per
+    // token as llama-tokenize prints them.
+    let out = flea(&["tokenize", "-m", &vocab, "--no-bos"], "Hello world\n");
+    assert_eq!(
+        stdout(out),
+        "  9906 -> 'Hello'\n  1917 -> ' world'\n   198 -> '\n'\n"
+    );
+    // A control token written in the text stays text unless --special; BOS
+    // shows its name.
+    let args = ["tokenize", "-m", &vocab, "<|eot_id|>"];
+    let plain = stdout(flea(&args, ""));
+    assert!(
+        plain.starts_with("128000 -> '<|begin_of_text|>'\n"),
+        "{plain}"
+    );
+    assert!(!plain.contains("128009"), "{plain}");
+    let special = stdout(flea(&[&args[..], &["--special", "--ids"]].concat(), ""));
+    assert_eq!(special, "[128000, 128009]\n");
+
+    // A file that is no GGUF: model error (4); no file: I/O error (5).
+    let bad = std::env::temp_dir().join(format!("flea-cli-tok-{}.gguf", std::process::id()));
+    std::fs::write(&bad, b"not a gguf file at all").unwrap();
+    let out = flea(&["tokenize", "-m", bad.to_str().unwrap(), "x"], "");
+    let _ = std::fs::remove_file(&bad);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let out = flea(&["tokenize", "-m", "/nonexistent/v.gguf", "x"], "");
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+}
+
+#[test]
 fn every_subcommand_has_help() {
-    for sub in ["run", "logits", "inspect"] {
+    for sub in ["run", "logits", "inspect", "tokenize"] {
         let out = flea(&[sub, "--help"], "");
         assert!(out.status.success());
         let s = String::from_utf8(out.stdout).unwrap();

@@ -1,5 +1,5 @@
-//! The SPM tokenizer against llama.cpp's own test vectors and the reference
-//! prompts of the fixture models.
+//! The SPM and byte-level BPE tokenizers against llama.cpp's own test
+//! vectors and the reference prompts of the fixture models.
 
 mod common;
 
@@ -14,16 +14,20 @@ use std::path::PathBuf;
 const CASE_SEPARATOR: &str = "\n__ggml_vocab_test__\n";
 
 const VOCAB: &str = "tokenizer/ggml-vocab-llama-spm.gguf";
+const PHI3_VOCAB: &str = "tokenizer/ggml-vocab-phi-3.gguf";
+const LLAMA3_VOCAB: &str = "tokenizer/ggml-vocab-llama3-bpe.gguf";
+const QWEN2_VOCAB: &str = "tokenizer/ggml-vocab-qwen2.gguf";
+const GPT2_VOCAB: &str = "tokenizer/ggml-vocab-gpt-2.gguf";
 
 fn load(path: &std::path::Path) -> Tokenizer {
     let file = GgufFile::open(path).expect("open gguf");
     Tokenizer::from_gguf(&file).expect("build tokenizer")
 }
 
-/// The test strings and their expected ids (without BOS).
-fn vocab_cases() -> Vec<(String, Vec<u32>)> {
-    let inp = std::fs::read_to_string(common::fixture(&format!("{VOCAB}.inp"))).unwrap();
-    let out = std::fs::read_to_string(common::fixture(&format!("{VOCAB}.out"))).unwrap();
+/// The test strings of `vocab` and their expected ids (without BOS).
+fn vocab_cases(vocab: &str) -> Vec<(String, Vec<u32>)> {
+    let inp = std::fs::read_to_string(common::fixture(&format!("{vocab}.inp"))).unwrap();
+    let out = std::fs::read_to_string(common::fixture(&format!("{vocab}.out"))).unwrap();
 
     // Only text *before* a separator is a case; whatever follows the last
     // one (nothing, in the fixture) is not.
@@ -38,17 +42,17 @@ fn vocab_cases() -> Vec<(String, Vec<u32>)> {
     assert_eq!(
         texts.len(),
         expected.len(),
-        "{VOCAB}: .inp has {} cases but .out has {} lines",
+        "{vocab}: .inp has {} cases but .out has {} lines",
         texts.len(),
         expected.len()
     );
     texts.into_iter().map(str::to_owned).zip(expected).collect()
 }
 
-#[test]
-fn llama_spm_vocab_matches_llama_cpp() {
-    let tok = load(&common::fixture(VOCAB));
-    let cases = vocab_cases();
+/// Every case of `vocab` must give exactly the expected ids.
+fn assert_vocab_exact(vocab: &str) {
+    let tok = load(&common::fixture(vocab));
+    let cases = vocab_cases(vocab);
     assert!(cases.len() > 40, "only {} cases parsed", cases.len());
     let mut failures = Vec::new();
     for (i, (text, expected)) in cases.iter().enumerate() {
@@ -61,7 +65,7 @@ fn llama_spm_vocab_matches_llama_cpp() {
     }
     assert!(
         failures.is_empty(),
-        "{} of {} cases differ:\n{}",
+        "{vocab}: {} of {} cases differ:\n{}",
         failures.len(),
         cases.len(),
         failures.join("\n")
@@ -69,9 +73,223 @@ fn llama_spm_vocab_matches_llama_cpp() {
 }
 
 #[test]
+fn llama_spm_vocab_matches_llama_cpp() {
+    assert_vocab_exact(VOCAB);
+}
+
+#[test]
+fn phi3_spm_vocab_matches_llama_cpp() {
+    assert_vocab_exact(PHI3_VOCAB);
+}
+
+#[test]
+fn llama3_bpe_vocab_matches_reference() {
+    assert_vocab_exact(LLAMA3_VOCAB);
+}
+
+#[test]
+fn qwen2_bpe_vocab_matches_reference() {
+    assert_vocab_exact(QWEN2_VOCAB);
+}
+
+#[test]
+fn gpt2_bpe_vocab_matches_reference() {
+    assert_vocab_exact(GPT2_VOCAB);
+}
+
+const BPE_VOCABS: [&str; 3] = [LLAMA3_VOCAB, QWEN2_VOCAB, GPT2_VOCAB];
+
+#[test]
+fn bpe_decode_round_trips_fixture_strings() {
+    for vocab in BPE_VOCABS {
+        let tok = load(&common::fixture(vocab));
+        for (text, _) in vocab_cases(vocab) {
+            let ids = tok.encode(&text, false);
+            // Byte-level BPE loses nothing and adds no space.
+            assert_eq!(tok.decode(&ids), text, "{vocab}: {text:?} ({ids:?})");
+            let streamed: Vec<u8> = ids.iter().flat_map(|&t| tok.token_piece(t)).collect();
+            assert_eq!(streamed, text.as_bytes(), "{vocab}: pieces of {text:?}");
+        }
+    }
+}
+
+#[test]
+fn streamed_completion_never_splits_a_character() {
+    // GPT-2's vocabulary spells most CJK characters and emoji as several
+    // byte tokens, so single pieces are not UTF-8; the pipeline must join
+    // the bytes of a completion before turning them into text.
+    let tok = load(&common::fixture(GPT2_VOCAB));
+    let text = "日本語の文章 🚀 naïve";
+    let ids = tok.encode(text, false);
+    let partial = ids
+        .iter()
+        .filter(|&&t| std::str::from_utf8(&tok.token_piece(t)).is_err())
+        .count();
+    assert!(
+        partial > 0,
+        "expected some tokens to hold part of a character"
+    );
+    assert_eq!(flea::pipeline::completion_text(&tok, &ids), text);
+}
+
+#[test]
+fn bpe_vocab_special_tokens() {
+    let llama3 = load(&common::fixture(LLAMA3_VOCAB));
+    assert_eq!(llama3.vocab_size(), 128256);
+    assert_eq!(
+        (llama3.bos(), llama3.eos(), llama3.eot()),
+        (Some(128000), Some(128001), Some(128009))
+    );
+    assert!(llama3.add_bos_default());
+    assert!(
+        llama3.token_piece(128000).is_empty(),
+        "control tokens print nothing"
+    );
+    assert_eq!(llama3.encode("Hello", true), vec![128000, 9906]);
+
+    let qwen2 = load(&common::fixture(QWEN2_VOCAB));
+    assert_eq!((qwen2.bos(), qwen2.eos()), (Some(151643), Some(151645)));
+    assert!(!qwen2.add_bos_default());
+
+    let gpt2 = load(&common::fixture(GPT2_VOCAB));
+    assert_eq!((gpt2.bos(), gpt2.eos()), (Some(50256), Some(50256)));
+    assert!(!gpt2.add_bos_default(), "no add_bos_token key: BPE default");
+}
+
+#[test]
+fn end_of_generation_tokens() {
+    let llama3 = load(&common::fixture(LLAMA3_VOCAB));
+    // <|end_of_text|> (EOS), <|eot_id|> (EOT).
+    for id in [128001, 128009] {
+        assert!(llama3.is_end_of_generation(id), "{id}");
+    }
+    // BOS, <|start_header_id|>, a reserved token, normal text, out of range.
+    for id in [128000, 128006, 128010, 9906, 999_999] {
+        assert!(!llama3.is_end_of_generation(id), "{id}");
+    }
+
+    let qwen2 = load(&common::fixture(QWEN2_VOCAB));
+    // <|im_end|> (EOS) and <|endoftext|> (by its text; the file's BOS).
+    for id in [151645, 151643] {
+        assert!(qwen2.is_end_of_generation(id), "{id}");
+    }
+    for id in [151644, 151646, 9707] {
+        assert!(!qwen2.is_end_of_generation(id), "{id}");
+    }
+
+    let spm = load(&common::fixture(VOCAB));
+    assert!(spm.is_end_of_generation(2));
+    assert!(!spm.is_end_of_generation(1));
+}
+
+fn chat_templates() -> serde_json::Value {
+    let text = std::fs::read_to_string(common::fixture("tokenizer/chat-templates.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn control_tokens_parse_only_when_asked() {
+    let qwen2 = load(&common::fixture(QWEN2_VOCAB));
+    let (start, end) = (151644, 151645);
+    for case in chat_templates()["qwen2"].as_array().unwrap() {
+        let rendered = case["rendered"].as_str().unwrap();
+        // With special parsing: each marker is one token and the text
+        // between is tokenized on its own.
+        let mut expected = Vec::new();
+        for (i, turn) in rendered.split("<|im_start|>").enumerate() {
+            if i > 0 {
+                expected.push(start);
+            }
+            for (j, part) in turn.split("<|im_end|>").enumerate() {
+                if j > 0 {
+                    expected.push(end);
+                }
+                expected.extend(qwen2.encode(part, false));
+            }
+        }
+        assert_eq!(qwen2.encode_with_special(rendered, false), expected);
+        // Without: the markers are plain text and round-trip as such.
+        let plain = qwen2.encode(rendered, false);
+        assert!(
+            !plain.contains(&start) && !plain.contains(&end),
+            "{plain:?}"
+        );
+        assert_eq!(qwen2.decode(&plain), rendered);
+    }
+
+    let llama3 = load(&common::fixture(LLAMA3_VOCAB));
+    for case in chat_templates()["llama3-bpe"].as_array().unwrap() {
+        let rendered = case["rendered"].as_str().unwrap();
+        let ids = llama3.encode_with_special(rendered, false);
+        // The template writes BOS itself.
+        assert_eq!(&ids[..2], &[128000, 128006], "{ids:?}");
+        assert_eq!(
+            ids.iter().filter(|&&t| t == 128009).count(),
+            rendered.matches("<|eot_id|>").count()
+        );
+        assert!(!llama3.encode(rendered, false).contains(&128006));
+    }
+
+    // SPM: `</s>` in text is text unless asked.
+    let spm = load(&common::fixture(VOCAB));
+    assert!(!spm.encode("a</s>", false).contains(&2));
+    assert!(spm.encode_with_special("a</s>", false).ends_with(&[2]));
+}
+
+#[test]
+fn arch_prompts_tokenize_like_llama_cpp() {
+    // Small models with real vocabularies; llama.cpp tokenized the prompt
+    // (BOS as each file asks: Llama 3 and Phi-3 yes, Qwen no).
+    for name in ["synth-llama3", "synth-qwen2", "synth-qwen3", "synth-phi3"] {
+        let tok = load(&common::fixture(&format!("arch/{name}.gguf")));
+        let text = std::fs::read_to_string(common::fixture(&format!("arch/{name}.json"))).unwrap();
+        let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let prompt = r["prompt"].as_str().unwrap();
+        assert_eq!(
+            tok.encode(prompt, tok.add_bos_default()),
+            ids(&r["prompt_tokens"]),
+            "{name}: {prompt:?}"
+        );
+    }
+}
+
+#[test]
+fn bpe_vocab_loads_and_encodes_fast() {
+    // 128k tokens and 280k merges: the merge table is built once at load.
+    let path = common::fixture(LLAMA3_VOCAB);
+    let start = std::time::Instant::now();
+    let file = GgufFile::open(&path).unwrap();
+    let parsed = start.elapsed();
+    let tok = Tokenizer::from_gguf(&file).unwrap();
+    let loaded = start.elapsed();
+    let text: String = vocab_cases(LLAMA3_VOCAB)
+        .into_iter()
+        .map(|c| c.0)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .repeat(20);
+    let start = std::time::Instant::now();
+    let ids = tok.encode(&text, false);
+    let encoded = start.elapsed();
+    eprintln!(
+        "llama3 vocab: GGUF parsed in {:.0} ms, tokenizer built by {:.0} ms, encode {} bytes -> {} tokens in {:.1} ms",
+        parsed.as_secs_f64() * 1e3,
+        loaded.as_secs_f64() * 1e3,
+        text.len(),
+        ids.len(),
+        encoded.as_secs_f64() * 1e3
+    );
+    assert_eq!(tok.decode(&ids), text);
+    // Generous bounds for a loaded CI machine; typical figures are far
+    // below (see the printed line).
+    assert!(loaded.as_secs_f64() < 5.0, "load took {loaded:?}");
+    assert!(encoded.as_secs_f64() < 2.0, "encode took {encoded:?}");
+}
+
+#[test]
 fn decode_round_trips_fixture_strings() {
     let tok = load(&common::fixture(VOCAB));
-    for (text, _) in vocab_cases() {
+    for (text, _) in vocab_cases(VOCAB) {
         // U+2581 in the input would come back as a space; the fixture has
         // none, but guard so that the test keeps meaning the same thing.
         if text.contains('\u{2581}') {
@@ -115,7 +333,7 @@ fn long_input_round_trips() {
     // Long prompts must neither be slow (the merge loop is heap-based) nor
     // lose text at fragment or buffer boundaries.
     let tok = load(&common::fixture(VOCAB));
-    let cases: Vec<String> = vocab_cases().into_iter().map(|c| c.0).collect();
+    let cases: Vec<String> = vocab_cases(VOCAB).into_iter().map(|c| c.0).collect();
     let text = cases.join(" ").repeat(20);
     let ids = tok.encode(&text, false);
     assert!(ids.len() > 5000);
@@ -253,30 +471,105 @@ impl Drop for TempGguf {
     }
 }
 
-#[test]
-fn gpt2_tokenizer_is_unsupported() {
-    let f = TempGguf::new(
-        "gpt2",
-        &[
-            ("tokenizer.ggml.model", Kv::Str("gpt2")),
-            ("tokenizer.ggml.tokens", Kv::Strs(vec!["a", "b"])),
-        ],
-    );
-    let err = f.tokenizer_error();
+fn assert_mentions(err: &flea::Error, needles: &[&str]) {
     assert_eq!(err.kind, ErrorKind::Model);
-    let path = f.0.display().to_string();
-    for needle in [
-        "unsupported tokenizer",
-        "tokenizer.ggml.model",
-        "gpt2",
-        path.as_str(),
-    ] {
+    for needle in needles {
         assert!(
             err.message.contains(needle),
             "{needle:?} not in {:?}",
             err.message
         );
     }
+}
+
+#[test]
+fn unknown_tokenizer_model_is_unsupported() {
+    let f = TempGguf::new(
+        "t5",
+        &[
+            ("tokenizer.ggml.model", Kv::Str("t5")),
+            ("tokenizer.ggml.tokens", Kv::Strs(vec!["a", "b"])),
+        ],
+    );
+    let path = f.0.display().to_string();
+    // The message names the value and what is supported instead.
+    assert_mentions(
+        &f.tokenizer_error(),
+        &[
+            "unsupported tokenizer",
+            "tokenizer.ggml.model",
+            "\"t5\"",
+            "\"llama\"",
+            "\"gpt2\"",
+            path.as_str(),
+        ],
+    );
+}
+
+#[test]
+fn unknown_pre_tokenizer_is_named() {
+    let f = TempGguf::new(
+        "pre",
+        &[
+            ("tokenizer.ggml.model", Kv::Str("gpt2")),
+            ("tokenizer.ggml.pre", Kv::Str("deepseek-coder")),
+            ("tokenizer.ggml.tokens", Kv::Strs(vec!["a", "b", "ab"])),
+            ("tokenizer.ggml.merges", Kv::Strs(vec!["a b"])),
+        ],
+    );
+    assert_mentions(
+        &f.tokenizer_error(),
+        &[
+            "tokenizer.ggml.pre",
+            "unsupported pre-tokenizer",
+            "\"deepseek-coder\"",
+            "llama-bpe",
+            "qwen2",
+            "smollm",
+            "gpt-2",
+        ],
+    );
+}
+
+#[test]
+fn bpe_without_merges_is_named() {
+    let f = TempGguf::new(
+        "nomerges",
+        &[
+            ("tokenizer.ggml.model", Kv::Str("gpt2")),
+            ("tokenizer.ggml.tokens", Kv::Strs(vec!["a", "b"])),
+        ],
+    );
+    assert_mentions(&f.tokenizer_error(), &["tokenizer.ggml.merges"]);
+}
+
+#[test]
+fn minimal_hand_built_bpe_vocab_works() {
+    // Merges by rank: "b c" (rank 0) before "a b" (rank 1), so "abc" is
+    // a + bc, not ab + c; "bc" has no rule with "a" and stays.
+    let f = TempGguf::new(
+        "minimal-bpe",
+        &[
+            ("tokenizer.ggml.model", Kv::Str("gpt2")),
+            (
+                "tokenizer.ggml.tokens",
+                Kv::Strs(vec!["a", "b", "c", "ab", "bc", "Ġ", "Ġa", "<|end|>"]),
+            ),
+            (
+                "tokenizer.ggml.token_type",
+                Kv::I32s(vec![1, 1, 1, 1, 1, 1, 1, 3]),
+            ),
+            ("tokenizer.ggml.merges", Kv::Strs(vec!["b c", "a b", "Ġ a"])),
+        ],
+    );
+    let file = GgufFile::open(&f.0).unwrap();
+    let tok = Tokenizer::from_gguf(&file).unwrap();
+    assert_eq!(tok.encode("abc", true), vec![0, 4], "no BOS in this vocab");
+    assert_eq!(tok.encode("ab a", false), vec![3, 6]);
+    assert!(!tok.add_bos_default(), "BPE defaults to no BOS");
+    assert_eq!(tok.decode(&[3, 6, 7]), "ab a");
+    assert_eq!(tok.encode_with_special("a<|end|>", false), vec![0, 7]);
+    assert!(tok.is_end_of_generation(7));
 }
 
 #[test]

@@ -8,8 +8,9 @@
 //! two new candidate pairs (with its left and right neighbours), and pairs
 //! made stale by earlier merges are detected and dropped when popped.
 
+use super::FastMap;
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 
 /// Marks "no neighbour" in the symbol list.
 const NONE: usize = usize::MAX;
@@ -63,7 +64,7 @@ impl Eq for Bigram {}
 
 /// What the merge loop needs from the vocabulary.
 pub(super) struct SpmVocab<'a> {
-    pub piece_to_id: &'a HashMap<String, u32>,
+    pub piece_to_id: &'a FastMap<String, u32>,
     pub scores: &'a [f32],
     /// Token for each byte value when a symbol has no piece of its own.
     pub byte_tokens: &'a [Option<u32>; 256],
