@@ -76,10 +76,10 @@ mod tests {
         row.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
         let mut out = [0.0f32; 32];
         dequantize(&row, &mut out);
-        for i in 0..32 {
+        for (i, &v) in out.iter().enumerate() {
             let low = if i < 16 { i } else { 31 - i } as f32;
             let q = low + if i % 2 == 1 { 16.0 } else { 0.0 };
-            assert_eq!(out[i], 0.5 * (q - 16.0), "weight {i}");
+            assert_eq!(v, 0.5 * (q - 16.0), "weight {i}");
         }
     }
 
