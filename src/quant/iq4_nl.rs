@@ -6,8 +6,8 @@
 //!
 //! Block layout (18 bytes, the same as Q4_0):
 //! - `d`: the scale, an f16;
-//! - `qs`: 16 bytes of 4-bit indices, nibble order as in Q4_0 (see
-//!   [`super::blocks::nibbles`]).
+//! - `qs`: 16 bytes of 4-bit indices, nibble order as in
+//!   [`super::q4_0`].
 //!
 //! Weight `i` with index `k` is `d * LEVELS[k]`.
 

@@ -4,8 +4,8 @@
 //! Block layout (18 bytes):
 //! - `d`: the scale, an f16;
 //! - `qs`: 16 bytes of 4-bit quants: byte `j` holds weight `j` in its low
-//!   nibble and weight `j + 16` in its high one (see
-//!   [`super::blocks::nibbles`]).
+//!   nibble and weight `j + 16` in its high one (not neighbours in a byte:
+//!   so a SIMD kernel gets each half of the block with one mask or shift).
 //!
 //! Weight `i` with quant `q` is `(q - 8) * d`.
 

@@ -4,8 +4,8 @@
 //! Block layout (20 bytes):
 //! - `d`: the scale, an f16;
 //! - `m`: the minimum, an f16;
-//! - `qs`: 16 bytes of 4-bit quants, nibble order as in Q4_0 (see
-//!   [`super::blocks::nibbles`]).
+//! - `qs`: 16 bytes of 4-bit quants, nibble order as in
+//!   [`super::q4_0`].
 //!
 //! Weight `i` with quant `q` is `q * d + m` (the product rounded before
 //! the sum, as ggml and the `gguf` package compute it).

@@ -6,8 +6,8 @@
 //! - `d`: the scale, an f16;
 //! - `qh`: a little-endian u32 whose bit `i` is the fifth bit of weight `i`
 //!   (kept as bytes: the block has alignment 1 and `qh` sits at offset 2);
-//! - `qs`: 16 bytes of the low four bits, nibble order as in Q4_0 (see
-//!   [`super::blocks::nibbles`]).
+//! - `qs`: 16 bytes of the low four bits, nibble order as in
+//!   [`super::q4_0`].
 //!
 //! Weight `i` with quant `q = nibble + 16 * bit` is `(q - 16) * d`.
 

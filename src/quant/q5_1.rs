@@ -5,8 +5,8 @@
 //! - `d`: the scale, an f16;
 //! - `m`: the minimum, an f16;
 //! - `qh`: a little-endian u32 whose bit `i` is the fifth bit of weight `i`;
-//! - `qs`: 16 bytes of the low four bits, nibble order as in Q4_0 (see
-//!   [`super::blocks::nibbles`]).
+//! - `qs`: 16 bytes of the low four bits, nibble order as in
+//!   [`super::q4_0`].
 //!
 //! Weight `i` with quant `q = nibble + 16 * bit` is `q * d + m` (the
 //! product rounded before the sum, as in Q4_1).

@@ -30,6 +30,16 @@
 //! every position of the tile. A tile of up to [`MAX_POSITIONS`] positions
 //! thereby reads and unpacks each weight block once (prefill and batched
 //! decode), and one dot routine per instruction set serves all four formats.
+//!
+//! # 32-weight blocks: unpack to signed bytes, Q8_0's dot
+//!
+//! Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and IQ4_NL likewise differ only in packing.
+//! Each kernel turns a block into its 32 quants as signed bytes in weight
+//! order (Q4_0/Q5_0 with their bias of 8/16 removed, IQ4_NL's indices
+//! looked up in its table, which is one byte shuffle), its scale and, for
+//! Q4_1/Q5_1, its minimum, and then runs the one Q8_0 dot routine against
+//! the Q8_32 blocks of every position of the tile. Unpacking a 32-block is
+//! a few instructions, so unlike K-quants there is no stored unpacked form.
 
 use super::isa::{Isa, Kind};
 use super::scalar;
