@@ -165,13 +165,17 @@ fn shipped(files: &[String]) -> bool {
 
 /// The dequant fixtures of `dequant/index.json` and
 /// `legacy/dequant-index.json`, as (model, tensor, expected values), the
-/// paths relative to the fixtures folder.
+/// paths relative to the fixtures folder. An index a GPU machine was not
+/// shipped (the lite fixtures have no `legacy/`) is skipped, visibly.
 fn dequant_fixtures() -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     for (dir, index, models) in [
         ("dequant", "dequant/index.json", "models"),
         ("legacy", "legacy/dequant-index.json", "legacy"),
     ] {
+        if !shipped(&[index.to_string()]) {
+            continue;
+        }
         let entries: Vec<serde_json::Value> =
             serde_json::from_slice(&std::fs::read(common::fixture(index)).unwrap()).unwrap();
         for e in entries {
@@ -474,7 +478,10 @@ fn residency_slots_are_fixed_regions_that_hold_every_streamed_layer() {
 
 #[cfg(feature = "cuda")]
 mod gpu {
-    use super::{common, model_files, random_weights, say, shipped, test_cols, Rng, FORMATS};
+    use super::{
+        common, dequant_fixtures, model_files, random_weights, say, shipped, test_cols, Rng,
+        FORMATS,
+    };
     use flea::backend::cpu;
     use flea::backend::cuda::{
         self, cuda_available, AttentionShape, CudaForward, CudaForwardConfig, DevWeight, Format,
@@ -649,11 +656,19 @@ mod gpu {
             return;
         };
         let mut rng = Rng(0xf17);
-        for name in common::SYNTH_MODELS {
-            if !shipped(&[format!("models/{name}.gguf")]) {
+        let models = common::SYNTH_MODELS
+            .iter()
+            .map(|name| format!("models/{name}.gguf"))
+            .chain(
+                common::LEGACY_MODELS
+                    .iter()
+                    .map(|name| format!("legacy/{name}.gguf")),
+            );
+        for name in models {
+            if !shipped(std::slice::from_ref(&name)) {
                 continue;
             }
-            let file = GgufFile::open(common::model(&format!("{name}.gguf"))).unwrap();
+            let file = GgufFile::open(common::fixture(&name)).unwrap();
             let model = Model::from_gguf(&file).unwrap();
             let l = &model.layers[1];
             for t in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
@@ -1354,6 +1369,14 @@ mod gpu {
         {
             if shipped(&[format!("models/{name}.gguf")]) {
                 models.push((name.to_string(), common::model(&format!("{name}.gguf"))));
+            }
+        }
+        for name in common::LEGACY_MODELS {
+            if shipped(&[format!("legacy/{name}.gguf")]) {
+                models.push((
+                    name.to_string(),
+                    common::fixture(&format!("legacy/{name}.gguf")),
+                ));
             }
         }
         // Stand-ins for fixtures a GPU machine was not shipped (made there
