@@ -6,9 +6,10 @@
 // multiple of 8, `i < cols`) as f32. The arithmetic follows src/quant/*.rs
 // (the scalar oracle): the same scale products, in the same order.
 //
-// Products are written with __fmul_rn/__fsub_rn where the CPU computes
-// `a * b - c`: nvcc would otherwise contract them into one FMA, and the
-// dequantized weights would no longer be bit-identical to the CPU's.
+// Products are written with __fmul_rn/__fsub_rn/__fadd_rn where the CPU
+// computes `a * b - c` or `a * b + c`: nvcc would otherwise contract them
+// into one FMA, and the dequantized weights would no longer be
+// bit-identical to the CPU's.
 //
 // `WHOLE` is true for block formats: a row is whole blocks of 32 or 256
 // weights, so an 8-weight group never runs past the row end and `cols` is
@@ -58,6 +59,103 @@ struct FmtQ8_0 {
         const int8_t* q = reinterpret_cast<const int8_t*>(b + 2 + i % 32);
 #pragma unroll
         for (int e = 0; e < 8; e++) w[e] = d * (float)q[e];
+    }
+};
+
+// ---------------------------------------------------------------- 4- and 5-bit 32-weight blocks
+// Q4_0, Q4_1, Q5_0, Q5_1 and IQ4_NL keep sixteen bytes of nibbles: byte j
+// holds weight j in its low nibble and weight j + 16 in its high one. Our
+// eight weights start at p = i % 32 (0, 8, 16 or 24), so they are the low
+// or the high nibbles of bytes p % 16 .. p % 16 + 8.
+
+// The eight nibbles of weights p .. p + 8 from the block's quant bytes.
+__device__ __forceinline__ void nibbles8(const uint8_t* qs, int p, int q[8]) {
+    const int shift = p >= 16 ? 4 : 0;
+#pragma unroll
+    for (int e = 0; e < 8; e++) q[e] = (qs[p % 16 + e] >> shift) & 0x0F;
+}
+
+// Q5_0/Q5_1: add the fifth bits (bit p + e of the little-endian u32 `qh`,
+// read bytewise: it sits at offset 2 or 4 of a block, not 4-aligned).
+__device__ __forceinline__ void add_fifth_bits(const uint8_t* qh, int p, int q[8]) {
+    const uint32_t bits = (uint32_t)qh[0] | ((uint32_t)qh[1] << 8) | ((uint32_t)qh[2] << 16) |
+                          ((uint32_t)qh[3] << 24);
+#pragma unroll
+    for (int e = 0; e < 8; e++) q[e] |= (int)((bits >> (p + e)) & 1) << 4;
+}
+
+// Q4_0, 18 bytes: d (f16), qs[16]. w = (q - 8) * d.
+struct FmtQ4_0 {
+    static constexpr bool WHOLE = true;
+    static __device__ __forceinline__ void load8(const uint8_t* row, int i, int, float w[8]) {
+        const uint8_t* b = row + (size_t)(i / 32) * 18;
+        const float d = f16_at(b);
+        int q[8];
+        nibbles8(b + 2, i % 32, q);
+#pragma unroll
+        for (int e = 0; e < 8; e++) w[e] = (float)(q[e] - 8) * d;
+    }
+};
+
+// Q4_1, 20 bytes: d (f16), m (f16), qs[16]. w = q * d + m.
+struct FmtQ4_1 {
+    static constexpr bool WHOLE = true;
+    static __device__ __forceinline__ void load8(const uint8_t* row, int i, int, float w[8]) {
+        const uint8_t* b = row + (size_t)(i / 32) * 20;
+        const float d = f16_at(b);
+        const float m = f16_at(b + 2);
+        int q[8];
+        nibbles8(b + 4, i % 32, q);
+#pragma unroll
+        for (int e = 0; e < 8; e++) w[e] = __fadd_rn(__fmul_rn((float)q[e], d), m);
+    }
+};
+
+// Q5_0, 22 bytes: d (f16), qh (u32, bit k = fifth bit of weight k), qs[16].
+// w = (q - 16) * d.
+struct FmtQ5_0 {
+    static constexpr bool WHOLE = true;
+    static __device__ __forceinline__ void load8(const uint8_t* row, int i, int, float w[8]) {
+        const uint8_t* b = row + (size_t)(i / 32) * 22;
+        const float d = f16_at(b);
+        int q[8];
+        nibbles8(b + 6, i % 32, q);
+        add_fifth_bits(b + 2, i % 32, q);
+#pragma unroll
+        for (int e = 0; e < 8; e++) w[e] = (float)(q[e] - 16) * d;
+    }
+};
+
+// Q5_1, 24 bytes: d (f16), m (f16), qh (u32), qs[16]. w = q * d + m.
+struct FmtQ5_1 {
+    static constexpr bool WHOLE = true;
+    static __device__ __forceinline__ void load8(const uint8_t* row, int i, int, float w[8]) {
+        const uint8_t* b = row + (size_t)(i / 32) * 24;
+        const float d = f16_at(b);
+        const float m = f16_at(b + 2);
+        int q[8];
+        nibbles8(b + 8, i % 32, q);
+        add_fifth_bits(b + 4, i % 32, q);
+#pragma unroll
+        for (int e = 0; e < 8; e++) w[e] = __fadd_rn(__fmul_rn((float)q[e], d), m);
+    }
+};
+
+// IQ4_NL's sixteen non-linear levels (ggml's kvalues_iq4nl), indexed by
+// the nibbles.
+static __device__ const int8_t kIq4NlLevels[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                                   1,    13,   25,  38,  53,  69,  89,  113};
+
+// IQ4_NL, 18 bytes: d (f16), qs[16] (indices). w = d * level.
+struct FmtIQ4NL {
+    static constexpr bool WHOLE = true;
+    static __device__ __forceinline__ void load8(const uint8_t* row, int i, int, float w[8]) {
+        const uint8_t* b = row + (size_t)(i / 32) * 18;
+        const float d = f16_at(b);
+        int q[8];
+        nibbles8(b + 2, i % 32, q);
+#pragma unroll
+        for (int e = 0; e < 8; e++) w[e] = d * (float)kIq4NlLevels[q[e]];
     }
 };
 
@@ -189,7 +287,12 @@ struct FmtQ3K {
     X(f32, FmtF32)              \
     X(f16, FmtF16)              \
     X(bf16, FmtBF16)            \
+    X(q4_0, FmtQ4_0)            \
+    X(q4_1, FmtQ4_1)            \
+    X(q5_0, FmtQ5_0)            \
+    X(q5_1, FmtQ5_1)            \
     X(q8_0, FmtQ8_0)            \
+    X(iq4_nl, FmtIQ4NL)         \
     X(q3_k, FmtQ3K)             \
     X(q4_k, FmtQ4K)             \
     X(q5_k, FmtQ5K)             \

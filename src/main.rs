@@ -51,7 +51,7 @@ use std::time::Instant;
     name = "flea",
     version,
     about = "Run llama-family GGUF models, including ones larger than memory",
-    long_about = "Run llama-family GGUF models (Q3_K/Q4_K/Q5_K/Q6_K/Q8_0/F16/BF16/F32) inside a fixed \
+    long_about = "Run llama-family GGUF models (Q3_K/Q4_K/Q5_K/Q6_K, Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/IQ4_NL, F16/BF16/F32) inside a fixed \
 memory budget: what fits stays resident, the other layers stream from storage through a double \
 buffer while the previous layer computes.\n\n\
 Exit codes: 0 success, 1 some prompts failed, 2 bad usage, 3 bad config or budget, \
@@ -143,7 +143,9 @@ struct SynthArgs {
     /// Shape: tiny, 1b, 7b, 13b or 70b.
     #[arg(long)]
     preset: flea::synth::Preset,
-    /// Quantization mix: q4_k_m, q3_k_m, q3_k_s, q6_k, q8_0 or f16.
+    /// Quantization mix: q4_k_m, q3_k_m, q3_k_s, q6_k, q8_0 or f16 (llama.cpp's
+    /// mixes), or q4_0, q4_1, q5_0, q5_1, iq4_nl (every matrix in that format,
+    /// like llama-quantize --pure).
     #[arg(long, default_value = "q4_k_m")]
     quant: flea::synth::QuantMix,
     /// Copy the tokenizer from this GGUF (e.g. a vocab-only file).

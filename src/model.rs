@@ -288,10 +288,11 @@ fn tensor_ref(file: &GgufFile, t: &TensorInfo, rows: usize, cols: usize) -> Resu
     }
     if !t.ggml_type.is_supported() {
         return Err(Error::model(format!(
-            "{}: tensor {}: unsupported type {} (supported: F32, F16, BF16, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K)",
+            "{}: tensor {}: unsupported type {} (supported: {})",
             file.path.display(),
             t.name,
-            t.ggml_type
+            t.ggml_type,
+            GgmlType::supported_list()
         )));
     }
     let start = file.tensor_file_offset(t);

@@ -129,6 +129,11 @@ impl FromStr for Preset {
 }
 
 /// A llama.cpp quantization mix (`llama-quantize` file types).
+///
+/// The 32-weight formats (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL) are written as
+/// `llama-quantize --pure` writes them: every matrix in that one format,
+/// the output head and token embedding included, so a file exercises the
+/// format everywhere (llama.cpp's default mixes give those two Q6_K).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QuantMix {
     Q4KM,
@@ -136,16 +141,26 @@ pub enum QuantMix {
     Q3KS,
     Q6K,
     Q8_0,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    IQ4NL,
     F16,
 }
 
 impl QuantMix {
-    pub const ALL: [QuantMix; 6] = [
+    pub const ALL: [QuantMix; 11] = [
         QuantMix::Q4KM,
         QuantMix::Q3KM,
         QuantMix::Q3KS,
         QuantMix::Q6K,
         QuantMix::Q8_0,
+        QuantMix::Q4_0,
+        QuantMix::Q4_1,
+        QuantMix::Q5_0,
+        QuantMix::Q5_1,
+        QuantMix::IQ4NL,
         QuantMix::F16,
     ];
 
@@ -157,6 +172,11 @@ impl QuantMix {
             QuantMix::Q3KS => "q3_k_s",
             QuantMix::Q6K => "q6_k",
             QuantMix::Q8_0 => "q8_0",
+            QuantMix::Q4_0 => "q4_0",
+            QuantMix::Q4_1 => "q4_1",
+            QuantMix::Q5_0 => "q5_0",
+            QuantMix::Q5_1 => "q5_1",
+            QuantMix::IQ4NL => "iq4_nl",
             QuantMix::F16 => "f16",
         }
     }
@@ -165,7 +185,12 @@ impl QuantMix {
     pub fn file_type(self) -> u32 {
         match self {
             QuantMix::F16 => 1,
+            QuantMix::Q4_0 => 2,
+            QuantMix::Q4_1 => 3,
             QuantMix::Q8_0 => 7,
+            QuantMix::Q5_0 => 8,
+            QuantMix::Q5_1 => 9,
+            QuantMix::IQ4NL => 25,
             QuantMix::Q3KS => 11,
             QuantMix::Q3KM => 12,
             QuantMix::Q4KM => 15,
@@ -180,8 +205,21 @@ impl QuantMix {
             QuantMix::Q3KM | QuantMix::Q3KS => GgmlType::Q3K,
             QuantMix::Q6K => GgmlType::Q6K,
             QuantMix::Q8_0 => GgmlType::Q8_0,
+            QuantMix::Q4_0 => GgmlType::Q4_0,
+            QuantMix::Q4_1 => GgmlType::Q4_1,
+            QuantMix::Q5_0 => GgmlType::Q5_0,
+            QuantMix::Q5_1 => GgmlType::Q5_1,
+            QuantMix::IQ4NL => GgmlType::IQ4NL,
             QuantMix::F16 => GgmlType::F16,
         }
+    }
+
+    /// Whether every matrix gets the base type (see the type's notes).
+    fn is_pure(self) -> bool {
+        matches!(
+            self,
+            QuantMix::Q4_0 | QuantMix::Q4_1 | QuantMix::Q5_0 | QuantMix::Q5_1 | QuantMix::IQ4NL
+        )
     }
 }
 
@@ -199,8 +237,10 @@ impl FromStr for QuantMix {
             .into_iter()
             .find(|q| q.name().eq_ignore_ascii_case(s))
             .ok_or_else(|| {
+                let names: Vec<&str> = QuantMix::ALL.iter().map(|q| q.name()).collect();
                 Error::usage(format!(
-                    "unknown quantization {s:?} (expected q4_k_m, q3_k_m, q3_k_s, q6_k, q8_0 or f16)"
+                    "unknown quantization {s:?} (expected one of {})",
+                    names.join(", ")
                 ))
             })
     }
@@ -461,7 +501,7 @@ fn tensor_type(
         return F32;
     }
     let base = quant.base_type();
-    if quant == QuantMix::F16 {
+    if quant == QuantMix::F16 || quant.is_pure() {
         return base;
     }
     match role {
@@ -720,9 +760,14 @@ struct BlockGen {
 impl BlockGen {
     /// Headers for `ty` giving weights of standard deviation `sigma`.
     fn new(ty: GgmlType, sigma: f32, rng: &mut Rng) -> BlockGen {
-        use crate::quant::{q3_k, q4_k, q5_k, q6_k, q8_0};
+        use crate::quant::{iq4_nl, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0};
         let (block_bytes, header_at, header_len) = match ty {
             GgmlType::Q8_0 => (q8_0::BLOCK_BYTES, 0, 2),
+            GgmlType::Q4_0 => (q4_0::BLOCK_BYTES, 0, 2),
+            GgmlType::Q5_0 => (q5_0::BLOCK_BYTES, 0, 2),
+            GgmlType::IQ4NL => (iq4_nl::BLOCK_BYTES, 0, 2),
+            GgmlType::Q4_1 => (q4_1::BLOCK_BYTES, 0, 4),
+            GgmlType::Q5_1 => (q5_1::BLOCK_BYTES, 0, 4),
             GgmlType::Q4K => (q4_k::BLOCK_BYTES, 0, 16),
             GgmlType::Q5K => (q5_k::BLOCK_BYTES, 0, 16),
             GgmlType::Q3K => (q3_k::BLOCK_BYTES, 96, 14),
@@ -733,6 +778,11 @@ impl BlockGen {
         for _ in 0..HEADERS {
             let h = match ty {
                 GgmlType::Q8_0 => q8_0_header(sigma, rng),
+                GgmlType::Q4_0 => signed_scale_header(sigma, rms(-8, 7), rng),
+                GgmlType::Q5_0 => signed_scale_header(sigma, rms(-16, 15), rng),
+                GgmlType::IQ4NL => signed_scale_header(sigma, iq4_nl_rms(), rng),
+                GgmlType::Q4_1 => scale_min_header(sigma, 15, rng),
+                GgmlType::Q5_1 => scale_min_header(sigma, 31, rng),
                 GgmlType::Q4K => q4_5_k_header(sigma, 15, rng),
                 GgmlType::Q5K => q4_5_k_header(sigma, 31, rng),
                 GgmlType::Q3K => q3_k_header(sigma, rng),
@@ -763,6 +813,32 @@ impl BlockGen {
 fn q8_0_header(sigma: f32, rng: &mut Rng) -> Vec<u8> {
     let d = sigma / rms(-128, 127) * jitter(rng);
     f16::from_f32(d).to_le_bytes().to_vec()
+}
+
+/// Q4_0, Q5_0, IQ4_NL: weight = d * v, v a level of the format, all
+/// equally likely, of root mean square `v_rms`. Their levels are not
+/// centred (Q4_0's mean -0.5, IQ4_NL's -5.875), so `d` takes either sign,
+/// and the blocks' means cancel across a tensor.
+fn signed_scale_header(sigma: f32, v_rms: f32, rng: &mut Rng) -> Vec<u8> {
+    let d = rng.sign() as f32 * sigma / v_rms * jitter(rng);
+    f16::from_f32(d).to_le_bytes().to_vec()
+}
+
+/// Root mean square of IQ4_NL's sixteen levels.
+fn iq4_nl_rms() -> f32 {
+    let levels = crate::quant::iq4_nl::LEVELS;
+    let sum: f64 = levels.iter().map(|&v| f64::from(v).powi(2)).sum();
+    (sum / levels.len() as f64).sqrt() as f32
+}
+
+/// Q4_1 (`q_max` 15) and Q5_1 (`q_max` 31): weight = d * q + m, q uniform
+/// over 0..=q_max; m = -d * q_max / 2 centres the weights.
+fn scale_min_header(sigma: f32, q_max: i32, rng: &mut Rng) -> Vec<u8> {
+    let d = f16::from_f32(sigma / std_dev(0, q_max) * jitter(rng));
+    let m = f16::from_f32(-d.to_f32() * q_max as f32 / 2.0);
+    let mut h = d.to_le_bytes().to_vec();
+    h.extend_from_slice(&m.to_le_bytes());
+    h
 }
 
 /// Q4_K (`q_max` 15) and Q5_K (`q_max` 31): weight = d*sc*q - dmin*m.
@@ -978,7 +1054,7 @@ mod tests {
         use GgmlType::*;
         let (rows, cols) = (64u64, 4096u64);
         let sigma = 1.0 / (cols as f32).sqrt();
-        for ty in [Q8_0, Q3K, Q4K, Q5K, Q6K, F16] {
+        for ty in [Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4NL, Q3K, Q4K, Q5K, Q6K, F16] {
             let t = TensorInfo {
                 name: "w".into(),
                 dims: vec![cols, rows],

@@ -82,12 +82,17 @@ impl Rng {
     }
 }
 
-const ALL_TYPES: [GgmlType; 8] = [
+const ALL_TYPES: [GgmlType; 13] = [
     GgmlType::Q3K,
     GgmlType::Q4K,
     GgmlType::Q5K,
     GgmlType::Q6K,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
     GgmlType::Q8_0,
+    GgmlType::IQ4NL,
     GgmlType::F16,
     GgmlType::BF16,
     GgmlType::F32,
@@ -99,7 +104,8 @@ fn scale_fields(ty: GgmlType) -> &'static [usize] {
         GgmlType::Q3K => &[108],
         GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
         GgmlType::Q6K => &[208],
-        GgmlType::Q8_0 => &[0],
+        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::IQ4NL => &[0],
+        GgmlType::Q4_1 | GgmlType::Q5_1 => &[0, 2],
         _ => &[],
     }
 }
@@ -141,10 +147,15 @@ fn weight(ty: GgmlType, rows: usize, cols: usize, data: &[u8]) -> Weight<'_> {
 }
 
 /// Columns that exercise each family: several super-blocks, an odd number
-/// of Q8_0 blocks, and a float row with a tail shorter than 32.
+/// of 32-weight blocks, and a float row with a tail shorter than 32.
 fn cols_for(ty: GgmlType) -> usize {
     match ty {
-        GgmlType::Q8_0 => 288,
+        GgmlType::Q4_0
+        | GgmlType::Q4_1
+        | GgmlType::Q5_0
+        | GgmlType::Q5_1
+        | GgmlType::Q8_0
+        | GgmlType::IQ4NL => 288,
         GgmlType::F16 | GgmlType::BF16 | GgmlType::F32 => 100,
         _ => 768,
     }
@@ -247,15 +258,21 @@ fn every_isa_matches_the_scalar_twin_on_random_blocks() {
 #[test]
 fn extreme_quants_and_activations_do_not_saturate() {
     let _serial = serial();
-    // All quant bits set (largest unsigned quants, Q8_0 -1) or all 0x80
-    // (Q8_0 -128), against activations at +-max, which quantize to +-127.
+    // All quant bits set (largest unsigned quants, Q8_0 -1, IQ4_NL 113) or
+    // all 0x80 (Q8_0 -128; Q4_0 and IQ4_NL mixing their extremes, -8 and 0,
+    // -127 and 1), against activations at +-max, which quantize to +-127.
     let mut rng = Rng(0xe87);
     for ty in [
         GgmlType::Q3K,
         GgmlType::Q4K,
         GgmlType::Q5K,
         GgmlType::Q6K,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
         GgmlType::Q8_0,
+        GgmlType::IQ4NL,
     ] {
         for fill in [0xFFu8, 0x80, 0x00] {
             let (rows, cols) = (5, cols_for(ty));
@@ -339,7 +356,7 @@ fn grouped_matmuls_equal_separate_ones() {
     // One input shared by matrices of every quantized family and a float one.
     let mut rng = Rng(0x9a0b);
     let (cols, n) = (256, 5);
-    let types = [GgmlType::Q4K, GgmlType::Q6K, GgmlType::Q8_0, GgmlType::F16];
+    let types = [GgmlType::Q4K, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16];
     let rows = [40, 8, 16, 3];
     let datas: Vec<Vec<u8>> = types
         .iter()
@@ -378,8 +395,17 @@ fn fixture_weight<'f>(file: &'f GgufFile, t: &TensorRef) -> Weight<'f> {
 fn fixture_tensors_agree_across_isas_and_with_the_oracle() {
     let _serial = serial();
     let mut rng = Rng(0xf1a7);
-    for name in common::SYNTH_MODELS.iter().chain(&["llama-2-tiny-random"]) {
-        let file = GgufFile::open(common::model(&format!("{name}.gguf"))).unwrap();
+    let models = common::SYNTH_MODELS
+        .iter()
+        .chain(&["llama-2-tiny-random"])
+        .map(|name| format!("models/{name}.gguf"))
+        .chain(
+            common::LEGACY_MODELS
+                .iter()
+                .map(|name| format!("legacy/{name}.gguf")),
+        );
+    for name in models {
+        let file = GgufFile::open(common::fixture(&name)).unwrap();
         let model = Model::from_gguf(&file).unwrap();
         let layer = &model.layers[0];
         for t in [
@@ -415,6 +441,7 @@ fn a_warm_backend_allocates_nothing_per_call() {
         GgmlType::Q3K,
         GgmlType::Q5K,
         GgmlType::Q8_0,
+        GgmlType::Q5_1,
         GgmlType::F16,
     ];
     let (rows, cols) = (96, 512);

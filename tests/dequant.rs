@@ -3,7 +3,9 @@
 //! `dequant/index.json` names one tensor per quantized format; its values were
 //! dequantized to f32 by an independent implementation (the `gguf` Python
 //! package). Dequantization is exact arithmetic up to f32 rounding, so every
-//! value must match within 1e-6 relative.
+//! value must match within 1e-6 relative. `legacy/dequant-index.json` does
+//! the same for the 32-weight formats (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL), whose
+//! models live beside it.
 
 mod common;
 
@@ -59,6 +61,37 @@ fn dequantize_tensor(file: &GgufFile, name: &str) -> (GgmlType, Vec<u64>, Vec<f3
     (t.ggml_type, t.dims.clone(), out)
 }
 
+/// An entry of `legacy/dequant-index.json` (its own field names; no value
+/// count: the shape gives it).
+#[derive(Deserialize)]
+struct LegacyEntry {
+    model: String,
+    tensor: String,
+    #[serde(rename = "type")]
+    ty: String,
+    shape: Vec<u64>,
+    file: String,
+}
+
+fn legacy_index() -> Vec<Entry> {
+    let index: Vec<LegacyEntry> = serde_json::from_slice(
+        &std::fs::read(common::fixture("legacy/dequant-index.json"))
+            .expect("read legacy/dequant-index.json"),
+    )
+    .expect("parse legacy/dequant-index.json");
+    index
+        .into_iter()
+        .map(|e| Entry {
+            model: format!("legacy/{}", e.model),
+            tensor: e.tensor,
+            ty: e.ty,
+            values: e.shape.iter().product::<u64>() as usize,
+            shape_ggml: e.shape,
+            file: format!("legacy/{}", e.file),
+        })
+        .collect()
+}
+
 #[test]
 fn dequantize_matches_reference_for_every_format() {
     let index: Vec<Entry> = serde_json::from_slice(
@@ -73,13 +106,39 @@ fn dequantize_matches_reference_for_every_format() {
         "index.json should cover all five quantized formats"
     );
 
+    let index: Vec<Entry> = index
+        .into_iter()
+        .map(|e| Entry {
+            model: format!("models/{}", e.model),
+            file: format!("dequant/{}", e.file),
+            ..e
+        })
+        .collect();
+    check_against_reference(&index);
+}
+
+#[test]
+fn legacy_formats_dequantize_exactly() {
+    let index = legacy_index();
+    let formats: BTreeSet<&str> = index.iter().map(|e| e.ty.as_str()).collect();
+    assert_eq!(
+        formats,
+        BTreeSet::from(["IQ4_NL", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]),
+        "legacy/dequant-index.json should cover the five 32-weight formats"
+    );
+    check_against_reference(&index);
+}
+
+/// Every entry's tensor (model and reference paths relative to the
+/// fixtures) dequantized and compared value by value.
+fn check_against_reference(index: &[Entry]) {
     let mut failures = Vec::new();
-    for e in &index {
-        let file = GgufFile::open(common::model(&e.model)).expect("open model");
+    for e in index {
+        let file = GgufFile::open(common::fixture(&e.model)).expect("open model");
         let (ty, dims, got) = dequantize_tensor(&file, &e.tensor);
         assert_eq!(ty.to_string(), e.ty, "{}: type", e.tensor);
         assert_eq!(dims, e.shape_ggml, "{}: shape", e.tensor);
-        let want = common::read_f32_file(&format!("dequant/{}", e.file));
+        let want = common::read_f32_file(&e.file);
         assert_eq!(want.len(), e.values, "{}: reference length", e.file);
         assert_eq!(got.len(), want.len(), "{}: value count", e.file);
 
@@ -125,8 +184,12 @@ fn dot_row_matches_dequantized_rows() {
         &std::fs::read(common::fixture("dequant/index.json")).expect("read index.json"),
     )
     .expect("parse index.json");
-    for e in &index {
-        let file = GgufFile::open(common::model(&e.model)).expect("open model");
+    let index = index.into_iter().map(|e| Entry {
+        model: format!("models/{}", e.model),
+        ..e
+    });
+    for e in index.chain(legacy_index()) {
+        let file = GgufFile::open(common::fixture(&e.model)).expect("open model");
         let t = file.tensor(&e.tensor).expect("tensor");
         let row_len = t.dims[0] as usize;
         let row_bytes = t.ggml_type.row_bytes(row_len).unwrap();

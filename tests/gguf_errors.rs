@@ -136,25 +136,37 @@ fn unknown_ggml_type() {
 
 #[test]
 fn unsupported_ggml_type() {
-    // IQ4_NL (id 20) is a real ggml type this runtime does not compute with.
-    let msg = model_err("iq4", |w| {
-        w.retype_tensor("blk.0.attn_q.weight", vec![256, 256], GgmlType::Other(20))
+    // IQ4_XS (id 23) is a real ggml type this runtime does not compute with.
+    let msg = model_err("iq4xs", |w| {
+        w.retype_tensor("blk.0.attn_q.weight", vec![256, 256], GgmlType::Other(23))
     });
     assert!(msg.contains("blk.0.attn_q.weight"), "{msg}");
-    assert!(msg.contains("unsupported ggml type 20 (IQ4_NL)"), "{msg}");
+    assert!(msg.contains("unsupported ggml type 23 (IQ4_XS)"), "{msg}");
 }
 
 #[test]
 fn unsupported_known_type_at_model_load() {
-    // Q4_0 is a type the reader can size but the runtime does not compute
-    // with. 256x256 takes 36864 bytes in Q4_0 and in Q4_K alike, so the
-    // file stays consistent and only the model load objects.
-    let msg = model_err("q4_0", |w| {
-        w.retype_tensor("blk.0.attn_q.weight", vec![256, 256], GgmlType::Q4_0)
+    // Q8_1 is a type the reader can size (llama.cpp's activation format)
+    // but the runtime does not compute with as weights. The tensor gets
+    // bytes of the right size, so the file stays consistent and only the
+    // model load objects.
+    let msg = model_err("q8_1", |w| {
+        w.remove_tensor("blk.0.attn_q.weight");
+        let bytes = GgmlType::Q8_1.row_bytes(256).unwrap() * 256;
+        w.add_tensor(
+            "blk.0.attn_q.weight",
+            vec![256, 256],
+            GgmlType::Q8_1,
+            vec![0u8; bytes],
+        );
     });
     assert!(
-        msg.contains("blk.0.attn_q.weight") && msg.contains("unsupported type Q4_0"),
+        msg.contains("blk.0.attn_q.weight") && msg.contains("unsupported type Q8_1"),
         "{msg}"
+    );
+    assert!(
+        msg.contains("Q4_0") && msg.contains("IQ4_NL"),
+        "lists the supported types: {msg}"
     );
 }
 

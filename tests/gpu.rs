@@ -68,11 +68,16 @@ impl Rng {
     }
 }
 
-const FORMATS: [GgmlType; 8] = [
+const FORMATS: [GgmlType; 13] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
     GgmlType::Q8_0,
+    GgmlType::IQ4NL,
     GgmlType::Q3K,
     GgmlType::Q4K,
     GgmlType::Q5K,
@@ -80,11 +85,17 @@ const FORMATS: [GgmlType; 8] = [
 ];
 
 /// A row width that exercises each format's edge: not a multiple of 8
-/// for floats, not of 256 for Q8_0, two super-blocks for K-quants.
+/// for floats, not of 256 for 32-weight blocks, two super-blocks for
+/// K-quants.
 fn test_cols(ty: GgmlType) -> usize {
     match ty {
         GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 77,
-        GgmlType::Q8_0 => 96,
+        GgmlType::Q4_0
+        | GgmlType::Q4_1
+        | GgmlType::Q5_0
+        | GgmlType::Q5_1
+        | GgmlType::Q8_0
+        | GgmlType::IQ4NL => 96,
         _ => 512,
     }
 }
@@ -116,7 +127,8 @@ fn random_weights(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<
             let (_, block) = ty.block_layout().expect("sized");
             // Offsets of the f16 factors inside a block (src/quant/*.rs).
             let factors: &[usize] = match ty {
-                GgmlType::Q8_0 => &[0],
+                GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4NL => &[0],
+                GgmlType::Q4_1 | GgmlType::Q5_1 => &[0, 2],
                 GgmlType::Q3K => &[108],
                 GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
                 GgmlType::Q6K => &[208],
@@ -149,6 +161,33 @@ fn shipped(files: &[String]) -> bool {
         say(&format!("skipped: fixtures not shipped: {missing:?}\n"));
     }
     missing.is_empty()
+}
+
+/// The dequant fixtures of `dequant/index.json` and
+/// `legacy/dequant-index.json`, as (model, tensor, expected values), the
+/// paths relative to the fixtures folder. An index a GPU machine was not
+/// shipped (the lite fixtures have no `legacy/`) is skipped, visibly.
+fn dequant_fixtures() -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for (dir, index, models) in [
+        ("dequant", "dequant/index.json", "models"),
+        ("legacy", "legacy/dequant-index.json", "legacy"),
+    ] {
+        if !shipped(&[index.to_string()]) {
+            continue;
+        }
+        let entries: Vec<serde_json::Value> =
+            serde_json::from_slice(&std::fs::read(common::fixture(index)).unwrap()).unwrap();
+        for e in entries {
+            let field = |k: &str| e[k].as_str().unwrap().to_string();
+            out.push((
+                format!("{models}/{}", field("model")),
+                field("tensor"),
+                format!("{dir}/{}", field("file")),
+            ));
+        }
+    }
+    out
 }
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -270,25 +309,17 @@ fn cuda_kernels_run_on_the_host_match_the_cpu() {
     }
 
     // The dequant fixtures, within their documented 1e-6 relative.
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(common::fixture("dequant/index.json")).unwrap())
-            .unwrap();
-    for e in index.as_array().unwrap() {
-        let (model, tensor, file) = (
-            e["model"].as_str().unwrap(),
-            e["tensor"].as_str().unwrap(),
-            e["file"].as_str().unwrap(),
-        );
-        if !shipped(&[format!("models/{model}"), format!("dequant/{file}")]) {
+    for (model, tensor, file) in dequant_fixtures() {
+        if !shipped(&[model.clone(), file.clone()]) {
             continue;
         }
-        let gguf = flea::gguf::GgufFile::open(common::model(model)).unwrap();
-        let t = gguf.tensor(tensor).unwrap();
+        let gguf = flea::gguf::GgufFile::open(common::fixture(&model)).unwrap();
+        let t = gguf.tensor(&tensor).unwrap();
         let cols = t.dims[0] as usize;
         let rows = t.n_elements() as usize / cols;
         let wp = dir.join("fixture.bin");
         std::fs::write(&wp, gguf.tensor_data(t)).unwrap();
-        let want = common::fixture(&format!("dequant/{file}"));
+        let want = common::fixture(&file);
         let fmt = t.ggml_type.to_string().to_ascii_lowercase();
         dequant(&fmt, rows, cols, &wp, &want, "1e-6");
     }
@@ -447,7 +478,10 @@ fn residency_slots_are_fixed_regions_that_hold_every_streamed_layer() {
 
 #[cfg(feature = "cuda")]
 mod gpu {
-    use super::{common, model_files, random_weights, say, shipped, test_cols, Rng, FORMATS};
+    use super::{
+        common, dequant_fixtures, model_files, random_weights, say, shipped, test_cols, Rng,
+        FORMATS,
+    };
     use flea::backend::cpu;
     use flea::backend::cuda::{
         self, cuda_available, AttentionShape, CudaForward, CudaForwardConfig, DevWeight, Format,
@@ -588,20 +622,12 @@ mod gpu {
         let Some(gpu) = gpu("dequant fixtures") else {
             return;
         };
-        let index: Vec<Value> =
-            serde_json::from_slice(&std::fs::read(common::fixture("dequant/index.json")).unwrap())
-                .unwrap();
-        for e in &index {
-            let (model, tensor, file) = (
-                e["model"].as_str().unwrap(),
-                e["tensor"].as_str().unwrap(),
-                e["file"].as_str().unwrap(),
-            );
-            if !shipped(&[format!("models/{model}"), format!("dequant/{file}")]) {
+        for (model, tensor, file) in dequant_fixtures() {
+            if !shipped(&[model.clone(), file.clone()]) {
                 continue;
             }
-            let gguf = GgufFile::open(common::model(model)).unwrap();
-            let t = gguf.tensor(tensor).unwrap();
+            let gguf = GgufFile::open(common::fixture(&model)).unwrap();
+            let t = gguf.tensor(&tensor).unwrap();
             let cols = t.dims[0] as usize;
             let rows = t.n_elements() as usize / cols;
             let bytes = gguf.tensor_data(t);
@@ -613,7 +639,7 @@ mod gpu {
             gpu.embed(&weight, &dt.slice(..), &mut out.slice_mut(..), rows)
                 .unwrap();
             let got = gpu.download(&out.slice(..)).unwrap();
-            let want = common::read_f32_file(&format!("dequant/{file}"));
+            let want = common::read_f32_file(&file);
             assert_eq!(got.len(), want.len(), "{file}");
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!(
@@ -630,11 +656,19 @@ mod gpu {
             return;
         };
         let mut rng = Rng(0xf17);
-        for name in common::SYNTH_MODELS {
-            if !shipped(&[format!("models/{name}.gguf")]) {
+        let models = common::SYNTH_MODELS
+            .iter()
+            .map(|name| format!("models/{name}.gguf"))
+            .chain(
+                common::LEGACY_MODELS
+                    .iter()
+                    .map(|name| format!("legacy/{name}.gguf")),
+            );
+        for name in models {
+            if !shipped(std::slice::from_ref(&name)) {
                 continue;
             }
-            let file = GgufFile::open(common::model(&format!("{name}.gguf"))).unwrap();
+            let file = GgufFile::open(common::fixture(&name)).unwrap();
             let model = Model::from_gguf(&file).unwrap();
             let l = &model.layers[1];
             for t in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
@@ -1335,6 +1369,14 @@ mod gpu {
         {
             if shipped(&[format!("models/{name}.gguf")]) {
                 models.push((name.to_string(), common::model(&format!("{name}.gguf"))));
+            }
+        }
+        for name in common::LEGACY_MODELS {
+            if shipped(&[format!("legacy/{name}.gguf")]) {
+                models.push((
+                    name.to_string(),
+                    common::fixture(&format!("legacy/{name}.gguf")),
+                ));
             }
         }
         // Stand-ins for fixtures a GPU machine was not shipped (made there

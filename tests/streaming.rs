@@ -9,7 +9,7 @@ use flea::generate::teacher_forced;
 use flea::gguf::GgufFile;
 use flea::model::Model;
 use flea::residency::loader::{FileReader, ReadAt, RetryPolicy};
-use flea::residency::plan::Plan;
+use flea::residency::plan::{Placement, Plan};
 use flea::residency::{Residency, ResidencyOptions};
 use std::io;
 use std::time::Duration;
@@ -50,11 +50,16 @@ fn tokens() -> Vec<u32> {
 fn streamed_logits_equal_resident_for_every_fixture() {
     let mut models: Vec<String> = common::SYNTH_MODELS
         .iter()
-        .map(|s| format!("{s}.gguf"))
+        .map(|s| format!("models/{s}.gguf"))
         .collect();
-    models.push("llama-2-tiny-random.gguf".into());
+    models.push("models/llama-2-tiny-random.gguf".into());
+    models.extend(
+        common::LEGACY_MODELS
+            .iter()
+            .map(|s| format!("legacy/{s}.gguf")),
+    );
     for name in models {
-        let path = common::model(&name);
+        let path = common::fixture(&name);
         let file = GgufFile::open(&path).unwrap();
         let model = Model::from_gguf(&file).unwrap();
         let reference = logits(&model, &file, &tokens());
@@ -84,14 +89,43 @@ fn streamed_logits_equal_resident_for_every_fixture() {
             }
         }
         let min_plan = Plan::make(&model, &config(), min).unwrap();
-        if model.layers.len() > 1 {
+        if model.layers.len() > 2 {
             assert_eq!(
                 min_plan.streamed_layers().count(),
                 model.layers.len(),
                 "{name}: the minimum budget streams every layer"
             );
+        } else {
+            // Two layers take no more than the two streaming slots, so the
+            // smallest plan keeps them resident (the legacy fixtures). Their
+            // formats must stream all the same: every layer through the
+            // slots, by a plan made by hand.
+            let plan = stream_everything(&model);
+            for prefetch in [true, false] {
+                let opts = ResidencyOptions {
+                    prefetch,
+                    ..Default::default()
+                };
+                let source = Residency::open(&path, &model, &plan, opts).unwrap();
+                assert!(
+                    logits(&model, source, &tokens()) == reference,
+                    "{name}: every layer streamed (prefetch {prefetch}) differs from resident"
+                );
+            }
         }
     }
+}
+
+/// A plan that streams every layer through the two slots, whatever the
+/// budget rule would choose.
+fn stream_everything(model: &Model) -> Plan {
+    let mut plan = Plan::make(model, &config(), u64::MAX).unwrap();
+    plan.slot_bytes = plan.layer_reads.iter().map(|r| r.len()).max().unwrap();
+    plan.placement.fill(Placement::Streamed);
+    plan.resident_layer_bytes = 0;
+    plan.budget = plan.total_bytes();
+    assert_eq!(plan.streamed_layers().count(), model.layers.len());
+    plan
 }
 
 #[test]

@@ -153,6 +153,37 @@ fn tiny_types_match_the_llama_quantize_fixtures() {
     }
 }
 
+/// The 32-weight mixes are `llama-quantize --pure`: every tensor but the
+/// norms in the one format, as in the legacy fixtures (which llama-quantize
+/// made that way).
+#[test]
+fn legacy_mixes_are_pure_like_the_fixtures() {
+    let mixes = [
+        (QuantMix::Q4_0, GgmlType::Q4_0),
+        (QuantMix::Q4_1, GgmlType::Q4_1),
+        (QuantMix::Q5_0, GgmlType::Q5_0),
+        (QuantMix::Q5_1, GgmlType::Q5_1),
+        (QuantMix::IQ4NL, GgmlType::IQ4NL),
+    ];
+    let want = |name: &str, ty: GgmlType| {
+        if name.ends_with("norm.weight") {
+            GgmlType::F32
+        } else {
+            ty
+        }
+    };
+    for ((quant, ty), name) in mixes.into_iter().zip(common::LEGACY_MODELS) {
+        let fixture = GgufFile::open(common::fixture(&format!("legacy/{name}.gguf"))).unwrap();
+        for t in &fixture.tensors {
+            assert_eq!(t.ggml_type, want(&t.name, ty), "{name} {}", t.name);
+        }
+        let ours = preset_model(Preset::B7, quant);
+        for t in refs(&ours) {
+            assert_eq!(t.ggml_type, want(&t.name, ty), "{quant} {}", t.name);
+        }
+    }
+}
+
 #[test]
 fn q4_k_m_mix_follows_llama_cpp() {
     use GgmlType::*;

@@ -70,11 +70,15 @@ struct FormatInfo {
     std::vector<int> f16_offsets;  // scale fields to make finite
 };
 
+// In the order of FLEA_FOR_EACH_FORMAT (KERNELS below is built from it).
 static const FormatInfo FORMATS[] = {
     {"f32", 1, 4, {}},          {"f16", 1, 2, {}},          {"bf16", 1, 2, {}},
-    {"q8_0", 32, 34, {0}},      {"q3_k", 256, 110, {108}},  {"q4_k", 256, 144, {0, 2}},
-    {"q5_k", 256, 176, {0, 2}}, {"q6_k", 256, 210, {208}},
+    {"q4_0", 32, 18, {0}},      {"q4_1", 32, 20, {0, 2}},   {"q5_0", 32, 22, {0}},
+    {"q5_1", 32, 24, {0, 2}},   {"q8_0", 32, 34, {0}},      {"iq4_nl", 32, 18, {0}},
+    {"q3_k", 256, 110, {108}},  {"q4_k", 256, 144, {0, 2}}, {"q5_k", 256, 176, {0, 2}},
+    {"q6_k", 256, 210, {208}},
 };
+static constexpr size_t N_FORMATS = sizeof(FORMATS) / sizeof(FORMATS[0]);
 
 static int test_cols(const FormatInfo& f) {
     if (f.block_weights == 1) return 77;
@@ -136,6 +140,7 @@ struct Kernels {
      matmul_##suffix, embed_##suffix, [](const uint8_t* r, int i, int c, float* w) { Fmt::load8(r, i, c, w); }},
 
 static const Kernels KERNELS[] = {FLEA_FOR_EACH_FORMAT(FLEA_KERNEL_TABLE)};
+static_assert(sizeof(KERNELS) / sizeof(KERNELS[0]) == N_FORMATS, "FORMATS and FLEA_FOR_EACH_FORMAT disagree");
 
 static std::vector<double> dequant_row(const Kernels& k, const uint8_t* row, int cols) {
     std::vector<double> out(cols);
@@ -151,7 +156,7 @@ static std::vector<double> dequant_row(const Kernels& k, const uint8_t* row, int
 
 static void check_products(Rng& rng) {
     const int rows = 9;  // a partial matvec block and a partial tile
-    for (size_t fi = 0; fi < 8; fi++) {
+    for (size_t fi = 0; fi < N_FORMATS; fi++) {
         const FormatInfo& f = FORMATS[fi];
         const Kernels& k = KERNELS[fi];
         const int cols = test_cols(f);
@@ -384,8 +389,8 @@ static int dequant_mode(char** argv) {
     std::vector<float> want(raw.size() / 4);
     std::memcpy(want.data(), raw.data(), want.size() * 4);
     long fi = -1;
-    for (long i = 0; i < 8; i++)
-        if (std::strcmp(FORMATS[i].name, fmt) == 0) fi = i;
+    for (size_t i = 0; i < N_FORMATS; i++)
+        if (std::strcmp(FORMATS[i].name, fmt) == 0) fi = (long)i;
     if (fi < 0 || rows <= 0 || w.size() % rows != 0 || (long)want.size() != rows * cols) {
         std::fprintf(stderr, "bad format or sizes: %s, %zu bytes, %zu values, %ld x %ld\n", fmt, w.size(),
                      want.size(), rows, cols);

@@ -82,6 +82,10 @@ inline float __fsub_rn(float a, float b) {
     volatile float r = a - b;
     return r;
 }
+inline float __fadd_rn(float a, float b) {
+    volatile float r = a + b;
+    return r;
+}
 
 namespace simt {
 

@@ -171,7 +171,8 @@ impl GgufFile {
                 return Err(r.error_at(
                     type_offset,
                     &format!(
-                        "tensor {name:?}: unsupported {ggml_type} (supported: F32, F16, BF16, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K)"
+                        "tensor {name:?}: unsupported {ggml_type} (supported: {})",
+                        GgmlType::supported_list()
                     ),
                 ));
             }

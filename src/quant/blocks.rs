@@ -70,6 +70,29 @@ pub(crate) fn dot_blocks<B, const N: usize>(
     acc
 }
 
+/// The sixteen quant bytes shared by the 32-weight formats (Q4_0, Q4_1,
+/// Q5_0, Q5_1, IQ4_NL) as 32 four-bit values in weight order: byte `j`
+/// holds weight `j` in its low nibble and weight `j + 16` in its high one.
+/// ggml packs them that way, rather than neighbours in one byte, so a SIMD
+/// kernel gets each half of the block with one mask or one shift.
+#[inline]
+pub(crate) fn nibbles(qs: &[u8; 16]) -> [u8; 32] {
+    std::array::from_fn(|i| {
+        if i < 16 {
+            qs[i] & 0x0F
+        } else {
+            qs[i - 16] >> 4
+        }
+    })
+}
+
+/// Bit `i` of the little-endian `qh` word of Q5_0/Q5_1 (the fifth bit of
+/// weight `i`), as the value it adds to the quant: 0 or 16.
+#[inline]
+pub(crate) fn fifth_bit(qh: [u8; 4], i: usize) -> u8 {
+    (((u32::from_le_bytes(qh) >> i) & 1) as u8) << 4
+}
+
 /// Decode a little-endian IEEE half (the scale type of every quantized block).
 #[inline]
 pub(crate) fn f16_to_f32(bytes: [u8; 2]) -> f32 {

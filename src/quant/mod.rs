@@ -13,8 +13,13 @@ pub mod bf16;
 mod blocks;
 pub mod f16;
 pub mod f32;
+pub mod iq4_nl;
 pub mod q3_k;
+pub mod q4_0;
+pub mod q4_1;
 pub mod q4_k;
+pub mod q5_0;
+pub mod q5_1;
 pub mod q5_k;
 pub mod q6_k;
 pub mod q8_0;
@@ -46,6 +51,7 @@ pub enum GgmlType {
     Q5K,
     Q6K,
     Q8K,
+    IQ4NL,
     BF16,
     /// A type id that ggml defines but this runtime cannot compute with
     /// (IQ formats, integer tensors...). Kept so the error can name it.
@@ -70,9 +76,10 @@ impl GgmlType {
             13 => GgmlType::Q5K,
             14 => GgmlType::Q6K,
             15 => GgmlType::Q8K,
+            20 => GgmlType::IQ4NL,
             30 => GgmlType::BF16,
-            // IQ*, I8..I64, F64, TQ*, MXFP4: real ggml types we do not compute with.
-            16..=29 | 31..=39 => GgmlType::Other(id),
+            // Other IQ*, I8..I64, F64, TQ*, MXFP4: real ggml types we do not compute with.
+            16..=19 | 21..=29 | 31..=39 => GgmlType::Other(id),
             _ => return None,
         })
     }
@@ -93,6 +100,7 @@ impl GgmlType {
             GgmlType::Q5K => 13,
             GgmlType::Q6K => 14,
             GgmlType::Q8K => 15,
+            GgmlType::IQ4NL => 20,
             GgmlType::BF16 => 30,
             GgmlType::Other(id) => id,
         }
@@ -103,10 +111,10 @@ impl GgmlType {
         Some(match self {
             GgmlType::F32 => (1, 4),
             GgmlType::F16 | GgmlType::BF16 => (1, 2),
-            GgmlType::Q4_0 => (32, 18),
-            GgmlType::Q4_1 => (32, 20),
-            GgmlType::Q5_0 => (32, 22),
-            GgmlType::Q5_1 => (32, 24),
+            GgmlType::Q4_0 => (32, q4_0::BLOCK_BYTES),
+            GgmlType::Q4_1 => (32, q4_1::BLOCK_BYTES),
+            GgmlType::Q5_0 => (32, q5_0::BLOCK_BYTES),
+            GgmlType::Q5_1 => (32, q5_1::BLOCK_BYTES),
             GgmlType::Q8_0 => (32, q8_0::BLOCK_BYTES),
             GgmlType::Q8_1 => (32, 36),
             GgmlType::Q2K => (QK_K, 84),
@@ -115,23 +123,37 @@ impl GgmlType {
             GgmlType::Q5K => (QK_K, q5_k::BLOCK_BYTES),
             GgmlType::Q6K => (QK_K, q6_k::BLOCK_BYTES),
             GgmlType::Q8K => (QK_K, 292),
+            GgmlType::IQ4NL => (32, iq4_nl::BLOCK_BYTES),
             GgmlType::Other(_) => return None,
         })
     }
 
+    /// The types this runtime can dequantize and compute with.
+    pub const SUPPORTED: [GgmlType; 13] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::IQ4NL,
+        GgmlType::Q3K,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+    ];
+
     /// Whether this runtime can dequantize and compute with the type.
     pub fn is_supported(self) -> bool {
-        matches!(
-            self,
-            GgmlType::F32
-                | GgmlType::F16
-                | GgmlType::BF16
-                | GgmlType::Q8_0
-                | GgmlType::Q3K
-                | GgmlType::Q4K
-                | GgmlType::Q5K
-                | GgmlType::Q6K
-        )
+        GgmlType::SUPPORTED.contains(&self)
+    }
+
+    /// [`GgmlType::SUPPORTED`] as a list for error messages ("F32, F16, ...").
+    pub fn supported_list() -> String {
+        let names: Vec<String> = GgmlType::SUPPORTED.iter().map(|t| t.to_string()).collect();
+        names.join(", ")
     }
 
     /// Bytes taken by a row of `n` weights, if `n` is a whole number of blocks.
@@ -161,6 +183,7 @@ impl fmt::Display for GgmlType {
             GgmlType::Q5K => "Q5_K",
             GgmlType::Q6K => "Q6_K",
             GgmlType::Q8K => "Q8_K",
+            GgmlType::IQ4NL => "IQ4_NL",
             GgmlType::BF16 => "BF16",
             GgmlType::Other(id) => {
                 let known = match id {
@@ -168,7 +191,6 @@ impl fmt::Display for GgmlType {
                     17 => "IQ2_XS",
                     18 => "IQ3_XXS",
                     19 => "IQ1_S",
-                    20 => "IQ4_NL",
                     21 => "IQ3_S",
                     22 => "IQ2_S",
                     23 => "IQ4_XS",
@@ -201,7 +223,12 @@ pub fn dequantize_row(ty: GgmlType, row: &[u8], out: &mut [f32]) {
         GgmlType::F32 => f32::dequantize(row, out),
         GgmlType::F16 => f16::dequantize(row, out),
         GgmlType::BF16 => bf16::dequantize(row, out),
+        GgmlType::Q4_0 => q4_0::dequantize(row, out),
+        GgmlType::Q4_1 => q4_1::dequantize(row, out),
+        GgmlType::Q5_0 => q5_0::dequantize(row, out),
+        GgmlType::Q5_1 => q5_1::dequantize(row, out),
         GgmlType::Q8_0 => q8_0::dequantize(row, out),
+        GgmlType::IQ4NL => iq4_nl::dequantize(row, out),
         GgmlType::Q3K => q3_k::dequantize(row, out),
         GgmlType::Q4K => q4_k::dequantize(row, out),
         GgmlType::Q5K => q5_k::dequantize(row, out),
@@ -217,7 +244,12 @@ pub fn dot_row(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
         GgmlType::F32 => f32::dot(row, x),
         GgmlType::F16 => f16::dot(row, x),
         GgmlType::BF16 => bf16::dot(row, x),
+        GgmlType::Q4_0 => q4_0::dot(row, x),
+        GgmlType::Q4_1 => q4_1::dot(row, x),
+        GgmlType::Q5_0 => q5_0::dot(row, x),
+        GgmlType::Q5_1 => q5_1::dot(row, x),
         GgmlType::Q8_0 => q8_0::dot(row, x),
+        GgmlType::IQ4NL => iq4_nl::dot(row, x),
         GgmlType::Q3K => q3_k::dot(row, x),
         GgmlType::Q4K => q4_k::dot(row, x),
         GgmlType::Q5K => q5_k::dot(row, x),

@@ -1,7 +1,10 @@
-//! Q8_32: 8-bit activations in blocks of 32, the partner of Q8_0 weights in
-//! integer dot products. It holds the values of ggml's `quantize_row_q8_0`
-//! (what llama.cpp multiplies Q8_0 weights with), with the scale widened to
-//! f32 and placed after the quants.
+//! Q8_32: 8-bit activations in blocks of 32, the partner of the 32-weight
+//! formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL) in integer dot products.
+//! It holds the values of ggml's `quantize_row_q8_0` (what llama.cpp
+//! multiplies Q8_0 weights with), with the scale widened to f32 and placed
+//! after the quants. Q4_1/Q5_1 need the sum of a block's quants as well
+//! (ggml's Q8_1 stores it); the kernels add it up in integers instead,
+//! which is exact and keeps one activation format for all six.
 //!
 //! Block layout (36 bytes):
 //! - `qs`: 32 signed quants in `-127..=127`;

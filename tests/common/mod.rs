@@ -37,6 +37,16 @@ pub const SYNTH_MODELS: [&str; 5] = [
     "synth-256-Q8_0",
 ];
 
+/// The 32-weight block format models under `legacy/` (one random llama,
+/// every matrix in one format).
+pub const LEGACY_MODELS: [&str; 5] = [
+    "synth-64-Q4_0",
+    "synth-64-Q4_1",
+    "synth-64-Q5_0",
+    "synth-64-Q5_1",
+    "synth-64-IQ4_NL",
+];
+
 /// Read a little-endian f32 file.
 pub fn read_f32_file(relative: &str) -> Vec<f32> {
     let bytes = std::fs::read(fixture(relative)).expect("read fixture");

@@ -7,16 +7,22 @@
 //! signed activation bytes, adjacent pairs summed to i16) followed by
 //! `_mm256_madd_epi16` with the scale vector (pairs of i16 products summed
 //! to i32). Pairs stay below i16 saturation: weight bytes are at most 63
-//! (K-quants) or 128 (|Q8_0|), activations at most 127 in magnitude, and
-//! `2 * 128 * 127 < 32767`.
+//! (K-quants) or 128 (the magnitudes of 32-weight blocks' signed quants),
+//! activations at most 127 in magnitude, and `2 * 128 * 127 < 32767`.
 
 use std::arch::x86_64::*;
 
 use super::kernels::{
-    accumulate, row_kernel_for, Acts, Factors, Finish, RowKernel, Unpacked, MAX_POSITIONS,
+    accumulate, accumulate_min, row_kernel_for, Acts, Factors, Finish, RowKernel, Unpacked,
+    MAX_POSITIONS,
 };
+use crate::quant::iq4_nl::{BlockIQ4NL, LEVELS};
 use crate::quant::q3_k::BlockQ3K;
+use crate::quant::q4_0::BlockQ4_0;
+use crate::quant::q4_1::BlockQ4_1;
 use crate::quant::q4_k::BlockQ4K;
+use crate::quant::q5_0::BlockQ5_0;
+use crate::quant::q5_1::BlockQ5_1;
 use crate::quant::q5_k::BlockQ5K;
 use crate::quant::q6_k::BlockQ6K;
 use crate::quant::q8_0::BlockQ8_0;
@@ -30,7 +36,12 @@ pub(crate) fn select(ty: GgmlType, np: usize) -> RowKernel {
         GgmlType::Q4K => row_kernel_for!(q4k_row, np),
         GgmlType::Q5K => row_kernel_for!(q5k_row, np),
         GgmlType::Q6K => row_kernel_for!(q6k_row, np),
+        GgmlType::Q4_0 => row_kernel_for!(q4_0_row, np),
+        GgmlType::Q4_1 => row_kernel_for!(q4_1_row, np),
+        GgmlType::Q5_0 => row_kernel_for!(q5_0_row, np),
+        GgmlType::Q5_1 => row_kernel_for!(q5_1_row, np),
         GgmlType::Q8_0 => row_kernel_for!(q8_0_row, np),
+        GgmlType::IQ4NL => row_kernel_for!(iq4_nl_row, np),
         GgmlType::F32 => row_kernel_for!(f32_row, np),
         GgmlType::F16 => row_kernel_for!(f16_row, np),
         GgmlType::BF16 => row_kernel_for!(bf16_row, np),
@@ -318,44 +329,167 @@ unsafe fn reduce8(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(w, _mm_movehdup_ps(w)))
 }
 
-/// See the scalar twin: eight lanes of four-product sums per 32-block.
-/// `maddubs` needs an unsigned operand, so the weight sign moves onto the
-/// activations (`|w| * sign(w) y`).
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_0_row<const N: usize>(
+/// A 32-weight block as [`super::scalar::Unpack32`] gives it: the quants
+/// as 32 signed bytes in weight order, the scale, the minimum (0 without).
+trait Unpack32: ByteBlock {
+    const MIN: bool;
+    unsafe fn unpack(&self) -> (__m256i, f32, f32);
+}
+
+/// The sixteen quant bytes of the 4- and 5-bit formats as 32 nibbles in
+/// weight order: low nibbles (weights 0..16) in the low half, high nibbles
+/// (16..32) in the high half.
+#[inline(always)]
+unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
+    let v = _mm_loadu_si128(qs.as_ptr().cast());
+    let m4 = _mm_set1_epi8(0x0F);
+    _mm256_set_m128i(
+        _mm_and_si128(_mm_srli_epi16::<4>(v), m4),
+        _mm_and_si128(v, m4),
+    )
+}
+
+/// Q5_0/Q5_1: byte `i` is 16 if bit `i` of the little-endian `qh` is set,
+/// else 0. Byte `i` first gets byte `i / 8` of `qh` (the shuffle works per
+/// 128-bit half, and both halves hold all four bytes), then tests its bit.
+#[inline(always)]
+unsafe fn fifth_bits(qh: [u8; 4]) -> __m256i {
+    let v = _mm256_set1_epi32(i32::from_le_bytes(qh));
+    let spread = _mm256_shuffle_epi8(
+        v,
+        _mm256_setr_epi64x(
+            0,
+            0x0101_0101_0101_0101,
+            0x0202_0202_0202_0202,
+            0x0303_0303_0303_0303,
+        ),
+    );
+    let bits = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    _mm256_and_si256(
+        _mm256_cmpeq_epi8(_mm256_and_si256(spread, bits), bits),
+        _mm256_set1_epi8(16),
+    )
+}
+
+impl Unpack32 for BlockQ8_0 {
+    const MIN: bool = false;
+    #[inline(always)]
+    unsafe fn unpack(&self) -> (__m256i, f32, f32) {
+        (loadu(self.qs.as_ptr()), f16(self.d), 0.0)
+    }
+}
+
+impl Unpack32 for BlockQ4_0 {
+    const MIN: bool = false;
+    #[inline(always)]
+    unsafe fn unpack(&self) -> (__m256i, f32, f32) {
+        let q = _mm256_sub_epi8(nibbles(&self.qs), _mm256_set1_epi8(8));
+        (q, f16(self.d), 0.0)
+    }
+}
+
+impl Unpack32 for BlockQ4_1 {
+    const MIN: bool = true;
+    #[inline(always)]
+    unsafe fn unpack(&self) -> (__m256i, f32, f32) {
+        (nibbles(&self.qs), f16(self.d), f16(self.m))
+    }
+}
+
+impl Unpack32 for BlockQ5_0 {
+    const MIN: bool = false;
+    #[inline(always)]
+    unsafe fn unpack(&self) -> (__m256i, f32, f32) {
+        let q = _mm256_or_si256(nibbles(&self.qs), fifth_bits(self.qh));
+        (_mm256_sub_epi8(q, _mm256_set1_epi8(16)), f16(self.d), 0.0)
+    }
+}
+
+impl Unpack32 for BlockQ5_1 {
+    const MIN: bool = true;
+    #[inline(always)]
+    unsafe fn unpack(&self) -> (__m256i, f32, f32) {
+        let q = _mm256_or_si256(nibbles(&self.qs), fifth_bits(self.qh));
+        (q, f16(self.d), f16(self.m))
+    }
+}
+
+impl Unpack32 for BlockIQ4NL {
+    const MIN: bool = false;
+    /// The table lookup is one byte shuffle: indices are below 16.
+    #[inline(always)]
+    unsafe fn unpack(&self) -> (__m256i, f32, f32) {
+        let table = _mm_loadu_si128(LEVELS.as_ptr().cast());
+        let q = _mm256_shuffle_epi8(_mm256_set_m128i(table, table), nibbles(&self.qs));
+        (q, f16(self.d), 0.0)
+    }
+}
+
+/// See the scalar twin: eight lanes of four-product sums per 32-block,
+/// plus the minimum term. `maddubs` needs an unsigned operand, so the
+/// weight sign moves onto the activations (`|w| * sign(w) y`).
+#[inline(always)]
+unsafe fn block32_row<B: Unpack32, const N: usize>(
     row: &[u8],
     acts: Acts<'_>,
     p0: usize,
     out: &mut [f32; MAX_POSITIONS],
 ) {
-    let blocks: &[BlockQ8_0] = as_blocks(row);
+    let blocks: &[B] = as_blocks(row);
     let Acts::Q8_32 {
         blocks: ys,
         per_pos,
     } = acts
     else {
-        unreachable!("Q8_0 kernel given non-Q8_32 activations")
+        unreachable!("32-block kernel given non-Q8_32 activations")
     };
     // Makes the unchecked block reads below sound.
-    assert_eq!(per_pos, blocks.len(), "Q8_0 row length");
+    assert_eq!(per_pos, blocks.len(), "32-block row length");
     let ys: [&[BlockQ8_32]; N] =
         std::array::from_fn(|i| &ys[(p0 + i) * per_pos..(p0 + i + 1) * per_pos]);
     let ones = _mm256_set1_epi16(1);
+    let ones8 = _mm256_set1_epi8(1);
     let mut acc = [_mm256_setzero_ps(); N];
+    let mut mins = [0.0f32; N];
     for (i, b) in blocks.iter().enumerate() {
-        let dw = f16(b.d);
-        let w = loadu(b.qs.as_ptr());
+        let (w, d, m) = b.unpack();
         let aw = _mm256_sign_epi8(w, w);
-        for (a, y) in acc.iter_mut().zip(&ys) {
+        for ((a, min), y) in acc.iter_mut().zip(&mut mins).zip(&ys) {
             let y = y.get_unchecked(i);
-            let sy = _mm256_sign_epi8(loadu(y.qs.as_ptr().cast()), w);
+            let yq = loadu(y.qs.as_ptr().cast());
+            let sy = _mm256_sign_epi8(yq, w);
             let sum = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sy), ones);
-            *a = _mm256_fmadd_ps(_mm256_set1_ps(dw * y.d), _mm256_cvtepi32_ps(sum), *a);
+            *a = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(sum), *a);
+            if B::MIN {
+                let ysum = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, yq), ones);
+                let (ysum, _) = hsum_i32_pair(ysum, _mm256_setzero_si256());
+                *min = accumulate_min(*min, m, y.d, ysum);
+            }
         }
     }
-    for (o, a) in out.iter_mut().zip(acc) {
-        *o = reduce8(a);
+    for ((o, a), min) in out.iter_mut().zip(acc).zip(mins) {
+        *o = if B::MIN { reduce8(a) + min } else { reduce8(a) };
     }
+}
+
+macro_rules! block32_rows {
+    ($($name:ident: $block:ty;)*) => {$(
+        /// # Safety
+        /// See [`RowKernel`]; needs AVX2, FMA and F16C.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $name<const N: usize>(row: &[u8], acts: Acts<'_>, p0: usize, out: &mut [f32; MAX_POSITIONS]) {
+            block32_row::<$block, N>(row, acts, p0, out)
+        }
+    )*};
+}
+
+block32_rows! {
+    q4_0_row: BlockQ4_0;
+    q4_1_row: BlockQ4_1;
+    q5_0_row: BlockQ5_0;
+    q5_1_row: BlockQ5_1;
+    q8_0_row: BlockQ8_0;
+    iq4_nl_row: BlockIQ4NL;
 }
 
 /// Float weights: eight at a time as f32, plus the scalar value of one.

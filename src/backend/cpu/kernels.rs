@@ -9,11 +9,13 @@
 //!   is exact in any order. Float arithmetic happens once per block (per 256
 //!   weights for K-quants), in scalar code written once here
 //!   ([`accumulate`]), on the exact integer sums.
-//! - Q8_0 blocks are too small to reduce per block, and float weights have
-//!   no integer form, so those keep float accumulators in a fixed lane
-//!   layout (8 lanes for Q8_0, 32 for F32/F16/BF16) that every path builds
-//!   the same way, with fused multiply-adds, reduced by one fixed tree
-//!   ([`reduce8`], [`reduce32`]).
+//! - 32-weight blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL) are too small
+//!   to reduce per block, and float weights have no integer form, so those
+//!   keep float accumulators in a fixed lane layout (8 lanes for 32-weight
+//!   blocks, 32 for F32/F16/BF16) that every path builds the same way, with
+//!   fused multiply-adds, reduced by one fixed tree ([`reduce8`],
+//!   [`reduce32`]). The minimums of Q4_1/Q5_1 go into one more float per
+//!   position ([`accumulate_min`]), added after the reduction.
 //! - Activations are quantized by one rule ([`crate::quant::q8_k`]), with
 //!   round-to-nearest-even in every path.
 //!
@@ -28,6 +30,16 @@
 //! every position of the tile. A tile of up to [`MAX_POSITIONS`] positions
 //! thereby reads and unpacks each weight block once (prefill and batched
 //! decode), and one dot routine per instruction set serves all four formats.
+//!
+//! # 32-weight blocks: unpack to signed bytes, Q8_0's dot
+//!
+//! Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and IQ4_NL likewise differ only in packing.
+//! Each kernel turns a block into its 32 quants as signed bytes in weight
+//! order (Q4_0/Q5_0 with their bias of 8/16 removed, IQ4_NL's indices
+//! looked up in its table, which is one byte shuffle), its scale and, for
+//! Q4_1/Q5_1, its minimum, and then runs the one Q8_0 dot routine against
+//! the Q8_32 blocks of every position of the tile. Unpacking a 32-block is
+//! a few instructions, so unlike K-quants there is no stored unpacked form.
 
 use super::isa::{Isa, Kind};
 use super::scalar;
@@ -105,6 +117,16 @@ pub(crate) fn accumulate(fin: Finish, acc: f32, f: Factors, dy: f32, main: i32, 
         Finish::Offset => acc + (f.d * dy) * (main - corr) as f32,
         Finish::Min => acc + (f.d * dy) * main as f32 - (f.dmin * dy) * corr as f32,
     }
+}
+
+/// Add one 32-weight block's minimum term to a position's running sum: the
+/// block's weights are `q * d + m`, so besides the quants' dot product the
+/// result gets `m * dy * sum(y)`, `sum(y)` being the exact integer sum of
+/// the activation quants. One fused multiply-add per block, the same in
+/// every instruction set.
+#[inline(always)]
+pub(crate) fn accumulate_min(acc: f32, m: f32, dy: f32, ysum: i32) -> f32 {
+    (m * dy).mul_add(ysum as f32, acc)
 }
 
 /// The fixed reduction of eight float lanes: `v[i] + v[i + 4]`, then
@@ -202,7 +224,12 @@ impl ActFormat {
     pub fn of(ty: GgmlType) -> ActFormat {
         match ty {
             GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => ActFormat::Q8K,
-            GgmlType::Q8_0 => ActFormat::Q8_32,
+            GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q8_0
+            | GgmlType::IQ4NL => ActFormat::Q8_32,
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => ActFormat::F32,
             other => panic!("matmul: unsupported weight type {other}"),
         }

@@ -13,7 +13,7 @@
 //! - `pool`: the worker threads.
 //! - `ops`: norms, RoPE, softmax, attention, SwiGLU.
 //!
-//! Numerics: weights in K-quant or Q8_0 formats meet activations rounded to
+//! Numerics: weights in K-quant or 32-weight block formats meet activations rounded to
 //! 8 bits per block (as llama.cpp does); F32/F16/BF16 weights meet f32
 //! activations. The f32 `quant::dot_row` stays the oracle of what a row
 //! product means; these kernels differ from it only by the activation

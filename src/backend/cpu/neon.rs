@@ -15,10 +15,16 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 
 use super::kernels::{
-    accumulate, row_kernel_for, Acts, Factors, Finish, RowKernel, Unpacked, MAX_POSITIONS,
+    accumulate, accumulate_min, row_kernel_for, Acts, Factors, Finish, RowKernel, Unpacked,
+    MAX_POSITIONS,
 };
+use crate::quant::iq4_nl::{BlockIQ4NL, LEVELS};
 use crate::quant::q3_k::BlockQ3K;
+use crate::quant::q4_0::BlockQ4_0;
+use crate::quant::q4_1::BlockQ4_1;
 use crate::quant::q4_k::BlockQ4K;
+use crate::quant::q5_0::BlockQ5_0;
+use crate::quant::q5_1::BlockQ5_1;
 use crate::quant::q5_k::BlockQ5K;
 use crate::quant::q6_k::BlockQ6K;
 use crate::quant::q8_0::BlockQ8_0;
@@ -36,8 +42,18 @@ pub(crate) fn select(ty: GgmlType, np: usize, dotprod: bool) -> RowKernel {
         (GgmlType::Q5K, true) => row_kernel_for!(q5k_row_dp, np),
         (GgmlType::Q6K, false) => row_kernel_for!(q6k_row, np),
         (GgmlType::Q6K, true) => row_kernel_for!(q6k_row_dp, np),
+        (GgmlType::Q4_0, false) => row_kernel_for!(q4_0_row, np),
+        (GgmlType::Q4_0, true) => row_kernel_for!(q4_0_row_dp, np),
+        (GgmlType::Q4_1, false) => row_kernel_for!(q4_1_row, np),
+        (GgmlType::Q4_1, true) => row_kernel_for!(q4_1_row_dp, np),
+        (GgmlType::Q5_0, false) => row_kernel_for!(q5_0_row, np),
+        (GgmlType::Q5_0, true) => row_kernel_for!(q5_0_row_dp, np),
+        (GgmlType::Q5_1, false) => row_kernel_for!(q5_1_row, np),
+        (GgmlType::Q5_1, true) => row_kernel_for!(q5_1_row_dp, np),
         (GgmlType::Q8_0, false) => row_kernel_for!(q8_0_row, np),
         (GgmlType::Q8_0, true) => row_kernel_for!(q8_0_row_dp, np),
+        (GgmlType::IQ4NL, false) => row_kernel_for!(iq4_nl_row, np),
+        (GgmlType::IQ4NL, true) => row_kernel_for!(iq4_nl_row_dp, np),
         (GgmlType::F32, _) => row_kernel_for!(f32_row, np),
         (GgmlType::F16, _) => row_kernel_for!(f16_row, np),
         (GgmlType::BF16, _) => row_kernel_for!(bf16_row, np),
@@ -358,67 +374,192 @@ unsafe fn reduce8(lo: float32x4_t, hi: float32x4_t) -> f32 {
     vget_lane_f32::<0>(w) + vget_lane_f32::<1>(w)
 }
 
-/// See the scalar twin: eight lanes of four-product sums per 32-block.
+/// A 32-weight block as [`super::scalar::Unpack32`] gives it: the quants
+/// as signed bytes in weight order (weights 0..16, then 16..32), the
+/// scale, the minimum (0 without).
+trait Unpack32: ByteBlock {
+    const MIN: bool;
+    unsafe fn unpack(&self) -> (int8x16_t, int8x16_t, f32, f32);
+}
+
+/// The sixteen quant bytes of the 4- and 5-bit formats as nibbles in
+/// weight order: the low nibbles (weights 0..16), then the high ones.
 #[inline(always)]
-unsafe fn q8_0_row_impl<const DP: bool, const N: usize>(
+unsafe fn nibbles(qs: &[u8; 16]) -> (uint8x16_t, uint8x16_t) {
+    let v = vld1q_u8(qs.as_ptr());
+    (vandq_u8(v, vdupq_n_u8(0x0F)), vshrq_n_u8::<4>(v))
+}
+
+/// Q5_0/Q5_1: for weights 0..16 and 16..32, byte `i` is 16 if bit `i` of
+/// the little-endian `qh` is set, else 0: each byte gets the `qh` byte
+/// holding its bit, then tests it.
+#[inline(always)]
+unsafe fn fifth_bits(qh: [u8; 4]) -> (uint8x16_t, uint8x16_t) {
+    const BITS: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
+    let bits = vld1q_u8(BITS.as_ptr());
+    let lo = vcombine_u8(vdup_n_u8(qh[0]), vdup_n_u8(qh[1]));
+    let hi = vcombine_u8(vdup_n_u8(qh[2]), vdup_n_u8(qh[3]));
+    let sixteen = vdupq_n_u8(16);
+    (
+        vandq_u8(vtstq_u8(lo, bits), sixteen),
+        vandq_u8(vtstq_u8(hi, bits), sixteen),
+    )
+}
+
+impl Unpack32 for BlockQ8_0 {
+    const MIN: bool = false;
+    #[inline(always)]
+    unsafe fn unpack(&self) -> (int8x16_t, int8x16_t, f32, f32) {
+        let p = self.qs.as_ptr().cast::<i8>();
+        (vld1q_s8(p), vld1q_s8(p.add(16)), f16(self.d), 0.0)
+    }
+}
+
+impl Unpack32 for BlockQ4_0 {
+    const MIN: bool = false;
+    #[inline(always)]
+    unsafe fn unpack(&self) -> (int8x16_t, int8x16_t, f32, f32) {
+        let (lo, hi) = nibbles(&self.qs);
+        let eight = vdupq_n_s8(8);
+        let lo = vsubq_s8(vreinterpretq_s8_u8(lo), eight);
+        let hi = vsubq_s8(vreinterpretq_s8_u8(hi), eight);
+        (lo, hi, f16(self.d), 0.0)
+    }
+}
+
+impl Unpack32 for BlockQ4_1 {
+    const MIN: bool = true;
+    #[inline(always)]
+    unsafe fn unpack(&self) -> (int8x16_t, int8x16_t, f32, f32) {
+        let (lo, hi) = nibbles(&self.qs);
+        (
+            vreinterpretq_s8_u8(lo),
+            vreinterpretq_s8_u8(hi),
+            f16(self.d),
+            f16(self.m),
+        )
+    }
+}
+
+impl Unpack32 for BlockQ5_0 {
+    const MIN: bool = false;
+    #[inline(always)]
+    unsafe fn unpack(&self) -> (int8x16_t, int8x16_t, f32, f32) {
+        let (lo, hi) = nibbles(&self.qs);
+        let (blo, bhi) = fifth_bits(self.qh);
+        let sixteen = vdupq_n_s8(16);
+        let lo = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(lo, blo)), sixteen);
+        let hi = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(hi, bhi)), sixteen);
+        (lo, hi, f16(self.d), 0.0)
+    }
+}
+
+impl Unpack32 for BlockQ5_1 {
+    const MIN: bool = true;
+    #[inline(always)]
+    unsafe fn unpack(&self) -> (int8x16_t, int8x16_t, f32, f32) {
+        let (lo, hi) = nibbles(&self.qs);
+        let (blo, bhi) = fifth_bits(self.qh);
+        (
+            vreinterpretq_s8_u8(vorrq_u8(lo, blo)),
+            vreinterpretq_s8_u8(vorrq_u8(hi, bhi)),
+            f16(self.d),
+            f16(self.m),
+        )
+    }
+}
+
+impl Unpack32 for BlockIQ4NL {
+    const MIN: bool = false;
+    /// The table lookup is one `tbl` per half: indices are below 16.
+    #[inline(always)]
+    unsafe fn unpack(&self) -> (int8x16_t, int8x16_t, f32, f32) {
+        let table = vld1q_s8(LEVELS.as_ptr());
+        let (lo, hi) = nibbles(&self.qs);
+        (
+            vqtbl1q_s8(table, lo),
+            vqtbl1q_s8(table, hi),
+            f16(self.d),
+            0.0,
+        )
+    }
+}
+
+/// See the scalar twin: eight lanes of four-product sums per 32-block,
+/// plus the minimum term.
+#[inline(always)]
+unsafe fn block32_row<B: Unpack32, const DP: bool, const N: usize>(
     row: &[u8],
     acts: Acts<'_>,
     p0: usize,
     out: &mut [f32; MAX_POSITIONS],
 ) {
-    let blocks: &[BlockQ8_0] = as_blocks(row);
+    let blocks: &[B] = as_blocks(row);
     let Acts::Q8_32 {
         blocks: ys,
         per_pos,
     } = acts
     else {
-        unreachable!("Q8_0 kernel given non-Q8_32 activations")
+        unreachable!("32-block kernel given non-Q8_32 activations")
     };
     // Makes the unchecked block reads below sound.
-    assert_eq!(per_pos, blocks.len(), "Q8_0 row length");
+    assert_eq!(per_pos, blocks.len(), "32-block row length");
     let ys: [&[BlockQ8_32]; N] =
         std::array::from_fn(|i| &ys[(p0 + i) * per_pos..(p0 + i + 1) * per_pos]);
     let mut acc = [(vdupq_n_f32(0.0), vdupq_n_f32(0.0)); N];
+    let mut mins = [0.0f32; N];
     for (i, b) in blocks.iter().enumerate() {
-        let dw = f16(b.d);
-        let w0 = vld1q_s8(b.qs.as_ptr().cast());
-        let w1 = vld1q_s8(b.qs.as_ptr().add(16).cast());
-        for (a, y) in acc.iter_mut().zip(&ys) {
+        let (w0, w1, d, m) = b.unpack();
+        for ((a, min), y) in acc.iter_mut().zip(&mut mins).zip(&ys) {
             let y = y.get_unchecked(i);
-            let t0 = dot_lanes::<DP>(w0, vld1q_s8(y.qs.as_ptr()));
-            let t1 = dot_lanes::<DP>(w1, vld1q_s8(y.qs.as_ptr().add(16)));
-            let dd = vdupq_n_f32(dw * y.d);
+            let y0 = vld1q_s8(y.qs.as_ptr());
+            let y1 = vld1q_s8(y.qs.as_ptr().add(16));
+            let t0 = dot_lanes::<DP>(w0, y0);
+            let t1 = dot_lanes::<DP>(w1, y1);
+            let dd = vdupq_n_f32(d * y.d);
             a.0 = vfmaq_f32(a.0, vcvtq_f32_s32(t0), dd);
             a.1 = vfmaq_f32(a.1, vcvtq_f32_s32(t1), dd);
+            if B::MIN {
+                // Sixteen bytes of at most 127 in magnitude fit the i16 sum.
+                let ysum = i32::from(vaddlvq_s8(y0)) + i32::from(vaddlvq_s8(y1));
+                *min = accumulate_min(*min, m, y.d, ysum);
+            }
         }
     }
-    for (o, (lo, hi)) in out.iter_mut().zip(acc) {
-        *o = reduce8(lo, hi);
+    for ((o, (lo, hi)), min) in out.iter_mut().zip(acc).zip(mins) {
+        *o = if B::MIN {
+            reduce8(lo, hi) + min
+        } else {
+            reduce8(lo, hi)
+        };
     }
 }
 
-/// # Safety
-/// See [`RowKernel`].
-#[target_feature(enable = "neon")]
-unsafe fn q8_0_row<const N: usize>(
-    row: &[u8],
-    acts: Acts<'_>,
-    p0: usize,
-    out: &mut [f32; MAX_POSITIONS],
-) {
-    q8_0_row_impl::<false, N>(row, acts, p0, out)
+macro_rules! block32_rows {
+    ($($name:ident, $name_dp:ident: $block:ty;)*) => {$(
+        /// # Safety
+        /// See [`RowKernel`].
+        #[target_feature(enable = "neon")]
+        unsafe fn $name<const N: usize>(row: &[u8], acts: Acts<'_>, p0: usize, out: &mut [f32; MAX_POSITIONS]) {
+            block32_row::<$block, false, N>(row, acts, p0, out)
+        }
+
+        /// # Safety
+        /// See [`RowKernel`]; needs the dot-product extension.
+        #[target_feature(enable = "neon,dotprod")]
+        unsafe fn $name_dp<const N: usize>(row: &[u8], acts: Acts<'_>, p0: usize, out: &mut [f32; MAX_POSITIONS]) {
+            block32_row::<$block, true, N>(row, acts, p0, out)
+        }
+    )*};
 }
 
-/// # Safety
-/// See [`RowKernel`]; needs the dot-product extension.
-#[target_feature(enable = "neon,dotprod")]
-unsafe fn q8_0_row_dp<const N: usize>(
-    row: &[u8],
-    acts: Acts<'_>,
-    p0: usize,
-    out: &mut [f32; MAX_POSITIONS],
-) {
-    q8_0_row_impl::<true, N>(row, acts, p0, out)
+block32_rows! {
+    q4_0_row, q4_0_row_dp: BlockQ4_0;
+    q4_1_row, q4_1_row_dp: BlockQ4_1;
+    q5_0_row, q5_0_row_dp: BlockQ5_0;
+    q5_1_row, q5_1_row_dp: BlockQ5_1;
+    q8_0_row, q8_0_row_dp: BlockQ8_0;
+    iq4_nl_row, iq4_nl_row_dp: BlockIQ4NL;
 }
 
 /// Float weights: four at a time as f32, plus the scalar value of one.

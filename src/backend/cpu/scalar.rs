@@ -4,16 +4,22 @@
 //! SIMD kernels are tested against, bit for bit.
 
 use super::kernels::{
-    accumulate, reduce32, reduce8, row_kernel_for, Acts, Factors, Finish, RowKernel, Unpacked,
-    MAX_POSITIONS,
+    accumulate, accumulate_min, reduce32, reduce8, row_kernel_for, Acts, Factors, Finish,
+    RowKernel, Unpacked, MAX_POSITIONS,
 };
+use crate::quant::iq4_nl::{self, BlockIQ4NL};
 use crate::quant::q3_k::BlockQ3K;
+use crate::quant::q4_0::{self, BlockQ4_0};
+use crate::quant::q4_1::{self, BlockQ4_1};
 use crate::quant::q4_k::BlockQ4K;
+use crate::quant::q5_0::{self, BlockQ5_0};
+use crate::quant::q5_1::{self, BlockQ5_1};
 use crate::quant::q5_k::BlockQ5K;
 use crate::quant::q6_k::BlockQ6K;
 use crate::quant::q8_0::BlockQ8_0;
+use crate::quant::q8_32::BlockQ8_32;
 use crate::quant::q8_k::BlockQ8K;
-use crate::quant::{as_blocks, f16_to_f32, GgmlType};
+use crate::quant::{as_blocks, f16_to_f32, ByteBlock, GgmlType};
 
 pub(crate) fn select(ty: GgmlType, np: usize) -> RowKernel {
     match ty {
@@ -21,7 +27,12 @@ pub(crate) fn select(ty: GgmlType, np: usize) -> RowKernel {
         GgmlType::Q4K => row_kernel_for!(q4k_row, np),
         GgmlType::Q5K => row_kernel_for!(q5k_row, np),
         GgmlType::Q6K => row_kernel_for!(q6k_row, np),
+        GgmlType::Q4_0 => row_kernel_for!(q4_0_row, np),
+        GgmlType::Q4_1 => row_kernel_for!(q4_1_row, np),
+        GgmlType::Q5_0 => row_kernel_for!(q5_0_row, np),
+        GgmlType::Q5_1 => row_kernel_for!(q5_1_row, np),
         GgmlType::Q8_0 => row_kernel_for!(q8_0_row, np),
+        GgmlType::IQ4NL => row_kernel_for!(iq4_nl_row, np),
         GgmlType::F32 => row_kernel_for!(f32_row, np),
         GgmlType::F16 => row_kernel_for!(f16_row, np),
         GgmlType::BF16 => row_kernel_for!(bf16_row, np),
@@ -179,38 +190,126 @@ kquant_rows! {
     q6k_row: BlockQ6K, unpack_q6k, Finish::Offset;
 }
 
-/// Q8_0 weights against Q8_32 activations: per 32-block and position, eight
-/// lanes of four-product integer sums, each added to its float lane as
-/// `fma(dw * dy, sum, lane)`; the lanes are reduced by [`reduce8`].
-unsafe fn q8_0_row<const N: usize>(
+/// A 32-weight block in the canonical form of [`block32_row`]: its quants
+/// as signed bytes in weight order (biases such as Q4_0's 8 already
+/// removed, IQ4_NL's indices already looked up), its scale `d`, and for
+/// formats with a minimum (`MIN`) the minimum `m`, else 0.
+pub(crate) trait Unpack32: ByteBlock {
+    /// Whether weights are `q * d + m` rather than `q * d`.
+    const MIN: bool;
+    fn unpack(&self) -> ([i8; 32], f32, f32);
+}
+
+impl Unpack32 for BlockQ8_0 {
+    const MIN: bool = false;
+    fn unpack(&self) -> ([i8; 32], f32, f32) {
+        (self.qs.map(|q| q as i8), f16_to_f32(self.d), 0.0)
+    }
+}
+
+impl Unpack32 for BlockQ4_0 {
+    const MIN: bool = false;
+    fn unpack(&self) -> ([i8; 32], f32, f32) {
+        (q4_0::quants(self), f16_to_f32(self.d), 0.0)
+    }
+}
+
+impl Unpack32 for BlockQ4_1 {
+    const MIN: bool = true;
+    fn unpack(&self) -> ([i8; 32], f32, f32) {
+        (q4_1::quants(self), f16_to_f32(self.d), f16_to_f32(self.m))
+    }
+}
+
+impl Unpack32 for BlockQ5_0 {
+    const MIN: bool = false;
+    fn unpack(&self) -> ([i8; 32], f32, f32) {
+        (q5_0::quants(self), f16_to_f32(self.d), 0.0)
+    }
+}
+
+impl Unpack32 for BlockQ5_1 {
+    const MIN: bool = true;
+    fn unpack(&self) -> ([i8; 32], f32, f32) {
+        (q5_1::quants(self), f16_to_f32(self.d), f16_to_f32(self.m))
+    }
+}
+
+impl Unpack32 for BlockIQ4NL {
+    const MIN: bool = false;
+    fn unpack(&self) -> ([i8; 32], f32, f32) {
+        (iq4_nl::quants(self), f16_to_f32(self.d), 0.0)
+    }
+}
+
+/// 32-weight blocks against Q8_32 activations: per block and position,
+/// eight lanes of four-product integer sums, each added to its float lane
+/// as `fma(d * dy, sum, lane)`; the lanes are reduced by [`reduce8`].
+/// Formats with a minimum add `m * dy * sum(y)` per block into one more
+/// float, see [`accumulate_min`].
+#[inline(always)]
+fn block32_row<B: Unpack32, const N: usize>(
     row: &[u8],
     acts: Acts<'_>,
     p0: usize,
     out: &mut [f32; MAX_POSITIONS],
 ) {
-    let blocks: &[BlockQ8_0] = as_blocks(row);
+    let blocks: &[B] = as_blocks(row);
     let Acts::Q8_32 {
         blocks: ys,
         per_pos,
     } = acts
     else {
-        unreachable!("Q8_0 kernel given non-Q8_32 activations")
+        unreachable!("32-block kernel given non-Q8_32 activations")
     };
-    assert_eq!(per_pos, blocks.len(), "Q8_0 row length");
-    for (p, o) in out[..N].iter_mut().enumerate() {
-        let ys = &ys[(p0 + p) * per_pos..(p0 + p + 1) * per_pos];
-        let mut lanes = [0.0f32; 8];
-        for (b, y) in blocks.iter().zip(ys) {
-            let dd = f16_to_f32(b.d) * y.d;
+    assert_eq!(per_pos, blocks.len(), "32-block row length");
+    let ys: [&[BlockQ8_32]; N] =
+        std::array::from_fn(|i| &ys[(p0 + i) * per_pos..(p0 + i + 1) * per_pos]);
+    let mut lanes = [[0.0f32; 8]; N];
+    let mut mins = [0.0f32; N];
+    for (i, b) in blocks.iter().enumerate() {
+        let (q, d, m) = b.unpack();
+        for ((lanes, min), y) in lanes.iter_mut().zip(&mut mins).zip(&ys) {
+            let y = &y[i];
+            let dd = d * y.d;
             for (l, lane) in lanes.iter_mut().enumerate() {
                 let sum: i32 = (4 * l..4 * l + 4)
-                    .map(|k| i32::from(b.qs[k] as i8) * i32::from(y.qs[k]))
+                    .map(|k| i32::from(q[k]) * i32::from(y.qs[k]))
                     .sum();
                 *lane = dd.mul_add(sum as f32, *lane);
             }
+            if B::MIN {
+                let ysum = y.qs.iter().map(|&v| i32::from(v)).sum();
+                *min = accumulate_min(*min, m, y.d, ysum);
+            }
         }
-        *o = reduce8(lanes);
     }
+    for ((o, lanes), min) in out.iter_mut().zip(lanes).zip(mins) {
+        *o = if B::MIN {
+            reduce8(lanes) + min
+        } else {
+            reduce8(lanes)
+        };
+    }
+}
+
+macro_rules! block32_rows {
+    ($($name:ident: $block:ty;)*) => {$(
+        /// # Safety
+        /// See [`RowKernel`] (nothing beyond it for scalar code).
+        unsafe fn $name<const N: usize>(row: &[u8], acts: Acts<'_>, p0: usize, out: &mut [f32; MAX_POSITIONS]) {
+            block32_row::<$block, N>(row, acts, p0, out)
+        }
+    )*};
+}
+
+block32_rows! {
+    q4_0_row: BlockQ4_0;
+    q4_1_row: BlockQ4_1;
+    q5_0_row: BlockQ5_0;
+    q5_1_row: BlockQ5_1;
+    q8_0_row: BlockQ8_0;
+    iq4_nl_row: BlockIQ4NL;
 }
 
 /// `sum w[i] * x[i]` in the fixed 32-lane layout, `w(i)` giving weight `i`:

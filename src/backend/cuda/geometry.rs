@@ -152,8 +152,10 @@ pub fn attention(n_heads: usize, n_rows: usize) -> Dims {
 
 /// The weight formats the kernels are instantiated for, by the suffix of
 /// their kernel names (`FLEA_FOR_EACH_FORMAT` in kernels/dequant.cuh).
-pub const FORMAT_SUFFIXES: [&str; 8] =
-    ["f32", "f16", "bf16", "q8_0", "q3_k", "q4_k", "q5_k", "q6_k"];
+pub const FORMAT_SUFFIXES: [&str; 13] = [
+    "f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl", "q3_k", "q4_k", "q5_k",
+    "q6_k",
+];
 
 /// Kernel-name suffix of a ggml type name as GGUF spells it ("Q4_K" ->
 /// "q4_k"), or `None` for a type without kernels.
@@ -189,7 +191,9 @@ pub fn embed_name(suffix: &str) -> String {
 pub fn supports_width(suffix: &str, cols: usize) -> bool {
     match suffix {
         "f32" | "f16" | "bf16" => cols > 0,
-        "q8_0" => cols > 0 && cols.is_multiple_of(32),
+        "q4_0" | "q4_1" | "q5_0" | "q5_1" | "q8_0" | "iq4_nl" => {
+            cols > 0 && cols.is_multiple_of(32)
+        }
         "q3_k" | "q4_k" | "q5_k" | "q6_k" => cols > 0 && cols.is_multiple_of(256),
         _ => false,
     }
@@ -290,6 +294,8 @@ mod tests {
     fn kernel_names() {
         assert_eq!(format_suffix("Q4_K"), Some("q4_k"));
         assert_eq!(format_suffix("Q8_0"), Some("q8_0"));
+        assert_eq!(format_suffix("IQ4_NL"), Some("iq4_nl"));
+        assert_eq!(format_suffix("Q5_1"), Some("q5_1"));
         assert_eq!(format_suffix("BF16"), Some("bf16"));
         assert_eq!(format_suffix("Q2_K"), None);
         assert_eq!(matvec_name("q6_k", 3), "matvec_q6_k_3");
@@ -308,6 +314,8 @@ mod tests {
         assert!(supports_width("q4_k", 4096));
         assert!(!supports_width("q4_k", 4000));
         assert!(supports_width("q8_0", 288));
+        assert!(supports_width("q4_1", 192));
+        assert!(!supports_width("iq4_nl", 200));
         assert!(supports_width("f32", 7));
         assert!(!supports_width("q2_k", 256));
     }
