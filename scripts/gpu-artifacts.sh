@@ -44,7 +44,9 @@ JOBS="${CARGO_BUILD_JOBS:-}"
 
 if [ -z "${NVCC:-}" ] && [ -z "${CUDA_HOME:-}" ] && ! command -v nvcc >/dev/null 2>&1 \
     && [ ! -x /usr/local/cuda/bin/nvcc ]; then
-    eval "$(scripts/install-nvcc.sh | grep '^export ')"
+    # Capture, then eval: an installer failure stops this script here.
+    nvcc_exports="$(scripts/install-nvcc.sh)"
+    eval "$nvcc_exports"
 fi
 
 cargo_args=(--release --locked --features cuda --target-dir "$TARGET_DIR")

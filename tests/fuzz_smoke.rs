@@ -136,14 +136,24 @@ fn mutants_per_seed() -> usize {
 /// Run `check` on `count` mutants of `seed`; return the seeds that panicked.
 fn campaign(name: &str, seed: &[u8], hot: usize, count: usize, check: &dyn Fn(&[u8])) -> usize {
     let mut panics = Vec::new();
+    // Reported, not asserted (no timing assertions in tests): the slowest
+    // mutant shows how far any input is from a hang.
+    let mut slowest = std::time::Duration::ZERO;
     for i in 0..count {
         let mutant_seed = (i as u64) << 20 ^ seed.len() as u64;
         let mut rng = Rng(mutant_seed);
         let input = mutate(seed, hot, &mut rng);
+        let start = std::time::Instant::now();
         if catch_unwind(AssertUnwindSafe(|| check(&input))).is_err() {
             panics.push(mutant_seed);
         }
+        slowest = slowest.max(start.elapsed());
     }
+    eprintln!(
+        "{name}: {count} mutants, {} panics, slowest {:.1} ms",
+        panics.len(),
+        slowest.as_secs_f64() * 1e3
+    );
     assert!(
         panics.is_empty(),
         "{name}: {} of {count} mutants panicked; replay with Rng({:#x}) (first of them)",
