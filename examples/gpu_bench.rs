@@ -282,11 +282,7 @@ mod bench {
     }
 
     /// The prompt from position 0 in chunks; the greedy next token.
-    fn run_prompt<B: flea::backend::Backend>(
-        engine: &mut Engine<'_, &GgufFile, B>,
-        prompt: &[u32],
-        chunk: usize,
-    ) -> Result<u32> {
+    fn run_prompt(engine: &mut Engine<'_, &GgufFile>, prompt: &[u32], chunk: usize) -> Result<u32> {
         let mut next = 0;
         let pieces = prompt.len().div_ceil(chunk);
         for (i, piece) in prompt.chunks(chunk).enumerate() {
@@ -687,7 +683,7 @@ mod bench {
             n_seq: 1,
             threads: 1,
         };
-        let plan = Plan::make(&model, &engine, budget.resolve(file_bytes))?;
+        let plan = engine.plan(&model, budget.resolve(file_bytes))?;
         let gpu = cuda::open(args.device)?;
         let info = gpu.info().clone();
         println!("{info}");

@@ -405,7 +405,7 @@ pub fn run_speculative(
         Residency::open(path, model, plan, opts.residency)?,
         &opts.engine,
     )?;
-    let draft_plan = Plan::make(draft_model, &opts.engine, u64::MAX)?;
+    let draft_plan = opts.engine.plan(draft_model, u64::MAX)?;
     let draft = Engine::new(
         draft_model,
         Residency::open(draft_path, draft_model, &draft_plan, opts.residency)?,

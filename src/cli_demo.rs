@@ -8,7 +8,6 @@ use crate::cli_setup::{open_session, CommonArgs};
 use flea::bench::{self, BenchOptions};
 use flea::config::{Budget, ByteSize};
 use flea::generate::{Flow, Generator};
-use flea::residency::plan::Plan;
 use flea::sampler::{Sampler, SamplerConfig};
 use flea::synth::{self, Preset, QuantMix, SynthOptions};
 use flea::{Error, Result};
@@ -99,7 +98,7 @@ pub fn demo(model: Option<PathBuf>, budget: Option<Budget>, threads: Option<usiz
     };
     let mut session = open_session(&args)?;
     let file_len = session.file.file_len();
-    let minimum = Plan::minimum_budget(&session.model, &session.engine);
+    let minimum = session.engine.minimum_budget(&session.model);
     let budget_bytes = match budget {
         Some(b) => b.resolve(file_len),
         None => (file_len / 4).max(minimum),
@@ -222,7 +221,7 @@ pub fn demo(model: Option<PathBuf>, budget: Option<Budget>, threads: Option<usiz
     if !streams {
         // The run above was the fully resident run.
     } else if fits_in_memory(file_len) {
-        let all = Plan::make(&session.model, &session.engine, u64::MAX)?;
+        let all = session.engine.plan(&session.model, u64::MAX)?;
         let resident = bench::run(&path, &session.model, &all, &opts, "resident", progress)?;
         writeln!(
             out,

@@ -69,7 +69,8 @@ fn plan_named(
     engine: &EngineConfig,
     budget: u64,
 ) -> Result<Plan> {
-    Plan::make(model, engine, budget)
+    engine
+        .plan(model, budget)
         .map_err(|e| Error::new(e.kind, format!("{}: {}", path.display(), e.message)))
 }
 
@@ -220,26 +221,11 @@ impl Session {
         self.replan(self.plan.budget)
     }
 
-    /// The engine on the GPU: resident layers stay in device memory once
-    /// uploaded; streamed layers go through the planned host slots (page-
-    /// locked) and, as `[device] buffer` says, a device double buffer or
-    /// the mapped host slots themselves.
-    #[cfg(feature = "cuda")]
-    pub fn cuda_engine(&self) -> Result<Engine<'_, Residency, flea::backend::cuda::CudaForward>> {
-        use flea::backend::cuda::{streaming_engine, CudaForwardConfig};
-        log::info!("plan:\n{}", self.plan);
-        let source = Residency::open(
-            &self.path,
-            &self.model,
-            &self.plan,
-            self.residency_options(),
-        )?;
-        let config =
-            CudaForwardConfig::for_plan(&self.engine, &self.plan, self.config.device.buffer);
-        streaming_engine(&self.model, source, config, &self.engine)
-    }
-
-    /// Load the resident weights and start streaming, as planned.
+    /// Load the resident weights and start streaming, as planned, on the
+    /// chosen backend. On the GPU resident layers stay in device memory
+    /// once uploaded; streamed layers go through the planned host slots
+    /// (page-locked) and, as `[device] buffer` says, a device double buffer
+    /// or the mapped host slots themselves.
     pub fn engine(&self) -> Result<Engine<'_, Residency>> {
         log::info!("plan:\n{}", self.plan);
         let start = Instant::now();
@@ -264,7 +250,19 @@ impl Session {
                 ""
             }
         );
-        Engine::new(&self.model, source, &self.engine)
+        match self.backend {
+            BackendChoice::Cpu => Engine::new(&self.model, source, &self.engine),
+            #[cfg(feature = "cuda")]
+            BackendChoice::Cuda => {
+                use flea::backend::cuda::{streaming_engine, CudaForwardConfig};
+                let config = CudaForwardConfig::for_plan(
+                    &self.engine,
+                    &self.plan,
+                    self.config.device.buffer,
+                );
+                streaming_engine(&self.model, source, config, &self.engine)
+            }
+        }
     }
 }
 
@@ -292,7 +290,7 @@ pub fn open_draft(session: &mut Session, path: &std::path::Path) -> Result<Draft
             session.path.display()
         )));
     }
-    let plan = Plan::make(&model, &session.engine, u64::MAX)?;
+    let plan = session.engine.plan(&model, u64::MAX)?;
     let draft_bytes = plan.total_bytes();
     let budget = session.plan.budget;
     if draft_bytes >= budget {

@@ -14,6 +14,7 @@ use crate::backend::{Backend, Weight};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::model::{Hparams, Model, TensorRef};
+use crate::residency::plan::Plan;
 
 /// Where the engine gets weight bytes from. The memory map and a fully
 /// resident copy always have every layer; a streaming source hands out the
@@ -83,6 +84,22 @@ impl EngineConfig {
         }
     }
 
+    /// Bytes the CPU backend allocates for a model at this shape (KV cache,
+    /// activations, logits, scratch): what the planner charges for it.
+    pub fn cpu_memory_bytes(&self, hp: &Hparams) -> u64 {
+        CpuForward::memory_bytes(hp, self.cpu())
+    }
+
+    /// Plan `model` inside `budget` with the CPU backend's memory.
+    pub fn plan(&self, model: &Model, budget: u64) -> Result<Plan> {
+        Plan::make(model, self.cpu_memory_bytes(&model.hparams), budget)
+    }
+
+    /// The smallest budget that runs `model` on the CPU at this shape.
+    pub fn minimum_budget(&self, model: &Model) -> u64 {
+        Plan::minimum_budget(model, self.cpu_memory_bytes(&model.hparams))
+    }
+
     fn cpu(&self) -> CpuForwardConfig {
         CpuForwardConfig {
             n_ctx: self.n_ctx,
@@ -93,10 +110,14 @@ impl EngineConfig {
     }
 }
 
-pub struct Engine<'a, W: WeightSource, B: Backend = CpuForward> {
+/// The forward pass over streamed layers. The backend is a trait object:
+/// it is called `n_layers + 2` times per pass, so dynamic dispatch costs
+/// nothing measurable (`flea bench` before and after said so), and one
+/// engine type serves every backend.
+pub struct Engine<'a, W: WeightSource> {
     model: &'a Model,
     weights: W,
-    backend: B,
+    backend: Box<dyn Backend + 'a>,
     n_ctx: usize,
     n_seq: usize,
     max_chunk: usize,
@@ -105,25 +126,18 @@ pub struct Engine<'a, W: WeightSource, B: Backend = CpuForward> {
     tokens: Vec<u32>,
 }
 
-impl<'a, W: WeightSource> Engine<'a, W, CpuForward> {
+impl<'a, W: WeightSource> Engine<'a, W> {
     /// An engine on the CPU.
     pub fn new(model: &'a Model, weights: W, config: &EngineConfig) -> Result<Self> {
         let backend = CpuForward::new(&model.hparams, config.cpu());
         Self::with_backend(model, weights, backend, config)
     }
 
-    /// Bytes the CPU engine allocates for a model at this shape; the
-    /// planner charges this against the budget.
-    pub fn memory_bytes(hp: &Hparams, config: &EngineConfig) -> u64 {
-        CpuForward::memory_bytes(hp, config.cpu())
-    }
-}
-
-impl<'a, W: WeightSource, B: Backend> Engine<'a, W, B> {
+    /// An engine on `backend`, which was built for the same `config`.
     pub fn with_backend(
         model: &'a Model,
         weights: W,
-        backend: B,
+        backend: impl Backend + 'a,
         config: &EngineConfig,
     ) -> Result<Self> {
         if config.n_ctx == 0 || config.max_chunk == 0 || config.n_seq == 0 {
@@ -134,7 +148,7 @@ impl<'a, W: WeightSource, B: Backend> Engine<'a, W, B> {
         Ok(Engine {
             model,
             weights,
-            backend,
+            backend: Box::new(backend),
             n_ctx: config.n_ctx,
             n_seq: config.n_seq,
             max_chunk: config.max_chunk,
@@ -157,14 +171,6 @@ impl<'a, W: WeightSource, B: Backend> Engine<'a, W, B> {
 
     pub fn max_chunk(&self) -> usize {
         self.max_chunk
-    }
-
-    pub fn backend(&self) -> &B {
-        &self.backend
-    }
-
-    pub fn backend_mut(&mut self) -> &mut B {
-        &mut self.backend
     }
 
     pub fn weights(&self) -> &W {

@@ -10,7 +10,6 @@ use crate::engine::EngineConfig;
 use crate::gguf::GgufFile;
 use crate::model::Model;
 use crate::pipeline::{check_line, Format, RunOptions};
-use crate::residency::plan::Plan;
 use crate::sampler::SamplerConfig;
 use crate::tokenizer::Tokenizer;
 
@@ -30,7 +29,7 @@ pub fn gguf(bytes: &[u8]) {
             n_seq: 1,
             threads: 1,
         };
-        let _ = Plan::make(&model, &engine, 64 << 20);
+        let _ = engine.plan(&model, 64 << 20);
         let ids = tokenizer.encode("Once upon a time, ünïcödé 🦀", true);
         let _ = tokenizer.decode(&ids);
     }

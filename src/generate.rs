@@ -2,8 +2,6 @@
 //! sampling each next token. Also the teacher-forced pass behind
 //! `flea logits`.
 
-use crate::backend::cpu_forward::CpuForward;
-use crate::backend::Backend;
 use crate::engine::{Engine, Logits, WeightSource};
 use crate::error::{Error, Result};
 use crate::sampler::Sampler;
@@ -50,8 +48,8 @@ pub enum Flow {
     Finish(FinishReason),
 }
 
-pub struct Generator<'a, W: WeightSource, B: Backend = CpuForward> {
-    pub engine: Engine<'a, W, B>,
+pub struct Generator<'a, W: WeightSource> {
+    pub engine: Engine<'a, W>,
     pub sampler: Sampler,
     /// The newest logits row, copied so the sampler may penalize in place.
     logits: Vec<f32>,
@@ -62,8 +60,8 @@ pub struct Generator<'a, W: WeightSource, B: Backend = CpuForward> {
     interrupt: Option<Arc<AtomicBool>>,
 }
 
-impl<'a, W: WeightSource, B: Backend> Generator<'a, W, B> {
-    pub fn new(engine: Engine<'a, W, B>, sampler: Sampler) -> Self {
+impl<'a, W: WeightSource> Generator<'a, W> {
+    pub fn new(engine: Engine<'a, W>, sampler: Sampler) -> Self {
         let vocab = engine.hparams().vocab_size;
         let n_ctx = engine.n_ctx();
         Generator {
@@ -174,8 +172,8 @@ impl<'a, W: WeightSource, B: Backend> Generator<'a, W, B> {
 
 /// Run `tokens` through the model in chunks and hand every position's
 /// logits row to `sink`, in order.
-pub fn teacher_forced<W: WeightSource, B: Backend>(
-    engine: &mut Engine<'_, W, B>,
+pub fn teacher_forced<W: WeightSource>(
+    engine: &mut Engine<'_, W>,
     tokens: &[u32],
     mut sink: impl FnMut(&[f32]) -> Result<()>,
 ) -> Result<()> {

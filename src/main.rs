@@ -4,27 +4,6 @@
 mod cli_demo;
 mod cli_setup;
 
-/// Run `$body` with `$engine` bound to the session's engine on the chosen
-/// backend. The engine's type differs per backend, so this is a macro: the
-/// body is compiled once for each.
-macro_rules! with_engine {
-    ($session:expr, |$engine:ident| $body:expr) => {
-        match $session.backend {
-            cli_setup::BackendChoice::Cpu => {
-                #[allow(unused_mut)]
-                let mut $engine = $session.engine()?;
-                $body
-            }
-            #[cfg(feature = "cuda")]
-            cli_setup::BackendChoice::Cuda => {
-                #[allow(unused_mut)]
-                let mut $engine = $session.cuda_engine()?;
-                $body
-            }
-        }
-    };
-}
-
 use clap::{Args, Parser, Subcommand};
 use cli_setup::{open_session, CommonArgs};
 use flea::bench::{self, BenchOptions};
@@ -35,7 +14,6 @@ use flea::gguf::GgufFile;
 use flea::model::Model;
 use flea::output_file::OutputFile;
 use flea::pipeline::{self, Format, Interrupt, RunOptions};
-use flea::residency::plan::Plan;
 use flea::sampler::{Sampler, SamplerConfig};
 use flea::speculative::Speculative;
 use flea::{Error, Result};
@@ -390,14 +368,14 @@ fn run(args: RunArgs) -> Result<u8> {
         }
     };
     let summary = match &args.draft {
-        None => with_engine!(session, |engine| pipeline::run(
-            &mut engine,
+        None => pipeline::run(
+            &mut session.engine()?,
             &session.tokenizer,
             input,
             std::io::stdout().lock(),
             &options,
             &interrupt,
-        )?),
+        )?,
         Some(draft_path) => {
             if session.engine.n_seq > 1 {
                 return Err(Error::usage(
@@ -407,24 +385,22 @@ fn run(args: RunArgs) -> Result<u8> {
             // The draft is small and resident: it runs on the CPU.
             let draft = cli_setup::open_draft(&mut session, draft_path)?;
             let vocab = session.model.hparams.vocab_size;
-            with_engine!(session, |target| {
-                let draft_engine = Engine::new(&draft.model, draft.weights, &session.engine)?;
-                let mut spec = Speculative::new(
-                    target,
-                    draft_engine,
-                    Sampler::new(sampling.clone(), vocab),
-                    Sampler::new(sampling.clone(), vocab),
-                    args.draft_tokens,
-                )?;
-                pipeline::run_speculative(
-                    &mut spec,
-                    &session.tokenizer,
-                    input,
-                    std::io::stdout().lock(),
-                    &options,
-                    &interrupt,
-                )?
-            })
+            let draft_engine = Engine::new(&draft.model, draft.weights, &session.engine)?;
+            let mut spec = Speculative::new(
+                session.engine()?,
+                draft_engine,
+                Sampler::new(sampling.clone(), vocab),
+                Sampler::new(sampling.clone(), vocab),
+                args.draft_tokens,
+            )?;
+            pipeline::run_speculative(
+                &mut spec,
+                &session.tokenizer,
+                input,
+                std::io::stdout().lock(),
+                &options,
+                &interrupt,
+            )?
         }
     };
     if summary.interrupted {
@@ -480,16 +456,12 @@ fn logits(args: LogitsArgs) -> Result<u8> {
     let mut out = BufWriter::new(output.file());
     let start = Instant::now();
     let write_err = |e: std::io::Error| Error::io(format!("{}: {e}", args.out.display()));
-    with_engine!(session, |engine| teacher_forced(
-        &mut engine,
-        &tokens,
-        |row| {
-            for v in row {
-                out.write_all(&v.to_le_bytes()).map_err(write_err)?;
-            }
-            Ok(())
+    teacher_forced(&mut session.engine()?, &tokens, |row| {
+        for v in row {
+            out.write_all(&v.to_le_bytes()).map_err(write_err)?;
         }
-    )?);
+        Ok(())
+    })?;
     out.flush().map_err(write_err)?;
     drop(out);
     output.commit()?;
@@ -639,7 +611,7 @@ fn plan(args: PlanArgs) -> Result<u8> {
         out,
         "minimum budget for this model at context {}: {}",
         session.engine.n_ctx,
-        ByteSize(Plan::minimum_budget(&session.model, &session.engine))
+        ByteSize(session.engine.minimum_budget(&session.model))
     )
     .map_err(io)?;
     // Each sequence decoded together costs a KV cache: show what batching
@@ -648,7 +620,7 @@ fn plan(args: PlanArgs) -> Result<u8> {
         .iter()
         .map(|&n| {
             let e = session.engine.with_batch(n);
-            match Plan::make(&session.model, &e, session.plan.budget) {
+            match e.plan(&session.model, session.plan.budget) {
                 Ok(p) => format!(
                     "batch {n}: {} resident layers",
                     p.placement.len() - p.streamed_layers().count()
@@ -713,7 +685,7 @@ fn bench_cmd(args: BenchArgs) -> Result<u8> {
     if need > opts.engine.n_ctx {
         opts.engine.n_ctx = need;
     }
-    let plan = Plan::make(&session.model, &opts.engine, session.plan.budget)?;
+    let plan = opts.engine.plan(&session.model, session.plan.budget)?;
     log::info!("plan:\n{plan}");
     log::info!("measuring disk bandwidth (O_DIRECT sequential read) and memory bandwidth...");
     // Shared storage drifts: measure the disk right before and right after
@@ -758,7 +730,7 @@ fn bench_cmd(args: BenchArgs) -> Result<u8> {
     let verify_cost = unverified
         .as_ref()
         .map(|u| streamed.decode_ms_per_token / u.decode_ms_per_token - 1.0);
-    let all = Plan::make(&session.model, &opts.engine, u64::MAX)?;
+    let all = opts.engine.plan(&session.model, u64::MAX)?;
     let resident_fits = matches!(
         flea::platform::available_memory(),
         Some(a) if all.total_bytes() < a / 2
@@ -789,7 +761,7 @@ fn bench_cmd(args: BenchArgs) -> Result<u8> {
         flea::limits::check_count("--batch-sweep", n, flea::limits::MAX_BATCH, Error::usage)?;
         let mut o = opts.clone();
         o.engine = o.engine.with_batch(n);
-        let p = Plan::make(&session.model, &o.engine, session.plan.budget)?;
+        let p = o.engine.plan(&session.model, session.plan.budget)?;
         sweep.push(bench::run(
             &session.path,
             &session.model,
@@ -812,9 +784,9 @@ fn bench_cmd(args: BenchArgs) -> Result<u8> {
         Some(draft_path) => {
             let draft_file = GgufFile::open(draft_path)?;
             let draft_model = Model::from_gguf(&draft_file)?;
-            let draft_bytes = Plan::make(&draft_model, &opts.engine, u64::MAX)?.total_bytes();
+            let draft_bytes = opts.engine.plan(&draft_model, u64::MAX)?.total_bytes();
             let target_budget = session.plan.budget.saturating_sub(draft_bytes);
-            let p = Plan::make(&session.model, &opts.engine, target_budget)?;
+            let p = opts.engine.plan(&session.model, target_budget)?;
             let plain = bench::run(
                 &session.path,
                 &session.model,

@@ -7,7 +7,6 @@
 //! current completion at the next token, emits it as `interrupted`, and ends
 //! the run; everything completed before was already flushed.
 
-use crate::backend::Backend;
 use crate::engine::{Engine, Logits, WeightSource};
 use crate::error::{Error, Result};
 use crate::generate::{Completion, FinishReason, Flow};
@@ -351,8 +350,8 @@ impl<Wr: Write> Output<Wr> {
 /// the engine applies each layer to all active sequences: prompt chunks and
 /// decode steps alike. A finished sequence leaves and the next request
 /// takes its slot.
-pub fn run<W: WeightSource, B: Backend>(
-    engine: &mut Engine<'_, W, B>,
+pub fn run<W: WeightSource>(
+    engine: &mut Engine<'_, W>,
     tokenizer: &Tokenizer,
     input: Receiver<std::io::Result<InputLine>>,
     output: impl Write,
@@ -505,8 +504,8 @@ pub fn run<W: WeightSource, B: Backend>(
 /// Serve requests one at a time with speculative decoding: the draft
 /// proposes, one pass of the (streamed) target verifies. Same input,
 /// output and signal handling as [`run`].
-pub fn run_speculative<W: WeightSource, D: WeightSource, B: Backend>(
-    spec: &mut Speculative<'_, W, D, B>,
+pub fn run_speculative<W: WeightSource, D: WeightSource>(
+    spec: &mut Speculative<'_, W, D>,
     tokenizer: &Tokenizer,
     input: Receiver<std::io::Result<InputLine>>,
     output: impl Write,

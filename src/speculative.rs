@@ -10,8 +10,6 @@
 //! Greedy decoding is the special case where `p` and `q` are one-hot, and
 //! gives exactly the target's greedy tokens.
 
-use crate::backend::cpu_forward::CpuForward;
-use crate::backend::Backend;
 use crate::engine::{Engine, Logits, WeightSource};
 use crate::error::{Error, Result};
 use crate::generate::{Completion, FinishReason, Flow};
@@ -64,8 +62,8 @@ pub fn accept_or_resample(
     (sampler.draw_from(from), false)
 }
 
-pub struct Speculative<'a, W: WeightSource, D: WeightSource, B: Backend = CpuForward> {
-    pub target: Engine<'a, W, B>,
+pub struct Speculative<'a, W: WeightSource, D: WeightSource> {
+    pub target: Engine<'a, W>,
     pub draft: Engine<'a, D>,
     pub target_sampler: Sampler,
     pub draft_sampler: Sampler,
@@ -84,10 +82,10 @@ pub struct Speculative<'a, W: WeightSource, D: WeightSource, B: Backend = CpuFor
     pub stats: SpecStats,
 }
 
-impl<'a, W: WeightSource, D: WeightSource, B: Backend> Speculative<'a, W, D, B> {
+impl<'a, W: WeightSource, D: WeightSource> Speculative<'a, W, D> {
     /// `k` draft tokens per verification pass.
     pub fn new(
-        target: Engine<'a, W, B>,
+        target: Engine<'a, W>,
         draft: Engine<'a, D>,
         target_sampler: Sampler,
         draft_sampler: Sampler,
@@ -124,8 +122,8 @@ impl<'a, W: WeightSource, D: WeightSource, B: Backend> Speculative<'a, W, D, B> 
         })
     }
 
-    fn prefill<X: WeightSource, Y: Backend>(
-        engine: &mut Engine<'_, X, Y>,
+    fn prefill<X: WeightSource>(
+        engine: &mut Engine<'_, X>,
         prompt: &[u32],
         want_last: bool,
     ) -> Result<()> {

@@ -3,7 +3,6 @@
 
 use flea::config::Config;
 use flea::engine::EngineConfig;
-use flea::residency::plan::Plan;
 use flea::synth::{preset_model, Preset, QuantMix};
 use std::path::PathBuf;
 
@@ -62,7 +61,7 @@ fn every_config_parses_and_plans_13b() {
         let config = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
         let engine = engine_for(&config, model.hparams.context_length);
         let budget = config.memory.budget.resolve(file_len);
-        match Plan::make(&model, &engine, budget) {
+        match engine.plan(&model, budget) {
             Ok(plan) => {
                 assert!(
                     plan.total_bytes() <= budget,
@@ -87,7 +86,7 @@ fn orin_nano_streams_13b_q4_k_m_inside_its_budget() {
     let config = Config::load(&path).unwrap();
     let engine = engine_for(&config, model.hparams.context_length);
     let budget = config.memory.budget.resolve(0);
-    let plan = Plan::make(&model, &engine, budget).unwrap();
+    let plan = engine.plan(&model, budget).unwrap();
     let model_bytes: u64 = model.layers.iter().map(|l| l.weight_bytes()).sum();
     assert!(
         model_bytes > budget,

@@ -338,7 +338,6 @@ fn cuda_kernels_run_on_the_host_match_the_cpu() {
 #[test]
 fn residency_slots_are_fixed_regions_that_hold_every_streamed_layer() {
     use flea::engine::{EngineConfig, WeightSource};
-    use flea::residency::plan::Plan;
     use flea::residency::{Residency, ResidencyOptions};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
@@ -380,10 +379,10 @@ fn residency_slots_are_fixed_regions_that_hold_every_streamed_layer() {
             .unwrap();
             span.end - span.start
         };
-        let min = Plan::minimum_budget(&model, &config);
-        let all = Plan::make(&model, &config, u64::MAX).unwrap().total_bytes();
+        let min = config.minimum_budget(&model);
+        let all = config.plan(&model, u64::MAX).unwrap().total_bytes();
         for budget in [min, min + (all - min) / 2, all] {
-            let plan = Plan::make(&model, &config, budget).unwrap();
+            let plan = config.plan(&model, budget).unwrap();
             let resident =
                 (0..model.layers.len()).filter(|l| !plan.streamed_layers().any(|s| s == *l));
             assert!(
@@ -391,7 +390,7 @@ fn residency_slots_are_fixed_regions_that_hold_every_streamed_layer() {
                 "{name}: resident spans overflow the arena"
             );
         }
-        let plan = Plan::make(&model, &config, min).unwrap();
+        let plan = config.plan(&model, min).unwrap();
         let mut source =
             Residency::open(&path, &model, &plan, ResidencyOptions::default()).unwrap();
         let regions = source.slot_regions();
@@ -1087,11 +1086,7 @@ mod gpu {
     }
 
     /// Greedy decode: the prompt in one pass, then `steps` single tokens.
-    fn greedy<B: flea::backend::Backend>(
-        engine: &mut Engine<'_, &GgufFile, B>,
-        prompt: &[u32],
-        steps: usize,
-    ) -> Vec<u32> {
+    fn greedy(engine: &mut Engine<'_, &GgufFile>, prompt: &[u32], steps: usize) -> Vec<u32> {
         let mut out = Vec::new();
         let mut next = flea::sampler::argmax(engine.forward(prompt, 0, Logits::Last).unwrap());
         for i in 0..steps {
@@ -1261,10 +1256,7 @@ mod gpu {
     /// single-token steps, twice over (the second round starts while the
     /// loader has wrapped around to the first streamed layers, and with an
     /// odd number of streamed layers on the other device slot).
-    fn engine_logits<W: WeightSource>(
-        engine: &mut Engine<'_, W, CudaForward>,
-        tokens: &[u32],
-    ) -> Vec<f32> {
+    fn engine_logits<W: WeightSource>(engine: &mut Engine<'_, W>, tokens: &[u32]) -> Vec<f32> {
         let mut out = Vec::new();
         for _ in 0..2 {
             out.clear();
@@ -1305,7 +1297,7 @@ mod gpu {
         plan: &Plan,
         mode: Mode,
         profile: bool,
-    ) -> Engine<'m, Residency, CudaForward> {
+    ) -> Engine<'m, Residency> {
         let mut source = Residency::open(path, model, plan, ResidencyOptions::default()).unwrap();
         let buffer = match mode {
             Mode::Mapped => GpuBuffer::Mapped,
@@ -1402,21 +1394,19 @@ mod gpu {
                 let mut e = Engine::with_backend(&model, &file, backend, &stream_config()).unwrap();
                 engine_logits(&mut e, &tokens)
             };
-            let min = Plan::minimum_budget(&model, &stream_config());
-            let all = Plan::make(&model, &stream_config(), u64::MAX)
+            let min = stream_config().minimum_budget(&model);
+            let all = stream_config()
+                .plan(&model, u64::MAX)
                 .unwrap()
                 .total_bytes();
-            let one_layer = Plan::make(&model, &stream_config(), u64::MAX)
-                .unwrap()
-                .layer_reads[0]
-                .len();
+            let one_layer = stream_config().plan(&model, u64::MAX).unwrap().layer_reads[0].len();
             let half = min + (all - min) / 2;
             for (label, budget) in [
                 ("minimum", min),
                 ("one resident", (min + one_layer).min(all)),
                 ("half", half),
             ] {
-                let plan = Plan::make(&model, &stream_config(), budget).unwrap();
+                let plan = stream_config().plan(&model, budget).unwrap();
                 let streamed = plan.streamed_layers().count();
                 if streamed > 0 {
                     streamed_runs += 1;
@@ -1505,12 +1495,9 @@ mod gpu {
         let path = common::model(&format!("{name}.gguf"));
         let file = GgufFile::open(&path).unwrap();
         let model = Model::from_gguf(&file).unwrap();
-        let min = Plan::minimum_budget(&model, &stream_config());
-        let one_layer = Plan::make(&model, &stream_config(), u64::MAX)
-            .unwrap()
-            .layer_reads[0]
-            .len();
-        let plan = Plan::make(&model, &stream_config(), min + one_layer).unwrap();
+        let min = stream_config().minimum_budget(&model);
+        let one_layer = stream_config().plan(&model, u64::MAX).unwrap().layer_reads[0].len();
+        let plan = stream_config().plan(&model, min + one_layer).unwrap();
         let streamed = plan.streamed_layers().count() as u64;
         let resident = model.layers.len() as u64 - streamed;
         assert!(streamed > 0);
@@ -1588,12 +1575,9 @@ mod gpu {
         let path = common::model(&format!("{name}.gguf"));
         let file = GgufFile::open(&path).unwrap();
         let model = Model::from_gguf(&file).unwrap();
-        let plan = Plan::make(
-            &model,
-            &stream_config(),
-            Plan::minimum_budget(&model, &stream_config()),
-        )
-        .unwrap();
+        let plan = stream_config()
+            .plan(&model, stream_config().minimum_budget(&model))
+            .unwrap();
         assert!(plan.is_streaming());
         let tokens = stream_tokens(model.hparams.vocab_size);
         let open = || Residency::open(&path, &model, &plan, ResidencyOptions::default()).unwrap();

@@ -7,7 +7,6 @@ use flea::engine::{Engine, EngineConfig};
 use flea::generate::{Flow, Generator};
 use flea::gguf::GgufFile;
 use flea::model::Model;
-use flea::residency::plan::Plan;
 use flea::residency::{Residency, ResidencyOptions};
 use flea::sampler::{Sampler, SamplerConfig};
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -49,7 +48,7 @@ fn decode_allocations(threads: usize, sampling: SamplerConfig) -> Vec<usize> {
         n_seq: 1,
         threads,
     };
-    let plan = Plan::make(&model, &config, Plan::minimum_budget(&model, &config)).unwrap();
+    let plan = config.plan(&model, config.minimum_budget(&model)).unwrap();
     assert!(plan.is_streaming());
     let source = Residency::open(&path, &model, &plan, ResidencyOptions::default()).unwrap();
     let engine = Engine::new(&model, source, &config).unwrap();

@@ -7,7 +7,6 @@ use flea::engine::{Engine, EngineConfig};
 use flea::generate::{Flow, Generator};
 use flea::gguf::GgufFile;
 use flea::model::Model;
-use flea::residency::plan::Plan;
 use flea::residency::{Residency, ResidencyOptions};
 use flea::sampler::{Sampler, SamplerConfig};
 use flea::speculative::Speculative;
@@ -53,7 +52,7 @@ fn speculative_greedy_equals_target_greedy() {
     };
     for k in [1, 3, 6] {
         // The target streams every layer; the draft is memory-mapped.
-        let plan = Plan::make(&tm, &config(), Plan::minimum_budget(&tm, &config())).unwrap();
+        let plan = config().plan(&tm, config().minimum_budget(&tm)).unwrap();
         let target = Engine::new(
             &tm,
             Residency::open(&target_path, &tm, &plan, ResidencyOptions::default()).unwrap(),

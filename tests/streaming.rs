@@ -63,14 +63,12 @@ fn streamed_logits_equal_resident_for_every_fixture() {
         let file = GgufFile::open(&path).unwrap();
         let model = Model::from_gguf(&file).unwrap();
         let reference = logits(&model, &file, &tokens());
-        let min = Plan::minimum_budget(&model, &config());
-        let all = Plan::make(&model, &config(), u64::MAX)
-            .unwrap()
-            .total_bytes();
+        let min = config().minimum_budget(&model);
+        let all = config().plan(&model, u64::MAX).unwrap().total_bytes();
         let half = min + (all - min) / 2;
         for (label, budget) in [("minimum", min), ("half", half), ("everything", all)] {
             for prefetch in [true, false] {
-                let plan = Plan::make(&model, &config(), budget).unwrap();
+                let plan = config().plan(&model, budget).unwrap();
                 assert!(
                     plan.total_bytes() <= budget,
                     "{name} {label}: plan exceeds budget"
@@ -88,7 +86,7 @@ fn streamed_logits_equal_resident_for_every_fixture() {
                 );
             }
         }
-        let min_plan = Plan::make(&model, &config(), min).unwrap();
+        let min_plan = config().plan(&model, min).unwrap();
         if model.layers.len() > 2 {
             assert_eq!(
                 min_plan.streamed_layers().count(),
@@ -119,7 +117,7 @@ fn streamed_logits_equal_resident_for_every_fixture() {
 /// A plan that streams every layer through the two slots, whatever the
 /// budget rule would choose.
 fn stream_everything(model: &Model) -> Plan {
-    let mut plan = Plan::make(model, &config(), u64::MAX).unwrap();
+    let mut plan = config().plan(model, u64::MAX).unwrap();
     plan.slot_bytes = plan.layer_reads.iter().map(|r| r.len()).max().unwrap();
     plan.placement.fill(Placement::Streamed);
     plan.resident_layer_bytes = 0;
@@ -132,8 +130,8 @@ fn stream_everything(model: &Model) -> Plan {
 fn budget_below_minimum_is_a_clear_error() {
     let file = GgufFile::open(common::model("synth-256-Q4_K_M.gguf")).unwrap();
     let model = Model::from_gguf(&file).unwrap();
-    let min = Plan::minimum_budget(&model, &config());
-    let e = Plan::make(&model, &config(), min - 1).unwrap_err();
+    let min = config().minimum_budget(&model);
+    let e = config().plan(&model, min - 1).unwrap_err();
     assert_eq!(e.kind, flea::ErrorKind::Config);
     for part in [
         "below the minimum",
@@ -143,17 +141,17 @@ fn budget_below_minimum_is_a_clear_error() {
     ] {
         assert!(e.message.contains(part), "missing {part:?}: {e}");
     }
-    Plan::make(&model, &config(), min).unwrap();
+    config().plan(&model, min).unwrap();
 }
 
 #[test]
 fn plan_spreads_resident_layers_and_prints_ranges() {
     let file = GgufFile::open(common::model("synth-256-Q8_0.gguf")).unwrap();
     let model = Model::from_gguf(&file).unwrap();
-    let min = Plan::minimum_budget(&model, &config());
-    let layer = Plan::make(&model, &config(), u64::MAX).unwrap().layer_reads[0].len();
+    let min = config().minimum_budget(&model);
+    let layer = config().plan(&model, u64::MAX).unwrap().layer_reads[0].len();
     // Room for one layer beyond the minimum: it goes in the middle.
-    let plan = Plan::make(&model, &config(), min + layer).unwrap();
+    let plan = config().plan(&model, min + layer).unwrap();
     let text = plan.to_string();
     assert_eq!(
         plan.streamed_layers().collect::<Vec<_>>(),
@@ -192,7 +190,9 @@ fn flaky_storage_is_retried_and_results_unchanged() {
     let file = GgufFile::open(&path).unwrap();
     let model = Model::from_gguf(&file).unwrap();
     let reference = logits(&model, &file, &tokens());
-    let plan = Plan::make(&model, &config(), Plan::minimum_budget(&model, &config())).unwrap();
+    let plan = config()
+        .plan(&model, config().minimum_budget(&model))
+        .unwrap();
     let reader = Flaky {
         inner: FileReader::open(&path, true).unwrap(),
         calls: 0,
@@ -231,7 +231,9 @@ fn dead_storage_fails_with_layer_and_offset() {
     let path = common::model("synth-256-Q4_K_M.gguf");
     let file = GgufFile::open(&path).unwrap();
     let model = Model::from_gguf(&file).unwrap();
-    let plan = Plan::make(&model, &config(), Plan::minimum_budget(&model, &config())).unwrap();
+    let plan = config()
+        .plan(&model, config().minimum_budget(&model))
+        .unwrap();
     let reader = Dying {
         inner: FileReader::open(&path, true).unwrap(),
         calls: 0,

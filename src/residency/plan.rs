@@ -8,7 +8,6 @@
 
 use super::buffer::{align_down, align_up};
 use crate::config::ByteSize;
-use crate::engine::{Engine, EngineConfig};
 use crate::error::{Error, Result};
 use crate::model::{Model, TensorRef};
 use std::fmt;
@@ -75,21 +74,19 @@ pub struct Plan {
     /// KV cache, activations and logits, as the engine allocates them.
     pub engine_bytes: u64,
     pub resident_layer_bytes: u64,
-    pub n_ctx: usize,
 }
 
 impl Plan {
-    /// Plan a run of `model` with the engine shape `engine` (context,
-    /// chunk, sequences, threads) inside `budget` bytes.
-    pub fn make(model: &Model, engine: &EngineConfig, budget: u64) -> Result<Plan> {
-        let n_ctx = engine.n_ctx;
+    /// Plan a run of `model` inside `budget` bytes, where the backend
+    /// allocates `engine_bytes` for its KV cache, activations and scratch
+    /// (each backend reports its own figure: the planner knows no backend).
+    pub fn make(model: &Model, engine_bytes: u64, budget: u64) -> Result<Plan> {
         let layer_reads: Vec<LayerRead> = model
             .layers
             .iter()
             .map(|l| LayerRead::covering(l.file_span()))
             .collect();
         let global_bytes = global_reads(model).iter().map(LayerRead::len).sum();
-        let engine_bytes = Engine::<&crate::gguf::GgufFile>::memory_bytes(&model.hparams, engine);
         let n = layer_reads.len();
         let all_layers: u64 = layer_reads.iter().map(LayerRead::len).sum();
         let fixed = global_bytes + engine_bytes;
@@ -102,7 +99,6 @@ impl Plan {
             global_bytes,
             engine_bytes,
             resident_layer_bytes: all_layers,
-            n_ctx,
         };
         if fixed + all_layers <= budget {
             return Ok(plan);
@@ -117,9 +113,9 @@ impl Plan {
         let minimum = fixed + SLOTS as u64 * slot;
         if budget < minimum {
             return Err(Error::config(format!(
-                "memory budget {} is below the minimum {} for this model at context {n_ctx}: \
+                "memory budget {} is below the minimum {} for this model: \
                  embeddings and output head {}, KV cache and scratch {}, {SLOTS} streaming slots of {} \
-                 (one layer each); raise the budget or lower --ctx-size (or the batch size)",
+                 (one layer each); raise the budget or shorten the context (or the batch)",
                 ByteSize(budget),
                 ByteSize(minimum),
                 ByteSize(global_bytes),
@@ -153,8 +149,8 @@ impl Plan {
 
     /// The smallest budget that can run this model: everything resident
     /// when that is smaller (tiny models), else one layer per slot.
-    pub fn minimum_budget(model: &Model, engine: &EngineConfig) -> u64 {
-        let all = Plan::make(model, engine, u64::MAX).expect("an unbounded budget fits");
+    pub fn minimum_budget(model: &Model, engine_bytes: u64) -> u64 {
+        let all = Plan::make(model, engine_bytes, u64::MAX).expect("an unbounded budget fits");
         let slot = all
             .layer_reads
             .iter()
@@ -244,11 +240,10 @@ impl fmt::Display for Plan {
         writeln!(f, "{}", parts.join("; "))?;
         writeln!(
             f,
-            "budget {}: embeddings+output {}, KV cache+scratch {} (context {}), resident layers {}, streaming slots {} x {}; total {}",
+            "budget {}: embeddings+output {}, KV cache+scratch {}, resident layers {}, streaming slots {} x {}; total {}",
             ByteSize(self.budget),
             ByteSize(self.global_bytes),
             ByteSize(self.engine_bytes),
-            self.n_ctx,
             ByteSize(self.resident_layer_bytes),
             if self.is_streaming() { SLOTS } else { 0 },
             ByteSize(self.slot_bytes),

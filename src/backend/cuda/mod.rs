@@ -63,7 +63,7 @@ pub fn streaming_engine<'a>(
     source: Residency,
     config: CudaForwardConfig,
     engine: &EngineConfig,
-) -> Result<Engine<'a, Residency, CudaForward>> {
+) -> Result<Engine<'a, Residency>> {
     let backend = CudaForward::new(&model.hparams, config)?;
     streaming_engine_with(model, source, backend, engine)
 }
@@ -74,7 +74,7 @@ pub fn streaming_engine_with<'a>(
     mut source: Residency,
     mut backend: CudaForward,
     engine: &EngineConfig,
-) -> Result<Engine<'a, Residency, CudaForward>> {
+) -> Result<Engine<'a, Residency>> {
     backend.pin_host_slots(&mut source)?;
     Engine::with_backend(model, source, backend, engine)
 }
