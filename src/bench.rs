@@ -198,23 +198,13 @@ pub fn run(
         n_seq, opts.prompt_tokens
     ));
     let start = Instant::now();
-    let chunk = opts.engine.max_chunk;
-    let chunks = opts.prompt_tokens.div_ceil(chunk);
     for (s, prompt) in prompts.iter().enumerate() {
-        for (i, piece) in prompt.chunks(chunk).enumerate() {
-            let last = i + 1 == chunks;
-            engine.clear_batch();
-            engine.push(
-                s,
-                piece,
-                i * chunk,
-                if last { Logits::Last } else { Logits::None },
-            );
-            let logits = engine.run_batch()?;
-            if last {
-                next[s] = argmax(logits);
+        engine.prefill(s, prompt, 0, Logits::Last, |rows| {
+            if !rows.is_empty() {
+                next[s] = argmax(rows);
             }
-        }
+            Ok(true)
+        })?;
     }
     let prefill_s = start.elapsed().as_secs_f64();
 
@@ -393,6 +383,7 @@ pub fn run_speculative(
 ) -> Result<SpeculativeRun> {
     use crate::generate::Flow;
     use crate::sampler::{Sampler, SamplerConfig};
+    use crate::sequence::{EndToken, Limits, Refused, Sequence};
     use crate::speculative::Speculative;
     reset_peak_rss();
     let greedy = SamplerConfig {
@@ -411,15 +402,15 @@ pub fn run_speculative(
         Residency::open(draft_path, draft_model, &draft_plan, opts.residency)?,
         &opts.engine,
     )?;
-    let mut spec = Speculative::new(
-        target,
-        draft,
-        Sampler::new(greedy.clone(), vocab),
-        Sampler::new(greedy, vocab),
-        k,
-    )?;
+    let mut spec = Speculative::new(target, draft, Sampler::new(greedy.clone(), vocab), k)?;
     let prompt = bench_tokens(opts.prompt_tokens, vocab, 0);
-    let c = spec.generate(&prompt, opts.gen_tokens, None, |_| Flow::Continue)?;
+    let limits = Limits {
+        max_tokens: opts.gen_tokens,
+        stops: Vec::new(),
+    };
+    let mut seq = Sequence::new(&prompt, limits, spec.n_ctx(), Sampler::new(greedy, vocab))
+        .map_err(|Refused(why)| Error::usage(why))?;
+    let c = spec.generate(&mut seq, &EndToken(None), |_| Flow::Continue)?;
     let s = spec.stats;
     Ok(SpeculativeRun {
         draft_tokens: k,

@@ -149,7 +149,7 @@ pub fn demo(model: Option<PathBuf>, budget: Option<Budget>, threads: Option<usiz
             let tokens = session
                 .tokenizer
                 .encode(prompt, session.tokenizer.add_bos_default());
-            let c = generator.generate(&tokens, 16, session.tokenizer.eos(), |_| Flow::Continue)?;
+            let c = generator.generate(&tokens, 16, &session.tokenizer, |_| Flow::Continue)?;
             let text = flea::pipeline::completion_text(&session.tokenizer, &c.tokens);
             writeln!(
                 out,

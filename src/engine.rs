@@ -194,6 +194,40 @@ impl<'a, W: WeightSource> Engine<'a, W> {
         }])
     }
 
+    /// Feed `tokens` of sequence `seq` at positions `start_pos..`, in
+    /// passes of at most `max_chunk` positions: the one prefill loop. After
+    /// each pass `after` sees that pass's logits as `want` asks (every row
+    /// for [`Logits::All`]; for [`Logits::Last`] only the final position's
+    /// row, in the final pass; otherwise none) and returns whether to go on:
+    /// `false` (an interrupt) stops between passes, and `prefill` returns
+    /// `Ok(false)`.
+    pub fn prefill(
+        &mut self,
+        seq: usize,
+        tokens: &[u32],
+        start_pos: usize,
+        want: Logits,
+        mut after: impl FnMut(&[f32]) -> Result<bool>,
+    ) -> Result<bool> {
+        let chunk = self.max_chunk;
+        let passes = tokens.len().div_ceil(chunk);
+        for (i, piece) in tokens.chunks(chunk).enumerate() {
+            let last = i + 1 == passes;
+            let logits = match want {
+                Logits::All => Logits::All,
+                Logits::Last if last => Logits::Last,
+                _ => Logits::None,
+            };
+            self.clear_batch();
+            self.push(seq, piece, start_pos + i * chunk, logits);
+            let rows = self.run_batch()?;
+            if !after(rows)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// One pass over every layer for several sequences at once: each weight
     /// is read once for all of them. Logits rows come back in batch order.
     pub fn forward_batch(&mut self, batch: &[SeqChunk<'_>]) -> Result<&[f32]> {

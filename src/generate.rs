@@ -5,6 +5,7 @@
 use crate::engine::{Engine, Logits, WeightSource};
 use crate::error::{Error, Result};
 use crate::sampler::Sampler;
+use crate::sequence::{Limits, Refused, Sequence, TokenText};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,11 +51,11 @@ pub enum Flow {
 
 pub struct Generator<'a, W: WeightSource> {
     pub engine: Engine<'a, W>,
+    /// Each call starts from a copy of this sampler and stores its state
+    /// back, so consecutive calls continue one random stream.
     pub sampler: Sampler,
     /// The newest logits row, copied so the sampler may penalize in place.
     logits: Vec<f32>,
-    /// Prompt plus generated tokens of the current sequence.
-    history: Vec<u32>,
     /// Set from outside (a signal handler) to stop at the next token or
     /// prefill chunk boundary.
     interrupt: Option<Arc<AtomicBool>>,
@@ -63,12 +64,10 @@ pub struct Generator<'a, W: WeightSource> {
 impl<'a, W: WeightSource> Generator<'a, W> {
     pub fn new(engine: Engine<'a, W>, sampler: Sampler) -> Self {
         let vocab = engine.hparams().vocab_size;
-        let n_ctx = engine.n_ctx();
         Generator {
             engine,
             sampler,
             logits: vec![0.0; vocab],
-            history: Vec::with_capacity(n_ctx),
             interrupt: None,
         }
     }
@@ -79,94 +78,74 @@ impl<'a, W: WeightSource> Generator<'a, W> {
         self.interrupt = Some(flag);
     }
 
-    fn interrupted(&self) -> bool {
-        self.interrupt
-            .as_ref()
-            .is_some_and(|f| f.load(Ordering::Relaxed))
-    }
-
     /// Generate up to `max_tokens` after `prompt` (which already holds BOS
-    /// if wanted). The KV cache starts empty for every call. `on_token` sees
-    /// each token as it is sampled and may stop the run.
+    /// if wanted), ending at `ends`' end-of-generation tokens; see
+    /// [`Sequence`] for every rule. The KV cache starts empty for every
+    /// call. `on_token` sees each token as it is sampled and may stop the
+    /// run.
     pub fn generate(
         &mut self,
         prompt: &[u32],
         max_tokens: usize,
-        eos: Option<u32>,
+        ends: &dyn TokenText,
         mut on_token: impl FnMut(u32) -> Flow,
     ) -> Result<Completion> {
-        let n_ctx = self.engine.n_ctx();
-        if prompt.is_empty() {
-            return Err(Error::usage("empty prompt: nothing to condition on"));
-        }
-        if prompt.len() > n_ctx {
-            return Err(Error::usage(format!(
-                "prompt of {} tokens does not fit in the context of {n_ctx} tokens (raise --ctx-size)",
-                prompt.len()
-            )));
-        }
-        // At most n_ctx - prompt + 1 tokens fit, whatever was asked.
-        let mut tokens = Vec::with_capacity(max_tokens.min(n_ctx - prompt.len() + 1));
-        self.history.clear();
-        self.history.extend_from_slice(prompt);
+        let limits = Limits {
+            max_tokens,
+            stops: Vec::new(),
+        };
+        let mut seq = Sequence::new(prompt, limits, self.engine.n_ctx(), self.sampler.clone())
+            .map_err(|Refused(why)| Error::usage(why))?;
+        let interrupt = self.interrupt.clone();
+        let interrupted = || {
+            interrupt
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::Relaxed))
+        };
 
         let start = Instant::now();
-        let chunk = self.engine.max_chunk();
-        let mut pos = 0;
-        for piece in prompt.chunks(chunk) {
-            if self.interrupted() {
-                return Ok(Completion {
-                    tokens,
-                    finish: FinishReason::Interrupted,
-                    prompt_tokens: prompt.len(),
-                    prefill_time: start.elapsed(),
-                    decode_time: Duration::ZERO,
-                });
+        let logits = &mut self.logits;
+        let done = self.engine.prefill(0, prompt, 0, Logits::Last, |rows| {
+            if !rows.is_empty() {
+                logits.copy_from_slice(rows);
             }
-            let last = pos + piece.len() == prompt.len();
-            let want = if last { Logits::Last } else { Logits::None };
-            let logits = self.engine.forward(piece, pos, want)?;
-            if last {
-                self.logits.copy_from_slice(logits);
-            }
-            pos += piece.len();
-        }
+            Ok(!interrupted())
+        })?;
         let prefill_time = start.elapsed();
+        if !done {
+            seq.finish(FinishReason::Interrupted);
+        }
 
         let start = Instant::now();
-        let mut finish = FinishReason::Length;
-        while tokens.len() < max_tokens {
-            let next = self.sampler.sample(&mut self.logits, &self.history);
-            if Some(next) == eos {
-                finish = FinishReason::Stop;
-                break;
+        let mut filled = prompt.len();
+        while seq.finished().is_none() {
+            let before = seq.generated().len();
+            seq.sample(&mut self.logits, filled, ends);
+            if seq.generated().len() == before {
+                break; // an end token, or nothing left to generate
             }
-            tokens.push(next);
-            self.history.push(next);
+            let next = seq.pending().expect("a token was just taken");
             if let Flow::Finish(reason) = on_token(next) {
-                finish = reason;
+                seq.finish(reason);
+            } else if interrupted() {
+                seq.finish(FinishReason::Interrupted);
+            }
+            if seq.finished().is_some() {
                 break;
             }
-            if self.interrupted() {
-                finish = FinishReason::Interrupted;
-                break;
-            }
-            // The last token needs no forward pass, and a full context
-            // cannot take another position.
-            if tokens.len() == max_tokens || pos == n_ctx {
-                break;
-            }
-            let logits = self.engine.forward(&[next], pos, Logits::Last)?;
-            self.logits.copy_from_slice(logits);
-            pos += 1;
+            let rows = self.engine.forward(&[next], filled, Logits::Last)?;
+            self.logits.copy_from_slice(rows);
+            filled += 1;
         }
-        Ok(Completion {
-            tokens,
-            finish,
+        let completion = Completion {
+            tokens: seq.generated().to_vec(),
+            finish: seq.finished().unwrap_or(FinishReason::Length),
             prompt_tokens: prompt.len(),
             prefill_time,
             decode_time: start.elapsed(),
-        })
+        };
+        self.sampler = seq.into_sampler();
+        Ok(completion)
     }
 }
 
@@ -179,18 +158,17 @@ pub fn teacher_forced<W: WeightSource>(
 ) -> Result<()> {
     if tokens.len() > engine.n_ctx() {
         return Err(Error::usage(format!(
-            "{} tokens do not fit in the context of {} tokens (raise --ctx-size)",
+            "{} tokens do not fit in the context of {} tokens",
             tokens.len(),
             engine.n_ctx()
         )));
     }
     let vocab = engine.hparams().vocab_size;
-    let chunk = engine.max_chunk();
-    for (i, piece) in tokens.chunks(chunk).enumerate() {
-        let logits = engine.forward(piece, i * chunk, Logits::All)?;
-        for row in logits.chunks_exact(vocab) {
+    engine.prefill(0, tokens, 0, Logits::All, |rows| {
+        for row in rows.chunks_exact(vocab) {
             sink(row)?;
         }
-    }
+        Ok(true)
+    })?;
     Ok(())
 }

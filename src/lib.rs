@@ -21,6 +21,7 @@ pub mod platform;
 pub mod quant;
 pub mod residency;
 pub mod sampler;
+pub mod sequence;
 pub mod speculative;
 pub mod synth;
 pub mod tokenizer;

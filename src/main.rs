@@ -390,7 +390,6 @@ fn run(args: RunArgs) -> Result<u8> {
                 session.engine()?,
                 draft_engine,
                 Sampler::new(sampling.clone(), vocab),
-                Sampler::new(sampling.clone(), vocab),
                 args.draft_tokens,
             )?;
             pipeline::run_speculative(
@@ -591,7 +590,7 @@ fn tokenize(args: TokenizeArgs) -> Result<u8> {
             let shown = if piece.is_empty() {
                 tokenizer.token_text(t).unwrap_or_default().as_bytes()
             } else {
-                &piece
+                piece
             };
             write!(out, "{t:6} -> '").map_err(io)?;
             out.write_all(shown).map_err(io)?;

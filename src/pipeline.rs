@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::generate::{Completion, FinishReason, Flow};
 use crate::limits;
 use crate::sampler::{Sampler, SamplerConfig};
+use crate::sequence::{Limits, Refused, Sequence};
 use crate::speculative::Speculative;
 use crate::tokenizer::Tokenizer;
 use serde::Deserialize;
@@ -117,18 +118,9 @@ pub fn escape_line(text: &str) -> String {
 pub fn completion_text(tokenizer: &Tokenizer, tokens: &[u32]) -> String {
     let bytes: Vec<u8> = tokens
         .iter()
-        .flat_map(|&t| tokenizer.token_piece(t))
+        .flat_map(|&t| tokenizer.token_piece(t).iter().copied())
         .collect();
     String::from_utf8_lossy(&bytes).into_owned()
-}
-
-/// Where `stop` first occurs in `text`, if anywhere.
-fn find_stop(text: &[u8], stops: &[String]) -> Option<usize> {
-    stops
-        .iter()
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| text.windows(s.len()).position(|w| w == s.as_bytes()))
-        .min()
 }
 
 /// A finished request, ready to print.
@@ -278,35 +270,22 @@ fn read_line(reader: &mut impl BufRead, max: usize) -> std::io::Result<Option<In
     }))
 }
 
-/// A request being served: its KV cache slot, its prompt, what it has
-/// generated so far, and its own sampler (so its random stream does not
-/// depend on its neighbours).
+/// A request being served: its KV cache slot, its input line and id, and
+/// its [`Sequence`] (prompt, sampler, rules, what it has generated).
 struct Active {
     slot: usize,
     line: usize,
     id: serde_json::Value,
-    prompt: Vec<u32>,
-    /// Tokens already in the KV cache (prompt, then generated).
+    seq: Sequence,
+    /// Positions already in the KV cache (prompt, then generated).
     pos: usize,
-    tokens: Vec<u32>,
-    history: Vec<u32>,
-    /// The sampled token that the next decode step feeds.
-    pending: u32,
-    sampler: Sampler,
-    max_tokens: usize,
-    /// Said in the request's record: e.g. that `max_tokens` was clamped.
-    warning: Option<String>,
-    stops: Vec<String>,
-    text: Vec<u8>,
-    stop_at: Option<usize>,
     started: Instant,
     prefill_time: Duration,
-    finish: Option<FinishReason>,
 }
 
 impl Active {
     fn prefilling(&self) -> bool {
-        self.pos < self.prompt.len()
+        self.pos < self.seq.prompt().len()
     }
 }
 
@@ -434,7 +413,7 @@ pub fn run<W: WeightSource>(
         }
         for (i, a) in active.iter().enumerate() {
             if a.prefilling() && room > 0 {
-                fed[i] = (a.prompt.len() - a.pos).min(room);
+                fed[i] = (a.seq.prompt().len() - a.pos).min(room);
                 room -= fed[i];
             }
         }
@@ -442,19 +421,15 @@ pub fn run<W: WeightSource>(
         for (i, a) in active.iter().enumerate().filter(|(i, _)| fed[*i] > 0) {
             if a.prefilling() {
                 let end = a.pos + fed[i];
-                let want = if end == a.prompt.len() {
+                let want = if end == a.seq.prompt().len() {
                     Logits::Last
                 } else {
                     Logits::None
                 };
-                engine.push(a.slot, &a.prompt[a.pos..end], a.pos, want);
+                engine.push(a.slot, &a.seq.prompt()[a.pos..end], a.pos, want);
             } else {
-                engine.push(
-                    a.slot,
-                    std::slice::from_ref(&a.pending),
-                    a.pos,
-                    Logits::Last,
-                );
+                let pending = a.seq.pending().expect("a decoding sequence has a token");
+                engine.push(a.slot, &[pending], a.pos, Logits::Last);
             }
         }
         let rows = engine.run_batch()?;
@@ -472,19 +447,19 @@ pub fn run<W: WeightSource>(
             if was_prefilling {
                 a.prefill_time = a.started.elapsed();
             }
-            step(a, &mut logits, tokenizer, n_ctx);
+            a.seq.sample(&mut logits, a.pos, tokenizer);
         }
         if interrupt.requested.load(Ordering::SeqCst) {
             summary.interrupted = true;
-            for a in active.iter_mut().filter(|a| a.finish.is_none()) {
-                a.finish = Some(FinishReason::Interrupted);
+            for a in active.iter_mut().filter(|a| a.seq.finished().is_none()) {
+                a.seq.finish(FinishReason::Interrupted);
             }
         }
 
         // Finished sequences leave; their records go out now.
         let mut i = 0;
         while i < active.len() {
-            if active[i].finish.is_none() {
+            if active[i].seq.finished().is_none() {
                 i += 1;
                 continue;
             }
@@ -544,28 +519,18 @@ pub fn run_speculative<W: WeightSource, D: WeightSource>(
         else {
             continue;
         };
-        spec.target_sampler.set_config(a.sampler.config().clone());
-        spec.draft_sampler.set_config(a.sampler.config().clone());
-        let (stops, mut text, mut stop_at) = (a.stops.clone(), Vec::new(), None);
-        let result = spec.generate(&a.prompt, a.max_tokens, tokenizer.eos(), |t| {
+        spec.draft_sampler
+            .set_config(a.seq.sampler().config().clone());
+        let result = spec.generate(&mut a.seq, tokenizer, |_| {
             if interrupt.requested.load(Ordering::SeqCst) {
-                return Flow::Finish(FinishReason::Interrupted);
+                Flow::Finish(FinishReason::Interrupted)
+            } else {
+                Flow::Continue
             }
-            if !stops.is_empty() {
-                text.extend_from_slice(&tokenizer.token_piece(t));
-                if let Some(at) = find_stop(&text, &stops) {
-                    stop_at = Some(at);
-                    return Flow::Finish(FinishReason::Stop);
-                }
-            }
-            Flow::Continue
         });
         match result {
             Ok(c) => {
-                a.stop_at = stop_at;
                 a.prefill_time = c.prefill_time;
-                a.finish = Some(c.finish);
-                a.tokens = c.tokens;
                 let interrupted = c.finish == FinishReason::Interrupted;
                 let (line, outcome) = finished(a, tokenizer);
                 out.emit(line, &outcome)?;
@@ -713,96 +678,35 @@ fn admit(
         return Err((id, format!("stdin: line {n}: {e}")));
     }
     let tokens = tokenizer.encode(&prompt, tokenizer.add_bos_default());
-    if tokens.is_empty() {
-        return Err((
-            id,
-            format!("prompt {n}: empty prompt: nothing to condition on"),
-        ));
-    }
-    if tokens.len() > n_ctx {
-        return Err((
-            id,
-            format!(
-                "prompt {n}: prompt of {} tokens does not fit in the context of {n_ctx} tokens (raise --ctx-size)",
-                tokens.len()
-            ),
-        ));
-    }
-    // A request may ask for more than the context can hold after its
-    // prompt (the last token need not enter the cache): run what fits and
-    // say so, rather than reserve memory for the impossible.
-    let fits = n_ctx - tokens.len() + 1;
-    let (max_tokens, warning) = if max_tokens > fits {
-        let w = format!(
-            "max_tokens {max_tokens} clamped to {fits}: the context holds {n_ctx} tokens and the prompt uses {}",
-            tokens.len()
-        );
-        log::warn!("prompt {n}: {w}");
-        (fits, Some(w))
-    } else {
-        (max_tokens, None)
+    let limits = Limits { max_tokens, stops };
+    let seq = match Sequence::new(&tokens, limits, n_ctx, Sampler::new(sampling, vocab)) {
+        Ok(seq) => seq,
+        Err(Refused(why)) => return Err((id, format!("prompt {n}: {why}"))),
     };
-    let mut history = Vec::with_capacity(tokens.len() + max_tokens);
-    history.extend_from_slice(&tokens);
+    if let Some(w) = &seq.warning {
+        log::warn!("prompt {n}: {w}");
+    }
     Ok(Active {
         slot: 0,
         line: n,
         id,
-        prompt: tokens,
+        seq,
         pos: 0,
-        tokens: Vec::with_capacity(max_tokens),
-        history,
-        pending: 0,
-        sampler: Sampler::new(sampling, vocab),
-        max_tokens,
-        warning,
-        stops,
-        text: Vec::new(),
-        stop_at: None,
         started: Instant::now(),
         prefill_time: Duration::ZERO,
-        finish: None,
     })
-}
-
-/// Sample the next token of `a` from `logits` and decide whether it ends.
-fn step(a: &mut Active, logits: &mut [f32], tokenizer: &Tokenizer, n_ctx: usize) {
-    if a.max_tokens == 0 {
-        a.finish = Some(FinishReason::Length);
-        return;
-    }
-    let next = a.sampler.sample(logits, &a.history);
-    if Some(next) == tokenizer.eos() {
-        a.finish = Some(FinishReason::Stop);
-        return;
-    }
-    a.tokens.push(next);
-    a.history.push(next);
-    a.pending = next;
-    if !a.stops.is_empty() {
-        a.text.extend_from_slice(&tokenizer.token_piece(next));
-        if let Some(at) = find_stop(&a.text, &a.stops) {
-            a.stop_at = Some(at);
-            a.finish = Some(FinishReason::Stop);
-            return;
-        }
-    }
-    // A full context cannot take the pending token.
-    if a.tokens.len() == a.max_tokens || a.pos == n_ctx {
-        a.finish = Some(FinishReason::Length);
-    }
 }
 
 /// The record of a finished sequence, and its input line.
 fn finished(a: Active, tokenizer: &Tokenizer) -> (usize, Outcome) {
-    let finish = a.finish.expect("finished");
+    let finish = a.seq.finished().expect("finished");
     let total = a.started.elapsed();
     let completion = Completion {
-        prompt_tokens: a.prompt.len(),
+        prompt_tokens: a.seq.prompt().len(),
         prefill_time: a.prefill_time,
         decode_time: total.saturating_sub(a.prefill_time),
         finish,
-        tokens: a.tokens,
+        tokens: a.seq.generated().to_vec(),
     };
     let prefill_s = completion.prefill_time.as_secs_f64().max(1e-9);
     let decode_s = completion.decode_time.as_secs_f64().max(1e-9);
@@ -817,19 +721,14 @@ fn finished(a: Active, tokenizer: &Tokenizer) -> (usize, Outcome) {
         completion.tokens.len() as f64 / decode_s,
         finish.as_str()
     );
-    let mut text = completion_text(tokenizer, &completion.tokens);
-    if let Some(at) = a.stop_at {
-        // The stop string and anything after it are not output.
-        text = String::from_utf8_lossy(&text.as_bytes()[..at]).into_owned();
-    }
     (
         a.line,
         Outcome {
             id: a.id,
-            text,
+            text: a.seq.text(tokenizer),
             completion: Some(completion),
             error: None,
-            warning: a.warning,
+            warning: a.seq.warning,
         },
     )
 }
@@ -842,14 +741,6 @@ mod tests {
     fn escaping_keeps_one_line() {
         assert_eq!(escape_line("a\nb\\n\rc"), "a\\nb\\\\n\\rc");
         assert_eq!(escape_line("plain ünïcode"), "plain ünïcode");
-    }
-
-    #[test]
-    fn stop_strings() {
-        let stops = vec!["\n\n".to_string(), "END".to_string()];
-        assert_eq!(find_stop(b"abc END x\n\n", &stops), Some(4));
-        assert_eq!(find_stop(b"abc", &stops), None);
-        assert_eq!(find_stop(b"abc", &[String::new()]), None);
     }
 
     #[test]

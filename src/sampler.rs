@@ -93,6 +93,7 @@ impl Rng {
     }
 }
 
+#[derive(Clone)]
 pub struct Sampler {
     config: SamplerConfig,
     rng: Rng,

@@ -14,6 +14,7 @@ use crate::engine::{Engine, Logits, WeightSource};
 use crate::error::{Error, Result};
 use crate::generate::{Completion, FinishReason, Flow};
 use crate::sampler::Sampler;
+use crate::sequence::{Sequence, TokenText};
 use std::time::Instant;
 
 /// Counters that say how well the draft predicts the target.
@@ -65,12 +66,13 @@ pub fn accept_or_resample(
 pub struct Speculative<'a, W: WeightSource, D: WeightSource> {
     pub target: Engine<'a, W>,
     pub draft: Engine<'a, D>,
-    pub target_sampler: Sampler,
+    /// Samples the draft's proposals; the target samples with the
+    /// sequence's own sampler.
     pub draft_sampler: Sampler,
     k: usize,
-    /// Prompt and every emitted token; the last is not yet in the target's
-    /// KV cache (it is fed with the next verification pass).
-    history: Vec<u32>,
+    /// The sequence's history plus the drafts being scored: what the
+    /// samplers' penalties see.
+    seen: Vec<u32>,
     drafts: Vec<u32>,
     /// The pending token and the drafts: what one target pass verifies.
     verify: Vec<u32>,
@@ -87,7 +89,6 @@ impl<'a, W: WeightSource, D: WeightSource> Speculative<'a, W, D> {
     pub fn new(
         target: Engine<'a, W>,
         draft: Engine<'a, D>,
-        target_sampler: Sampler,
         draft_sampler: Sampler,
         k: usize,
     ) -> Result<Self> {
@@ -108,10 +109,9 @@ impl<'a, W: WeightSource, D: WeightSource> Speculative<'a, W, D> {
         Ok(Speculative {
             target,
             draft,
-            target_sampler,
             draft_sampler,
             k,
-            history: Vec::with_capacity(n_ctx + k + 1),
+            seen: Vec::with_capacity(n_ctx + k + 1),
             drafts: Vec::with_capacity(k),
             verify: Vec::with_capacity(k + 1),
             q: vec![0.0; k * vocab],
@@ -122,94 +122,63 @@ impl<'a, W: WeightSource, D: WeightSource> Speculative<'a, W, D> {
         })
     }
 
-    fn prefill<X: WeightSource>(
-        engine: &mut Engine<'_, X>,
-        prompt: &[u32],
-        want_last: bool,
-    ) -> Result<()> {
-        let chunk = engine.max_chunk();
-        let n = prompt.len().div_ceil(chunk);
-        for (i, piece) in prompt.chunks(chunk).enumerate() {
-            let want = if want_last && i + 1 == n {
-                Logits::Last
-            } else {
-                Logits::None
-            };
-            engine.forward(piece, i * chunk, want)?;
-        }
-        Ok(())
-    }
-
-    /// Generate up to `max_tokens` after `prompt`, as the target alone
-    /// would (exactly, for greedy; in distribution, for sampling).
+    /// Generate `seq` as the target alone would (exactly, for greedy; in
+    /// distribution, for sampling): the sequence's sampler is the target's,
+    /// its rules end the run. `on_token` sees each token as it is taken.
     pub fn generate(
         &mut self,
-        prompt: &[u32],
-        max_tokens: usize,
-        eos: Option<u32>,
+        seq: &mut Sequence,
+        ends: &dyn TokenText,
         mut on_token: impl FnMut(u32) -> Flow,
     ) -> Result<Completion> {
         let vocab = self.target.hparams().vocab_size;
-        let n_ctx = self.target.n_ctx().min(self.draft.n_ctx());
-        if prompt.is_empty() || prompt.len() >= n_ctx {
+        let n_ctx = self.n_ctx();
+        let prompt: Vec<u32> = seq.prompt().to_vec();
+        if prompt.len() > n_ctx {
             return Err(Error::usage(format!(
                 "prompt of {} tokens does not fit in the context of {n_ctx} tokens",
                 prompt.len()
             )));
         }
         let start = Instant::now();
-        self.history.clear();
-        self.history.extend_from_slice(prompt);
-        let mut tokens = Vec::with_capacity(max_tokens.min(n_ctx));
-
-        // Prefill both; the target's last logits give the first token.
-        Self::prefill(&mut self.target, &prompt[..prompt.len() - 1], false)?;
-        let last =
-            self.target
-                .forward(&prompt[prompt.len() - 1..], prompt.len() - 1, Logits::Last)?;
-        self.row.copy_from_slice(last);
-        let first = self.target_sampler.sample(&mut self.row, &self.history);
-        Self::prefill(&mut self.draft, &prompt[..prompt.len() - 1], false)?;
+        // Prefill both; the target's last logits give the first token. The
+        // draft sees the prompt's last token with the first catch-up.
+        let row = &mut self.row;
+        self.target.prefill(0, &prompt, 0, Logits::Last, |rows| {
+            if !rows.is_empty() {
+                row.copy_from_slice(rows);
+            }
+            Ok(true)
+        })?;
+        let first = seq.draw(&mut self.row);
+        self.draft
+            .prefill(0, &prompt[..prompt.len() - 1], 0, Logits::None, |_| {
+                Ok(true)
+            })?;
         let prefill_time = start.elapsed();
         let decode_start = Instant::now();
 
-        let mut target_pos = prompt.len();
+        // `filled`: positions in the target's cache; the newest token is
+        // pending (fed with the next verification pass).
+        let mut filled = prompt.len();
         let mut draft_pos = prompt.len() - 1;
-        let mut finish = FinishReason::Length;
         let mut next = Some(first);
         'outer: while let Some(t) = next.take() {
-            // A pass whose drafts were all accepted up to `max_tokens` still
-            // offers a replacement token: it is not wanted.
-            if tokens.len() >= max_tokens {
+            if take(seq, t, filled, ends, &mut on_token) {
                 break;
             }
-            if Some(t) == eos {
-                finish = FinishReason::Stop;
-                break;
-            }
-            tokens.push(t);
-            self.history.push(t);
-            if let Flow::Finish(reason) = on_token(t) {
-                finish = reason;
-                break;
-            }
-            if tokens.len() >= max_tokens || target_pos + 1 >= n_ctx {
-                break;
-            }
-            // Draft k tokens after the pending one (fewer near the end).
-            let k = self
-                .k
-                .min(max_tokens - tokens.len())
-                .min(n_ctx - target_pos - 1);
+            // Draft k tokens after the pending one: no more than may still
+            // be generated, nor than the context holds after it (k = 0
+            // near the end is a plain decode step).
+            let k = self.k.min(seq.room()).min(n_ctx - filled - 1);
             self.drafts.clear();
             for i in 0..k {
-                let feed_from = draft_pos;
                 let logits = if i == 0 {
                     // Catch up on what the draft has not seen: the pending
                     // token, and after a fully accepted pass the last draft.
-                    let tail = &self.history[feed_from..];
-                    let out = self.draft.forward(tail, feed_from, Logits::Last)?;
-                    draft_pos = self.history.len();
+                    let tail = &seq.history()[draft_pos..];
+                    let out = self.draft.forward(tail, draft_pos, Logits::Last)?;
+                    draft_pos = seq.history().len();
                     out
                 } else {
                     let d = self.drafts[i - 1];
@@ -220,43 +189,38 @@ impl<'a, W: WeightSource, D: WeightSource> Speculative<'a, W, D> {
                 self.row.copy_from_slice(logits);
                 let q = &mut self.q[i * vocab..(i + 1) * vocab];
                 // Penalties see the history plus the drafts so far.
-                let base = self.history.len();
-                self.history.extend_from_slice(&self.drafts);
+                self.seen.clear();
+                self.seen.extend_from_slice(seq.history());
+                self.seen.extend_from_slice(&self.drafts);
                 self.draft_sampler
-                    .distribution(&mut self.row, &self.history, q);
-                self.history.truncate(base);
+                    .distribution(&mut self.row, &self.seen, q);
                 let d = self.draft_sampler.draw_from(q);
                 self.drafts.push(d);
             }
 
             // One target pass verifies the pending token and all drafts.
             self.verify.clear();
-            self.verify.push(self.history[self.history.len() - 1]);
+            self.verify.push(t);
             self.verify.extend_from_slice(&self.drafts);
-            let rows = self.target.forward(&self.verify, target_pos, Logits::All)?;
+            let rows = self.target.forward(&self.verify, filled, Logits::All)?;
             self.stats.sweeps += 1;
             self.stats.drafted += k as u64;
             let mut accepted = 0;
             let mut replacement = None;
             for i in 0..=k {
                 self.row.copy_from_slice(&rows[i * vocab..(i + 1) * vocab]);
-                let base = self.history.len();
-                self.history.extend_from_slice(&self.drafts[..i]);
-                self.target_sampler
-                    .distribution(&mut self.row, &self.history, &mut self.p);
-                self.history.truncate(base);
+                self.seen.clear();
+                self.seen.extend_from_slice(seq.history());
+                self.seen.extend_from_slice(&self.drafts[..i]);
+                let target = seq.sampler_mut();
+                target.distribution(&mut self.row, &self.seen, &mut self.p);
                 if i == k {
-                    replacement = Some(self.target_sampler.draw_from(&self.p));
+                    replacement = Some(target.draw_from(&self.p));
                     break;
                 }
                 let q = &self.q[i * vocab..(i + 1) * vocab];
-                let (tok, ok) = accept_or_resample(
-                    &self.p,
-                    q,
-                    self.drafts[i],
-                    &mut self.target_sampler,
-                    &mut self.residual,
-                );
+                let (tok, ok) =
+                    accept_or_resample(&self.p, q, self.drafts[i], target, &mut self.residual);
                 if !ok {
                     replacement = Some(tok);
                     break;
@@ -267,31 +231,48 @@ impl<'a, W: WeightSource, D: WeightSource> Speculative<'a, W, D> {
             self.stats.emitted += accepted as u64 + 1;
             // The target's cache now holds the pending token and the
             // accepted drafts; the draft's holds what it was fed of those.
-            target_pos += 1 + accepted;
-            draft_pos = draft_pos.min(target_pos);
+            filled += 1;
             for i in 0..accepted {
-                let d = self.drafts[i];
-                if Some(d) == eos {
-                    finish = FinishReason::Stop;
+                if take(seq, self.drafts[i], filled, ends, &mut on_token) {
                     break 'outer;
                 }
-                tokens.push(d);
-                self.history.push(d);
-                if let Flow::Finish(reason) = on_token(d) {
-                    finish = reason;
-                    break 'outer;
-                }
+                filled += 1;
             }
+            draft_pos = draft_pos.min(filled);
             next = replacement;
         }
         Ok(Completion {
             prompt_tokens: prompt.len(),
             prefill_time,
             decode_time: decode_start.elapsed(),
-            finish,
-            tokens,
+            finish: seq.finished().unwrap_or(FinishReason::Length),
+            tokens: seq.generated().to_vec(),
         })
     }
+
+    /// Positions both models can hold: the context sequences are admitted to.
+    pub fn n_ctx(&self) -> usize {
+        self.target.n_ctx().min(self.draft.n_ctx())
+    }
+}
+
+/// Take `t` into `seq` (with `filled` positions in the target's cache) and
+/// show it to `on_token`; whether the sequence is finished.
+fn take(
+    seq: &mut Sequence,
+    t: u32,
+    filled: usize,
+    ends: &dyn TokenText,
+    on_token: &mut impl FnMut(u32) -> Flow,
+) -> bool {
+    let before = seq.generated().len();
+    seq.accept(t, filled, ends);
+    if seq.generated().len() > before {
+        if let Flow::Finish(reason) = on_token(t) {
+            seq.finish(reason);
+        }
+    }
+    seq.finished().is_some()
 }
 
 #[cfg(test)]

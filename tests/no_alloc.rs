@@ -56,7 +56,7 @@ fn decode_allocations(threads: usize, sampling: SamplerConfig) -> Vec<usize> {
     let mut counts = Vec::with_capacity(64);
     let prompt = [1u32, 450, 4996, 17354, 1701];
     generator
-        .generate(&prompt, 24, None, |_| {
+        .generate(&prompt, 24, &flea::sequence::EndToken(None), |_| {
             counts.push(ALLOCATIONS.load(Ordering::Relaxed));
             Flow::Continue
         })

@@ -169,7 +169,12 @@ fn greedy_q8_0_reproduces_reference_tokens() {
     );
     let mut generator = Generator::new(engine, sampler);
     let c = generator
-        .generate(&r.prompt_tokens, r.greedy.len(), None, |_| Flow::Continue)
+        .generate(
+            &r.prompt_tokens,
+            r.greedy.len(),
+            &flea::sequence::EndToken(None),
+            |_| Flow::Continue,
+        )
         .unwrap();
     let same = c
         .tokens

@@ -9,7 +9,17 @@ use flea::gguf::GgufFile;
 use flea::model::Model;
 use flea::residency::{Residency, ResidencyOptions};
 use flea::sampler::{Sampler, SamplerConfig};
+use flea::sequence::{EndToken, Limits, Sequence};
 use flea::speculative::Speculative;
+
+/// The prompt admitted as a sequence of up to `max_tokens`.
+fn sequence(max_tokens: usize, sampler: Sampler) -> Sequence {
+    let limits = Limits {
+        max_tokens,
+        stops: Vec::new(),
+    };
+    Sequence::new(&PROMPT, limits, config().n_ctx, sampler).unwrap()
+}
 
 fn config() -> EngineConfig {
     EngineConfig {
@@ -46,7 +56,7 @@ fn speculative_greedy_equals_target_greedy() {
     let plain = {
         let engine = Engine::new(&tm, &tf, &config()).unwrap();
         let mut g = Generator::new(engine, Sampler::new(greedy(), vocab));
-        g.generate(&PROMPT, 40, None, |_| Flow::Continue)
+        g.generate(&PROMPT, 40, &EndToken(None), |_| Flow::Continue)
             .unwrap()
             .tokens
     };
@@ -60,16 +70,10 @@ fn speculative_greedy_equals_target_greedy() {
         )
         .unwrap();
         let draft = Engine::new(&dm, &df, &config()).unwrap();
-        let mut spec = Speculative::new(
-            target,
-            draft,
-            Sampler::new(greedy(), vocab),
-            Sampler::new(greedy(), vocab),
-            k,
-        )
-        .unwrap();
+        let mut spec = Speculative::new(target, draft, Sampler::new(greedy(), vocab), k).unwrap();
+        let mut seq = sequence(40, Sampler::new(greedy(), vocab));
         let c = spec
-            .generate(&PROMPT, 40, None, |_| Flow::Continue)
+            .generate(&mut seq, &EndToken(None), |_| Flow::Continue)
             .unwrap();
         assert_eq!(c.tokens, plain, "k = {k}");
         let s = spec.stats;
@@ -108,15 +112,10 @@ fn speculative_sampling_is_reproducible() {
         };
         let target = Engine::new(&tm, &tf, &config()).unwrap();
         let draft = Engine::new(&dm, &df, &config()).unwrap();
-        let mut spec = Speculative::new(
-            target,
-            draft,
-            Sampler::new(sampling.clone(), vocab),
-            Sampler::new(sampling, vocab),
-            4,
-        )
-        .unwrap();
-        spec.generate(&PROMPT, 30, None, |_| Flow::Continue)
+        let mut spec =
+            Speculative::new(target, draft, Sampler::new(sampling.clone(), vocab), 4).unwrap();
+        let mut seq = sequence(30, Sampler::new(sampling, vocab));
+        spec.generate(&mut seq, &EndToken(None), |_| Flow::Continue)
             .unwrap()
             .tokens
     };
@@ -134,7 +133,7 @@ fn draft_with_another_vocabulary_is_an_error() {
     let target = Engine::new(&tm, &tf, &config()).unwrap();
     let draft = Engine::new(&dm, &tf, &config()).unwrap();
     let s = || Sampler::new(greedy(), 32000);
-    let e = Speculative::new(target, draft, s(), s(), 4)
+    let e = Speculative::new(target, draft, s(), 4)
         .err()
         .expect("mismatch");
     assert!(e.message.contains("vocabulary"), "{e}");

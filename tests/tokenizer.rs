@@ -107,7 +107,10 @@ fn bpe_decode_round_trips_fixture_strings() {
             let ids = tok.encode(&text, false);
             // Byte-level BPE loses nothing and adds no space.
             assert_eq!(tok.decode(&ids), text, "{vocab}: {text:?} ({ids:?})");
-            let streamed: Vec<u8> = ids.iter().flat_map(|&t| tok.token_piece(t)).collect();
+            let streamed: Vec<u8> = ids
+                .iter()
+                .flat_map(|&t| tok.token_piece(t).iter().copied())
+                .collect();
             assert_eq!(streamed, text.as_bytes(), "{vocab}: pieces of {text:?}");
         }
     }
@@ -123,7 +126,7 @@ fn streamed_completion_never_splits_a_character() {
     let ids = tok.encode(text, false);
     let partial = ids
         .iter()
-        .filter(|&&t| std::str::from_utf8(&tok.token_piece(t)).is_err())
+        .filter(|&&t| std::str::from_utf8(tok.token_piece(t)).is_err())
         .count();
     assert!(
         partial > 0,
@@ -310,7 +313,10 @@ fn decode_round_trips_fixture_strings() {
         assert_eq!(tok.decode(&with_bos), expected, "with BOS: {text:?}");
 
         // Streaming pieces concatenate to the un-stripped text.
-        let streamed: Vec<u8> = ids.iter().flat_map(|&t| tok.token_piece(t)).collect();
+        let streamed: Vec<u8> = ids
+            .iter()
+            .flat_map(|&t| tok.token_piece(t).iter().copied())
+            .collect();
         assert_eq!(String::from_utf8(streamed).unwrap(), expected);
     }
 }
@@ -379,7 +385,7 @@ fn reference_greedy_text_is_the_concatenated_pieces() {
         let r = reference(name);
         let bytes: Vec<u8> = ids(&r["greedy"])
             .iter()
-            .flat_map(|&t| tok.token_piece(t))
+            .flat_map(|&t| tok.token_piece(t).iter().copied())
             .collect();
         assert_eq!(
             String::from_utf8_lossy(&bytes),

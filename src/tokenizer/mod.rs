@@ -527,8 +527,8 @@ impl Tokenizer {
     /// part of a UTF-8 character (SPM byte tokens, most BPE tokens of
     /// non-Latin text): a streaming caller must buffer bytes, not convert
     /// each piece on its own.
-    pub fn token_piece(&self, token: u32) -> Vec<u8> {
-        self.piece(token).to_vec()
+    pub fn token_piece(&self, token: u32) -> &[u8] {
+        self.piece(token)
     }
 
     fn piece(&self, token: u32) -> &[u8] {
