@@ -138,3 +138,42 @@ fn draft_with_another_vocabulary_is_an_error() {
         .expect("mismatch");
     assert!(e.message.contains("vocabulary"), "{e}");
 }
+
+/// A prompt that fills the context exactly is admitted and gets its one
+/// token, as the target alone gives it (the draft path used to refuse it).
+#[test]
+fn a_prompt_that_fills_the_context_gets_one_token() {
+    let (tf, df) = (
+        GgufFile::open(common::model("synth-256-Q8_0.gguf")).unwrap(),
+        GgufFile::open(common::model("synth-256-Q3_K_S.gguf")).unwrap(),
+    );
+    let (tm, dm) = (
+        Model::from_gguf(&tf).unwrap(),
+        Model::from_gguf(&df).unwrap(),
+    );
+    let vocab = tm.hparams.vocab_size;
+    let full = EngineConfig {
+        n_ctx: PROMPT.len(),
+        ..config()
+    };
+    let alone = {
+        let engine = Engine::new(&tm, &tf, &full).unwrap();
+        let mut g = Generator::new(engine, Sampler::new(greedy(), vocab));
+        g.generate(&PROMPT, 8, &EndToken(None), |_| Flow::Continue)
+            .unwrap()
+    };
+    assert_eq!(alone.tokens.len(), 1);
+    let target = Engine::new(&tm, &tf, &full).unwrap();
+    let draft = Engine::new(&dm, &df, &full).unwrap();
+    let mut spec = Speculative::new(target, draft, Sampler::new(greedy(), vocab), 4).unwrap();
+    let limits = Limits {
+        max_tokens: 8,
+        stops: Vec::new(),
+    };
+    let mut seq =
+        Sequence::new(&PROMPT, limits, full.n_ctx, Sampler::new(greedy(), vocab)).unwrap();
+    let c = spec
+        .generate(&mut seq, &EndToken(None), |_| Flow::Continue)
+        .unwrap();
+    assert_eq!(c.tokens, alone.tokens);
+}
