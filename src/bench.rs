@@ -422,3 +422,264 @@ pub fn run_speculative(
         peak_rss_bytes: peak_rss_bytes().unwrap_or(0),
     })
 }
+
+/// Everything one `flea bench` measured, with the ratios derived once: its
+/// JSON form (`--json`, fields documented in the README) and its text form
+/// (`Display`) are two views of this one value.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub model: String,
+    pub model_bytes: u64,
+    pub threads: usize,
+    pub budget_bytes: u64,
+    pub decode_tokens_per_s: f64,
+    pub prefill_tokens_per_s: f64,
+    pub peak_rss_bytes: u64,
+    pub bytes_read_per_token: f64,
+    /// Streamed layer bytes each forward pass reads (the plan's figure).
+    pub streamed_bytes_per_pass: u64,
+    pub disk_bound_bytes_per_s: f64,
+    pub disk_bytes_per_s_before: f64,
+    pub disk_bytes_per_s_after: f64,
+    pub disk_direct: bool,
+    pub disk_bound_ms_per_token: f64,
+    pub memory_bandwidth_bytes_per_s: f64,
+    /// Model file bytes x decode tokens/s per sequence: how close decode is
+    /// to the memory bound.
+    pub weight_bytes_per_s: f64,
+    pub overlap_efficiency: f64,
+    pub verify: bool,
+    pub unverified: Option<BenchRun>,
+    pub verify_cost: Option<f64>,
+    pub streamed: BenchRun,
+    pub resident: Option<BenchRun>,
+    pub resident_over_streamed_decode: Option<f64>,
+    pub batch_sweep: Vec<BenchRun>,
+    pub last_batch_over_first: Option<f64>,
+    pub speculative: Option<SpeculativeRun>,
+    pub speculative_target_alone: Option<BenchRun>,
+    pub speculative_speedup: Option<f64>,
+    /// The plan, as `flea plan` shows it (text form only).
+    #[serde(skip)]
+    pub plan: String,
+}
+
+/// What [`Report::new`] is made from: the measured runs and probes.
+pub struct Measured {
+    pub model: String,
+    pub model_bytes: u64,
+    pub threads: usize,
+    pub plan: String,
+    pub streamed_bytes_per_pass: u64,
+    pub disk_before: DiskBandwidth,
+    pub disk_after: DiskBandwidth,
+    pub memory_bandwidth: f64,
+    pub streamed: BenchRun,
+    pub unverified: Option<BenchRun>,
+    pub resident: Option<BenchRun>,
+    pub batch_sweep: Vec<BenchRun>,
+    /// The target alone, then with its draft.
+    pub speculative: Option<(BenchRun, SpeculativeRun)>,
+}
+
+impl Report {
+    pub fn new(m: Measured) -> Report {
+        let s = &m.streamed;
+        // Shared storage drifts: the bound is the mean of the probes taken
+        // right before and right after the budgeted run.
+        let disk = (m.disk_before.bytes_per_s + m.disk_after.bytes_per_s) / 2.0;
+        let disk_bound_s = m.streamed_bytes_per_pass as f64 / disk.max(1.0);
+        let batch_gain = match (m.batch_sweep.first(), m.batch_sweep.last()) {
+            (Some(a), Some(b)) if m.batch_sweep.len() > 1 => {
+                Some(b.decode_tokens_per_s / a.decode_tokens_per_s)
+            }
+            _ => None,
+        };
+        let (alone, spec) = match m.speculative {
+            Some((a, s)) => (Some(a), Some(s)),
+            None => (None, None),
+        };
+        Report {
+            model: m.model,
+            model_bytes: m.model_bytes,
+            threads: m.threads,
+            budget_bytes: s.budget_bytes,
+            decode_tokens_per_s: s.decode_tokens_per_s,
+            prefill_tokens_per_s: s.prefill_tokens_per_s,
+            peak_rss_bytes: s.peak_rss_bytes,
+            bytes_read_per_token: s.bytes_read_per_token,
+            streamed_bytes_per_pass: m.streamed_bytes_per_pass,
+            disk_bound_bytes_per_s: disk,
+            disk_bytes_per_s_before: m.disk_before.bytes_per_s,
+            disk_bytes_per_s_after: m.disk_after.bytes_per_s,
+            disk_direct: m.disk_before.direct,
+            disk_bound_ms_per_token: disk_bound_s * 1e3,
+            memory_bandwidth_bytes_per_s: m.memory_bandwidth,
+            weight_bytes_per_s: m.model_bytes as f64 * s.decode_tokens_per_s / s.batch as f64,
+            overlap_efficiency: s.overlap_efficiency,
+            verify: m.unverified.is_some(),
+            verify_cost: m
+                .unverified
+                .as_ref()
+                .map(|u| s.decode_ms_per_token / u.decode_ms_per_token - 1.0),
+            unverified: m.unverified,
+            resident_over_streamed_decode: m
+                .resident
+                .as_ref()
+                .map(|r| r.decode_tokens_per_s / s.decode_tokens_per_s),
+            resident: m.resident,
+            last_batch_over_first: batch_gain,
+            batch_sweep: m.batch_sweep,
+            speculative_speedup: match (&alone, &spec) {
+                (Some(a), Some(s)) => Some(s.decode_tokens_per_s / a.decode_tokens_per_s),
+                _ => None,
+            },
+            speculative: spec,
+            speculative_target_alone: alone,
+            plan: m.plan,
+            streamed: m.streamed,
+        }
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::config::ByteSize;
+        let s = &self.streamed;
+        writeln!(
+            f,
+            "model {} ({}), {} threads",
+            self.model,
+            ByteSize(self.model_bytes),
+            self.threads
+        )?;
+        writeln!(f, "{}", self.plan)?;
+        for r in std::iter::once(s).chain(self.resident.as_ref()) {
+            writeln!(
+                f,
+                "\n[{}] {} streamed / {} resident layers, prefetch {}, {}",
+                r.mode,
+                r.streamed_layers,
+                r.resident_layers,
+                if r.prefetch { "on" } else { "off" },
+                if r.direct_io {
+                    "O_DIRECT"
+                } else {
+                    "buffered I/O"
+                }
+            )?;
+            writeln!(
+                f,
+                "  prefill {:.2} tok/s ({} tokens)",
+                r.prefill_tokens_per_s, r.prefill_tokens
+            )?;
+            writeln!(
+                f,
+                "  decode  {:.2} tok/s: {:.1} ms/token = stall {:.1} + compute {:.1} + other {:.1} (loader reading {:.1} ms/token)",
+                r.decode_tokens_per_s,
+                r.decode_ms_per_token,
+                r.stall_ms_per_token,
+                r.compute_ms_per_token,
+                r.other_ms_per_token,
+                r.io_ms_per_token
+            )?;
+            writeln!(
+                f,
+                "  read {:.1} MiB/token at {:.2} GB/s effective; overlap efficiency {:.2}",
+                r.bytes_read_per_token / (1 << 20) as f64,
+                r.effective_bytes_per_s / 1e9,
+                r.overlap_efficiency
+            )?;
+            let budget = if r.budget_bytes == u64::MAX {
+                "unbounded".to_string()
+            } else {
+                ByteSize(r.budget_bytes).to_string()
+            };
+            writeln!(
+                f,
+                "  peak RSS {} (budget {budget}, planned {})",
+                ByteSize(r.peak_rss_bytes),
+                ByteSize(r.planned_bytes)
+            )?;
+        }
+        writeln!(
+            f,
+            "\ndisk bound: {:.2} GB/s ({}) -> {:.1} ms/token to read {:.1} MiB of streamed layers",
+            self.disk_bound_bytes_per_s / 1e9,
+            if self.disk_direct {
+                "O_DIRECT"
+            } else {
+                "buffered"
+            },
+            self.disk_bound_ms_per_token,
+            self.streamed_bytes_per_pass as f64 / (1 << 20) as f64
+        )?;
+        if let (Some(cost), Some(u)) = (self.verify_cost, &self.unverified) {
+            writeln!(
+                f,
+                "verification (--verify): {:+.1}% decode time ({:.1} ms/token checked vs {:.1} unchecked)",
+                cost * 100.0,
+                s.decode_ms_per_token,
+                u.decode_ms_per_token
+            )?;
+        }
+        writeln!(
+            f,
+            "memory: {:.2} GB/s sequential read; decode touches {:.2} GB/s of model file (file bytes x tok/s)",
+            self.memory_bandwidth_bytes_per_s / 1e9,
+            self.weight_bytes_per_s / 1e9
+        )?;
+        if !self.batch_sweep.is_empty() {
+            writeln!(f, "\nbatch sweep (aggregate decode tokens/s, same budget):")?;
+            for r in &self.batch_sweep {
+                writeln!(
+                    f,
+                    "  batch {:>3}: {:>8.2} tok/s ({} resident / {} streamed layers, {:.1} ms per step)",
+                    r.batch,
+                    r.decode_tokens_per_s,
+                    r.resident_layers,
+                    r.streamed_layers,
+                    r.decode_ms_per_token
+                )?;
+            }
+            if let Some(g) = self.last_batch_over_first {
+                let (first, last) = (
+                    &self.batch_sweep[0],
+                    &self.batch_sweep[self.batch_sweep.len() - 1],
+                );
+                writeln!(
+                    f,
+                    "  batch {} vs batch {}: {g:.2}x",
+                    last.batch, first.batch
+                )?;
+            }
+        }
+        if let (Some(spec), Some(alone), Some(speedup)) = (
+            &self.speculative,
+            &self.speculative_target_alone,
+            self.speculative_speedup,
+        ) {
+            writeln!(
+                f,
+                "\nspeculative ({} draft tokens): {:.2} tok/s vs {:.2} tok/s alone = {speedup:.2}x; acceptance {:.0}%, {:.2} tokens per target pass",
+                spec.draft_tokens,
+                spec.decode_tokens_per_s,
+                alone.decode_tokens_per_s,
+                spec.acceptance_rate * 100.0,
+                spec.tokens_per_target_pass
+            )?;
+        }
+        if let Some(r) = &self.resident {
+            let bound_ms = self.disk_bound_ms_per_token.max(r.decode_ms_per_token);
+            writeln!(
+                f,
+                "streamed/resident decode time: {:.2}x; streamed vs max(disk bound, resident compute) = {:.1} / {:.1} ms = {:.2}x",
+                s.decode_ms_per_token / r.decode_ms_per_token,
+                s.decode_ms_per_token,
+                bound_ms,
+                s.decode_ms_per_token / bound_ms
+            )?;
+        }
+        Ok(())
+    }
+}

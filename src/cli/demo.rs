@@ -4,7 +4,8 @@
 //! the plan, tokens/s, peak RSS against the budget, bytes streamed per
 //! token against the disk bound, and resident vs streamed speed.
 
-use crate::cli_setup::{open_session, CommonArgs};
+use crate::cli::session::{open_session, CommonArgs};
+use clap::Args;
 use flea::bench::{self, BenchOptions};
 use flea::config::{Budget, ByteSize};
 use flea::generate::{Flow, Generator};
@@ -48,7 +49,7 @@ fn cached_model() -> Result<PathBuf> {
         path.display()
     );
     let opts = SynthOptions::new(Preset::B1, QuantMix::Q4KM);
-    crate::cli_setup::remove_partial_on_signal(&path)?;
+    crate::cli::session::remove_partial_on_signal(&path)?;
     let report = synth::synth(&opts, &path, progress_bar("synth"))?;
     eprintln!(
         "\nwrote {} in {:.1} s ({:.0} MB/s)",
@@ -253,4 +254,17 @@ fn fits_in_memory(bytes: u64) -> bool {
     // comparison must not push the machine, or the container, into swap or
     // the OOM killer.
     matches!(flea::platform::available_memory(), Some(a) if bytes < a / 2)
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Run the demo on this GGUF instead of a synthesized one.
+    #[arg(long, short = 'm')]
+    pub model: Option<PathBuf>,
+    /// Memory budget [default: a quarter of the model, or the minimum if larger].
+    #[arg(long, value_parser = flea::config::Budget::parse)]
+    pub budget: Option<flea::config::Budget>,
+    /// CPU threads [default: physical cores].
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
 }

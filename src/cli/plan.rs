@@ -1,0 +1,75 @@
+//! `flea plan`: what a budget keeps resident and streams, and the predicted
+//! time per token.
+
+use super::session::{open_session, CommonArgs};
+use clap::Args;
+use flea::bench;
+use flea::config::ByteSize;
+use flea::{Error, Result};
+use std::io::Write;
+
+#[derive(Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Skip the disk and compute measurements (no prediction).
+    #[arg(long)]
+    no_measure: bool,
+}
+
+pub fn plan(args: PlanArgs) -> Result<u8> {
+    let session = open_session(&args.common)?;
+    let mut out = std::io::stdout().lock();
+    let io = Error::stdout;
+    writeln!(out, "{}", session.plan).map_err(io)?;
+    writeln!(
+        out,
+        "minimum budget for this model at context {}: {}",
+        session.engine.n_ctx,
+        ByteSize(session.engine.minimum_budget(&session.model))
+    )
+    .map_err(io)?;
+    // Each sequence decoded together costs a KV cache: show what batching
+    // takes from the resident layers under the same budget.
+    let trade: Vec<String> = [1usize, 4, 16]
+        .iter()
+        .map(|&n| {
+            let e = session.engine.with_batch(n);
+            match e.plan(&session.model, session.plan.budget) {
+                Ok(p) => format!(
+                    "batch {n}: {} resident layers",
+                    p.placement.len() - p.streamed_layers().count()
+                ),
+                Err(_) => format!("batch {n}: does not fit"),
+            }
+        })
+        .collect();
+    writeln!(out, "{}", trade.join("; ")).map_err(io)?;
+    if args.no_measure {
+        return Ok(0);
+    }
+    log::info!("measuring disk bandwidth (O_DIRECT) and compute rate...");
+    let disk = bench::measure_disk_bandwidth(&session.path, 512 << 20)?;
+    let compute =
+        bench::measure_compute_rate(&session.path, &session.model, session.engine.threads)?;
+    let p = bench::predict(&session.plan, &session.model, disk.bytes_per_s, compute);
+    writeln!(
+        out,
+        "disk {:.2} GB/s ({}), compute {:.2} GB/s of weights on {} threads",
+        disk.bytes_per_s / 1e9,
+        if disk.direct { "O_DIRECT" } else { "buffered" },
+        compute / 1e9,
+        session.engine.threads
+    )
+    .map_err(io)?;
+    writeln!(
+        out,
+        "predicted decode: {:.1} ms/token with prefetch (I/O {:.1} ms, compute {:.1} ms overlapped), {:.1} ms/token without",
+        p.overlapped_seconds * 1e3,
+        p.io_seconds * 1e3,
+        p.compute_seconds * 1e3,
+        p.serial_seconds * 1e3
+    )
+    .map_err(io)?;
+    Ok(0)
+}
