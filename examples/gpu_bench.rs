@@ -65,11 +65,11 @@ mod bench {
     use flea::bench::DiskBandwidth;
     use flea::config::{Budget, GpuBuffer};
     use flea::engine::{Engine, EngineConfig, Logits, WeightSource};
+    use flea::generate::sampler::argmax;
     use flea::gguf::GgufFile;
     use flea::model::Model;
     use flea::residency::plan::Plan;
     use flea::residency::{Residency, ResidencyOptions};
-    use flea::sampler::argmax;
     use flea::{Error, Result};
     use serde_json::{json, Value};
     use std::path::{Path, PathBuf};

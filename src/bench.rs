@@ -4,13 +4,13 @@
 
 use crate::engine::{Engine, EngineConfig, Logits};
 use crate::error::{Error, Result};
+use crate::generate::sampler::argmax;
 use crate::model::Model;
 use crate::residency::buffer::{AlignedBuf, IO_ALIGN};
 use crate::residency::loader::{read_range, FileReader, RetryPolicy};
 use crate::residency::plan::Plan;
 use crate::residency::stats::{peak_rss_bytes, reset_peak_rss};
 use crate::residency::{Residency, ResidencyOptions};
-use crate::sampler::argmax;
 use serde::Serialize;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -381,10 +381,10 @@ pub fn run_speculative(
     opts: &BenchOptions,
     k: usize,
 ) -> Result<SpeculativeRun> {
+    use crate::generate::sampler::{Sampler, SamplerConfig};
+    use crate::generate::sequence::{EndToken, Limits, Refused, Sequence};
+    use crate::generate::speculative::Speculative;
     use crate::generate::Flow;
-    use crate::sampler::{Sampler, SamplerConfig};
-    use crate::sequence::{EndToken, Limits, Refused, Sequence};
-    use crate::speculative::Speculative;
     reset_peak_rss();
     let greedy = SamplerConfig {
         temperature: 0.0,

@@ -208,7 +208,7 @@ pub struct GenerationConfig {
 
 impl Default for GenerationConfig {
     fn default() -> Self {
-        let s = crate::sampler::SamplerConfig::default();
+        let s = crate::generate::sampler::SamplerConfig::default();
         GenerationConfig {
             max_tokens: 128,
             temperature: s.temperature,

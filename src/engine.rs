@@ -9,7 +9,7 @@ pub use crate::backend::{FileBytes, Logits, SeqChunk};
 
 use crate::backend::{Batch, BatchEntry};
 
-use crate::backend::cpu_forward::{CpuForward, CpuForwardConfig};
+use crate::backend::cpu::{CpuForward, CpuForwardConfig};
 use crate::backend::{Backend, Weight};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;

@@ -7,10 +7,10 @@
 
 use crate::config::Config;
 use crate::engine::EngineConfig;
+use crate::generate::pipeline::{check_line, Format, RunOptions};
+use crate::generate::sampler::SamplerConfig;
 use crate::gguf::GgufFile;
 use crate::model::Model;
-use crate::pipeline::{check_line, Format, RunOptions};
-use crate::sampler::SamplerConfig;
 use crate::tokenizer::Tokenizer;
 
 /// A GGUF image: header, metadata, tensor table, then (when those parse)

@@ -1,7 +1,9 @@
 //! Flea-Flicker: run language models larger than device memory.
 //!
-//! Dependencies point one way: `generate` -> `engine` -> `backend`, `model`
-//! -> `gguf`, `quant`. See `../shared/DESIGN.md` for the architecture.
+//! Dependencies point one way: `cli` (the binary) -> `generate` -> `engine`
+//! -> {`residency`, `backend`, `model`} -> {`gguf`, `quant`}; backends know
+//! nothing of files, configs or plans (tests/dependencies.rs checks). See
+//! `../shared/DESIGN.md` for the architecture.
 
 pub mod backend;
 pub mod bench;
@@ -16,13 +18,9 @@ pub mod kv_cache;
 pub mod limits;
 pub mod model;
 pub mod output_file;
-pub mod pipeline;
 pub mod platform;
 pub mod quant;
 pub mod residency;
-pub mod sampler;
-pub mod sequence;
-pub mod speculative;
 pub mod synth;
 pub mod tokenizer;
 

@@ -63,9 +63,9 @@ fn greedy_run_reproduces_reference_text() {
         .iter()
         .map(|v| v.as_u64().unwrap() as u32)
         .collect();
-    let first8 = flea::pipeline::completion_text(&tok, &greedy[..8]);
+    let first8 = flea::generate::pipeline::completion_text(&tok, &greedy[..8]);
     assert!(
-        stdout.starts_with(&flea::pipeline::escape_line(&first8)),
+        stdout.starts_with(&flea::generate::pipeline::escape_line(&first8)),
         "ours: {stdout:?}\nexpected prefix: {first8:?}"
     );
     assert_eq!(stdout.lines().count(), 1);

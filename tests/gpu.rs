@@ -787,7 +787,10 @@ mod gpu {
         gpu.argmax_rows(&mut da.slice_mut(..), &dl.slice(..), 3, vocab)
             .unwrap();
         let got = gpu.download(&da.slice(..)).unwrap();
-        let want: Vec<u32> = logits.chunks(vocab).map(flea::sampler::argmax).collect();
+        let want: Vec<u32> = logits
+            .chunks(vocab)
+            .map(flea::generate::sampler::argmax)
+            .collect();
         assert_eq!(got, want);
         assert_eq!(got[1], 17);
         assert_eq!(got[2], 0);
@@ -1011,7 +1014,9 @@ mod gpu {
         let agree = ours
             .chunks(vocab)
             .zip(theirs.chunks(vocab))
-            .filter(|(a, b)| flea::sampler::argmax(a) == flea::sampler::argmax(b))
+            .filter(|(a, b)| {
+                flea::generate::sampler::argmax(a) == flea::generate::sampler::argmax(b)
+            })
             .count();
         Agreement {
             mean_abs: diffs.iter().sum::<f32>() / diffs.len() as f32,
@@ -1088,14 +1093,15 @@ mod gpu {
     /// Greedy decode: the prompt in one pass, then `steps` single tokens.
     fn greedy(engine: &mut Engine<'_, &GgufFile>, prompt: &[u32], steps: usize) -> Vec<u32> {
         let mut out = Vec::new();
-        let mut next = flea::sampler::argmax(engine.forward(prompt, 0, Logits::Last).unwrap());
+        let mut next =
+            flea::generate::sampler::argmax(engine.forward(prompt, 0, Logits::Last).unwrap());
         for i in 0..steps {
             out.push(next);
             if i + 1 < steps {
                 let logits = engine
                     .forward(&[next], prompt.len() + i, Logits::Last)
                     .unwrap();
-                next = flea::sampler::argmax(logits);
+                next = flea::generate::sampler::argmax(logits);
             }
         }
         out
@@ -1227,7 +1233,10 @@ mod gpu {
             .unwrap()
             .to_vec();
         assert_eq!(logits.len(), tokens.len() * vocab);
-        let host: Vec<u32> = logits.chunks(vocab).map(flea::sampler::argmax).collect();
+        let host: Vec<u32> = logits
+            .chunks(vocab)
+            .map(flea::generate::sampler::argmax)
+            .collect();
         assert_eq!(b.argmax_last().unwrap(), &host[..]);
         assert!(b.cached_weight_bytes() > 0);
     }
@@ -1266,13 +1275,13 @@ mod gpu {
             })
             .unwrap();
             let vocab = engine.hparams().vocab_size;
-            let mut next = flea::sampler::argmax(&out[out.len() - vocab..]);
+            let mut next = flea::generate::sampler::argmax(&out[out.len() - vocab..]);
             for i in 0..4 {
                 let logits = engine
                     .forward(&[next], tokens.len() + i, Logits::Last)
                     .unwrap();
                 out.extend_from_slice(logits);
-                next = flea::sampler::argmax(logits);
+                next = flea::generate::sampler::argmax(logits);
             }
         }
         out

@@ -92,7 +92,7 @@ fn legacy_models_match_the_reference_top40() {
                 max_abs = max_abs.max(d);
                 count += 1;
             }
-            if flea::sampler::argmax(row) as usize == want[0].0 {
+            if flea::generate::sampler::argmax(row) as usize == want[0].0 {
                 agree += 1;
             }
         }

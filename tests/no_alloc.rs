@@ -4,11 +4,11 @@
 mod common;
 
 use flea::engine::{Engine, EngineConfig};
+use flea::generate::sampler::{Sampler, SamplerConfig};
 use flea::generate::{Flow, Generator};
 use flea::gguf::GgufFile;
 use flea::model::Model;
 use flea::residency::{Residency, ResidencyOptions};
-use flea::sampler::{Sampler, SamplerConfig};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -56,10 +56,15 @@ fn decode_allocations(threads: usize, sampling: SamplerConfig) -> Vec<usize> {
     let mut counts = Vec::with_capacity(64);
     let prompt = [1u32, 450, 4996, 17354, 1701];
     generator
-        .generate(&prompt, 24, &flea::sequence::EndToken(None), |_| {
-            counts.push(ALLOCATIONS.load(Ordering::Relaxed));
-            Flow::Continue
-        })
+        .generate(
+            &prompt,
+            24,
+            &flea::generate::sequence::EndToken(None),
+            |_| {
+                counts.push(ALLOCATIONS.load(Ordering::Relaxed));
+                Flow::Continue
+            },
+        )
         .unwrap();
     counts
 }

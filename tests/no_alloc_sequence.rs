@@ -6,9 +6,9 @@
 
 mod common;
 
+use flea::generate::sampler::{Sampler, SamplerConfig};
+use flea::generate::sequence::{Limits, Sequence};
 use flea::gguf::GgufFile;
-use flea::sampler::{Sampler, SamplerConfig};
-use flea::sequence::{Limits, Sequence};
 use flea::tokenizer::Tokenizer;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};

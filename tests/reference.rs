@@ -4,10 +4,10 @@
 mod common;
 
 use flea::engine::{Engine, EngineConfig};
+use flea::generate::sampler::{Sampler, SamplerConfig};
 use flea::generate::{teacher_forced, Flow, Generator};
 use flea::gguf::GgufFile;
 use flea::model::Model;
-use flea::sampler::{Sampler, SamplerConfig};
 use serde_json::Value;
 
 struct Reference {
@@ -65,7 +65,7 @@ fn compare(ours: &[f32], theirs: &[f32], n_vocab: usize) -> Agreement {
         .zip(theirs)
         .map(|(a, b)| (a - b).abs())
         .collect();
-    let argmax = |row: &[f32]| flea::sampler::argmax(row);
+    let argmax = |row: &[f32]| flea::generate::sampler::argmax(row);
     let rows = ours.len() / n_vocab;
     let agree = ours
         .chunks(n_vocab)
@@ -172,7 +172,7 @@ fn greedy_q8_0_reproduces_reference_tokens() {
         .generate(
             &r.prompt_tokens,
             r.greedy.len(),
-            &flea::sequence::EndToken(None),
+            &flea::generate::sequence::EndToken(None),
             |_| Flow::Continue,
         )
         .unwrap();

@@ -4,13 +4,13 @@
 mod common;
 
 use flea::engine::{Engine, EngineConfig};
+use flea::generate::sampler::{Sampler, SamplerConfig};
+use flea::generate::sequence::{EndToken, Limits, Sequence};
+use flea::generate::speculative::Speculative;
 use flea::generate::{Flow, Generator};
 use flea::gguf::GgufFile;
 use flea::model::Model;
 use flea::residency::{Residency, ResidencyOptions};
-use flea::sampler::{Sampler, SamplerConfig};
-use flea::sequence::{EndToken, Limits, Sequence};
-use flea::speculative::Speculative;
 
 /// The prompt admitted as a sequence of up to `max_tokens`.
 fn sequence(max_tokens: usize, sampler: Sampler) -> Sequence {

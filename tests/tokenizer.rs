@@ -132,7 +132,7 @@ fn streamed_completion_never_splits_a_character() {
         partial > 0,
         "expected some tokens to hold part of a character"
     );
-    assert_eq!(flea::pipeline::completion_text(&tok, &ids), text);
+    assert_eq!(flea::generate::pipeline::completion_text(&tok, &ids), text);
 }
 
 #[test]

@@ -1,10 +1,9 @@
 //! Compute backends. The engine hands a backend a batch of positions, then
 //! each layer's weight bytes in turn, then asks for logits; the backend owns
 //! the activations and the KV cache and knows nothing of files or
-//! streaming. The CPU forward pass is [`cpu_forward::CpuForward`].
+//! streaming. The CPU forward pass is [`cpu::CpuForward`].
 
 pub mod cpu;
-pub mod cpu_forward;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 

@@ -8,8 +8,8 @@ use crate::cli::session::{open_session, CommonArgs};
 use clap::Args;
 use flea::bench::{self, BenchOptions};
 use flea::config::{Budget, ByteSize};
+use flea::generate::sampler::{Sampler, SamplerConfig};
 use flea::generate::{Flow, Generator};
-use flea::sampler::{Sampler, SamplerConfig};
 use flea::synth::{self, Preset, QuantMix, SynthOptions};
 use flea::{Error, Result};
 use std::io::Write;
@@ -151,11 +151,11 @@ pub fn demo(model: Option<PathBuf>, budget: Option<Budget>, threads: Option<usiz
                 .tokenizer
                 .encode(prompt, session.tokenizer.add_bos_default());
             let c = generator.generate(&tokens, 16, &session.tokenizer, |_| Flow::Continue)?;
-            let text = flea::pipeline::completion_text(&session.tokenizer, &c.tokens);
+            let text = flea::generate::pipeline::completion_text(&session.tokenizer, &c.tokens);
             writeln!(
                 out,
                 "{prompt}{}\n    ({} tokens, {:.2} tok/s)",
-                flea::pipeline::escape_line(&text),
+                flea::generate::pipeline::escape_line(&text),
                 c.tokens.len(),
                 c.tokens.len() as f64 / c.decode_time.as_secs_f64().max(1e-9)
             )

@@ -4,9 +4,9 @@
 use super::session::{open_session, CommonArgs};
 use clap::Args;
 use flea::engine::Engine;
-use flea::pipeline::{self, Format, Interrupt, RunOptions};
-use flea::sampler::{Sampler, SamplerConfig};
-use flea::speculative::Speculative;
+use flea::generate::pipeline::{self, Format, Interrupt, RunOptions};
+use flea::generate::sampler::{Sampler, SamplerConfig};
+use flea::generate::speculative::Speculative;
 use flea::{Error, Result};
 use std::io::IsTerminal;
 use std::path::PathBuf;

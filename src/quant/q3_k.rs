@@ -89,6 +89,23 @@ pub fn dot(row: &[u8], x: &[f32]) -> f32 {
     dot_blocks(as_blocks::<BlockQ3K>(row), x, expand)
 }
 
+/// The twelve scale bytes of Q3_K (the inverse of [`unpack_scales`]): low
+/// nibbles of scales 0-7 and 8-15 in the low and high halves of bytes 0-7,
+/// top two bits of scale `i` at bits `2 * (i / 4)` of byte `8 + i % 4`.
+pub(crate) fn pack_scales(s: &[u8; 16]) -> [u8; 12] {
+    let mut b = [0u8; 12];
+    for (i, &v) in s.iter().enumerate() {
+        let low = v & 0x0F;
+        if i < 8 {
+            b[i] |= low;
+        } else {
+            b[i - 8] |= low << 4;
+        }
+        b[8 + i % 4] |= ((v >> 4) & 0x03) << (2 * (i / 4));
+    }
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +206,14 @@ mod tests {
                 b[108..110].copy_from_slice(&rng.f16_bytes(-0.02, 0.02));
             }
             check_dot(&row, n_blocks * QK_K, &mut rng, dequantize, dot);
+        }
+    }
+
+    #[test]
+    fn scale_packing_round_trips() {
+        for k in 0..100u32 {
+            let s: [u8; 16] = std::array::from_fn(|i| ((k * 37 + i as u32 * 11) % 64) as u8);
+            assert_eq!(unpack_scales(&pack_scales(&s)), s);
         }
     }
 }

@@ -85,6 +85,24 @@ pub fn dot(row: &[u8], x: &[f32]) -> f32 {
     dot_blocks(as_blocks::<BlockQ4K>(row), x, expand)
 }
 
+/// The twelve scale bytes of Q4_K/Q5_K (the inverse of [`scale_min`]):
+/// sub-blocks 0-3 whole in bytes 0-3 (scales) and 4-7 (mins); 4-7 with
+/// their low nibbles in bytes 8-11 and top two bits in the spare top bits
+/// of bytes 0-7.
+pub(crate) fn pack_scales(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
+    let mut s = [0u8; 12];
+    for j in 0..4 {
+        s[j] = sc[j] & 0x3F;
+        s[j + 4] = m[j] & 0x3F;
+    }
+    for j in 4..8 {
+        s[j + 4] = (sc[j] & 0x0F) | ((m[j] & 0x0F) << 4);
+        s[j - 4] |= (sc[j] >> 4) << 6;
+        s[j] |= (m[j] >> 4) << 6;
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +191,19 @@ mod tests {
                 b[2..4].copy_from_slice(&rng.f16_bytes(-0.05, 0.05));
             }
             check_dot(&row, n_blocks * QK_K, &mut rng, dequantize, dot);
+        }
+    }
+
+    #[test]
+    fn scale_packing_round_trips() {
+        for k in 0..100u32 {
+            let v = |i: u32| ((k * 37 + i * 11) % 64) as u8;
+            let sc: [u8; 8] = std::array::from_fn(|i| v(i as u32));
+            let m: [u8; 8] = std::array::from_fn(|i| v(i as u32 + 8));
+            let packed = pack_scales(&sc, &m);
+            for j in 0..8 {
+                assert_eq!(scale_min(j, &packed), (sc[j], m[j]));
+            }
         }
     }
 }

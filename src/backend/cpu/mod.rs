@@ -12,6 +12,8 @@
 //! - `matmul`: activation quantization, row tiles, position chunks.
 //! - `pool`: the worker threads.
 //! - `ops`: norms, RoPE, softmax, attention, SwiGLU.
+//! - `forward`: the forward pass over these, behind the engine's `Backend`
+//!   seam ([`CpuForward`]).
 //!
 //! Numerics: weights in K-quant or 32-weight block formats meet activations rounded to
 //! 8 bits per block (as llama.cpp does); F32/F16/BF16 weights meet f32
@@ -19,6 +21,7 @@
 //! product means; these kernels differ from it only by the activation
 //! rounding.
 
+mod forward;
 pub mod isa;
 mod kernels;
 mod matmul;
@@ -33,6 +36,7 @@ mod neon;
 
 use std::cell::RefCell;
 
+pub use forward::{CpuForward, CpuForwardConfig};
 pub use isa::Isa;
 pub use ops::{add_in_place, attention, dequantize_vector, rmsnorm, rope, softmax, swiglu};
 

@@ -2,7 +2,7 @@
 //! activations, the KV cache and the resident weights in device memory, and
 //! feeds it streamed layers through a device double buffer or, on
 //! unified-memory boards, straight from the mapped host slots (see
-//! `weights.rs`). It computes what `cpu_forward.rs` computes, stage for
+//! `weights.rs`). It computes what `cpu/forward.rs` computes, stage for
 //! stage; only the summation order inside kernels differs, so logits agree
 //! with the CPU within float rounding, not bit for bit. Streamed and
 //! resident layers run the same kernels on the same bytes, so on the GPU
@@ -135,7 +135,7 @@ impl Profile {
 }
 
 /// Activation buffers on the device, sized once for `max_chunk` positions
-/// and named by role as in `cpu_forward.rs`.
+/// and named by role as in `cpu/forward.rs`.
 struct Scratch {
     x: CudaSlice<f32>,       // (chunk, dim) residual stream
     xb: CudaSlice<f32>,      // (chunk, dim) normed input / projected output
@@ -709,7 +709,7 @@ impl Backend for CudaForward {
     }
 }
 
-/// RoPE rotations as on the CPU (`cpu_forward::rope_table`): pair `i` of a
+/// RoPE rotations as on the CPU (`cpu::forward::rope_table`): pair `i` of a
 /// head turns by `pos * base^(-2i / rope_dims)`, computed in f64, stored as
 /// interleaved `(cos, sin)` f32 pairs.
 fn rope_table(hp: &Hparams, n_ctx: usize) -> Vec<f32> {

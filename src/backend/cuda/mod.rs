@@ -1,4 +1,4 @@
-//! The CUDA backend (feature `cuda`): the forward pass of `cpu_forward.rs`
+//! The CUDA backend (feature `cuda`): the forward pass of `cpu/forward.rs`
 //! on an NVIDIA GPU, with the model's weights, the KV cache and the
 //! activations in device memory.
 //!

@@ -12,9 +12,9 @@
 
 use crate::engine::{Engine, Logits, WeightSource};
 use crate::error::{Error, Result};
+use crate::generate::sampler::Sampler;
+use crate::generate::sequence::{Sequence, TokenText};
 use crate::generate::{Completion, FinishReason, Flow};
-use crate::sampler::Sampler;
-use crate::sequence::{Sequence, TokenText};
 use std::time::Instant;
 
 /// Counters that say how well the draft predicts the target.
@@ -278,7 +278,7 @@ fn take(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sampler::SamplerConfig;
+    use crate::generate::sampler::SamplerConfig;
 
     /// Drawing d ~ q and applying the rule yields tokens distributed as p.
     #[test]

@@ -2,8 +2,8 @@
 //! activations, the KV cache and the kernels, and reads top to bottom like
 //! the math.
 
-use super::cpu::{self, CpuBackend};
-use super::{Backend, Batch, FileBytes, Logits, Weight};
+use super::CpuBackend;
+use crate::backend::{Backend, Batch, FileBytes, Logits, Weight};
 use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::model::{Hparams, LayerTensors};
@@ -171,10 +171,10 @@ impl Backend for CpuForward {
         let w = |t| bytes.weight(t);
 
         // Attention: xb = rmsnorm(x); q, k, v = xb Wq, xb Wk, xb Wv.
-        cpu::dequantize_vector(w(&layer.attn_norm), &mut s.norm_w);
+        super::dequantize_vector(w(&layer.attn_norm), &mut s.norm_w);
         for p in 0..n {
             let r = p * dim..(p + 1) * dim;
-            cpu::rmsnorm(&mut s.xb[r.clone()], &s.x[r], &s.norm_w, hp.rms_eps);
+            super::rmsnorm(&mut s.xb[r.clone()], &s.x[r], &s.norm_w, hp.rms_eps);
         }
         // One quantization of xb and one dispatch for all three.
         mm.matmuls(
@@ -194,8 +194,8 @@ impl Backend for CpuForward {
             for i in 0..run.len {
                 let (p, pos) = (run.row + i, run.start_pos + i);
                 let cs = &self.rope_table[pos * half_rot..(pos + 1) * half_rot];
-                cpu::rope(&mut s.q[p * q_dim..(p + 1) * q_dim], hp.head_dim, cs);
-                cpu::rope(&mut s.k[p * kv_dim..(p + 1) * kv_dim], hp.head_dim, cs);
+                super::rope(&mut s.q[p * q_dim..(p + 1) * q_dim], hp.head_dim, cs);
+                super::rope(&mut s.k[p * kv_dim..(p + 1) * kv_dim], hp.head_dim, cs);
                 self.kv.store(
                     l,
                     run.seq,
@@ -228,13 +228,13 @@ impl Backend for CpuForward {
             &mut s.xb[..n * dim],
             n,
         );
-        cpu::add_in_place(&mut s.x[..n * dim], &s.xb[..n * dim]);
+        super::add_in_place(&mut s.x[..n * dim], &s.xb[..n * dim]);
 
         // Feed-forward: x += (silu(xb Wgate) * (xb Wup)) Wdown, xb = rmsnorm(x).
-        cpu::dequantize_vector(w(&layer.ffn_norm), &mut s.norm_w);
+        super::dequantize_vector(w(&layer.ffn_norm), &mut s.norm_w);
         for p in 0..n {
             let r = p * dim..(p + 1) * dim;
-            cpu::rmsnorm(&mut s.xb[r.clone()], &s.x[r], &s.norm_w, hp.rms_eps);
+            super::rmsnorm(&mut s.xb[r.clone()], &s.x[r], &s.norm_w, hp.rms_eps);
         }
         mm.matmuls(
             &s.xb[..n * dim],
@@ -242,9 +242,9 @@ impl Backend for CpuForward {
             [w(&layer.w_gate), w(&layer.w_up)],
             [&mut s.hb[..n * ffn], &mut s.hb2[..n * ffn]],
         );
-        cpu::swiglu(&mut s.hb[..n * ffn], &s.hb2[..n * ffn]);
+        super::swiglu(&mut s.hb[..n * ffn], &s.hb2[..n * ffn]);
         mm.matmul(w(&layer.w_down), &s.hb[..n * ffn], &mut s.xb[..n * dim], n);
-        cpu::add_in_place(&mut s.x[..n * dim], &s.xb[..n * dim]);
+        super::add_in_place(&mut s.x[..n * dim], &s.xb[..n * dim]);
         Ok(())
     }
 
@@ -252,7 +252,7 @@ impl Backend for CpuForward {
         let (dim, vocab) = (self.hp.dim, self.hp.vocab_size);
         let s = &mut self.s;
         // Gather the rows that want logits, normed, into xb.
-        cpu::dequantize_vector(output_norm, &mut s.norm_w);
+        super::dequantize_vector(output_norm, &mut s.norm_w);
         let mut m = 0;
         for run in &self.runs {
             let first = match run.logits {
@@ -263,7 +263,7 @@ impl Backend for CpuForward {
             for i in first..run.len {
                 let src = (run.row + i) * dim..(run.row + i + 1) * dim;
                 let dst = m * dim..(m + 1) * dim;
-                cpu::rmsnorm(&mut s.xb[dst], &s.x[src], &s.norm_w, self.hp.rms_eps);
+                super::rmsnorm(&mut s.xb[dst], &s.x[src], &s.norm_w, self.hp.rms_eps);
                 m += 1;
             }
         }

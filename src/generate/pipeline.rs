@@ -9,11 +9,11 @@
 
 use crate::engine::{Engine, Logits, WeightSource};
 use crate::error::{Error, Result};
+use crate::generate::sampler::{Sampler, SamplerConfig};
+use crate::generate::sequence::{Limits, Refused, Sequence};
+use crate::generate::speculative::Speculative;
 use crate::generate::{Completion, FinishReason, Flow};
 use crate::limits;
-use crate::sampler::{Sampler, SamplerConfig};
-use crate::sequence::{Limits, Refused, Sequence};
-use crate::speculative::Speculative;
 use crate::tokenizer::Tokenizer;
 use serde::Deserialize;
 use std::collections::BTreeMap;

@@ -1,11 +1,19 @@
-//! Prompt in, tokens out: prefill in chunks, then one decode step per token,
-//! sampling each next token. Also the teacher-forced pass behind
-//! `flea logits`.
+//! Prompt in, tokens out. Every way of generating lives here, over the
+//! engine: a [`sequence::Sequence`] holds one request's history, sampler
+//! ([`sampler`]) and finish rules; the [`Generator`] runs one sequence at a
+//! time; [`speculative`] decoding verifies a draft's tokens in one target
+//! pass; the headless [`pipeline`] (`flea run`) batches sequences. Also the
+//! teacher-forced pass behind `flea logits`.
+
+pub mod pipeline;
+pub mod sampler;
+pub mod sequence;
+pub mod speculative;
 
 use crate::engine::{Engine, Logits, WeightSource};
 use crate::error::{Error, Result};
-use crate::sampler::Sampler;
-use crate::sequence::{Limits, Refused, Sequence, TokenText};
+use sampler::Sampler;
+use sequence::{Limits, Refused, Sequence, TokenText};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

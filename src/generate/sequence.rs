@@ -8,8 +8,8 @@
 //! interrupt) are written here once. The caller owns the engine and feeds
 //! the pending token; the sequence samples and decides.
 
+use crate::generate::sampler::Sampler;
 use crate::generate::FinishReason;
-use crate::sampler::Sampler;
 use crate::tokenizer::Tokenizer;
 
 /// What a sequence needs to know about tokens to end itself: which ids end
@@ -257,7 +257,7 @@ fn find_stop(text: &[u8], stops: &[String]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sampler::SamplerConfig;
+    use crate::generate::sampler::SamplerConfig;
 
     fn greedy() -> Sampler {
         Sampler::new(
