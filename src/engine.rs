@@ -6,49 +6,17 @@
 //! streamed, so streamed logits equal resident logits exactly.
 
 pub use crate::backend::{FileBytes, Logits, SeqChunk};
+/// Where the engine's weight bytes come from (defined with the residency
+/// that provides them; re-exported here for the engine's users).
+pub use crate::residency::WeightSource;
 
 use crate::backend::{Batch, BatchEntry};
 
 use crate::backend::cpu::{CpuForward, CpuForwardConfig};
-use crate::backend::{Backend, Weight};
+use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::gguf::GgufFile;
-use crate::model::{Hparams, Model, TensorRef};
+use crate::model::{Hparams, Model};
 use crate::residency::plan::Plan;
-
-/// Where the engine gets weight bytes from. The memory map and a fully
-/// resident copy always have every layer; a streaming source hands out the
-/// slot that holds the layer, and the layer may only be read until
-/// `release_layer`.
-pub trait WeightSource {
-    /// A tensor outside the layers (embeddings, output norm, output head),
-    /// which stays resident for the whole run.
-    fn global(&self, t: &TensorRef) -> Weight<'_>;
-    /// Bytes holding layer `l`, waiting for them if they are still loading.
-    fn acquire_layer(&mut self, l: usize) -> Result<FileBytes<'_>>;
-    /// The engine is done with layer `l`: its slot may be refilled.
-    fn release_layer(&mut self, l: usize);
-}
-
-/// The memory map as a weight source: every layer resident as far as the
-/// engine can tell, with the operating system paging on demand.
-impl WeightSource for &GgufFile {
-    fn global(&self, t: &TensorRef) -> Weight<'_> {
-        whole_map(self).weight(t)
-    }
-    fn acquire_layer(&mut self, _l: usize) -> Result<FileBytes<'_>> {
-        Ok(whole_map(self))
-    }
-    fn release_layer(&mut self, _l: usize) {}
-}
-
-fn whole_map(file: &GgufFile) -> FileBytes<'_> {
-    FileBytes {
-        base: 0,
-        bytes: file.bytes_at(0..file.file_len()),
-        resident: true,
-    }
-}
 
 /// Engine settings fixed at start.
 #[derive(Debug, Clone)]

@@ -8,9 +8,10 @@ pub mod loader;
 pub mod plan;
 pub mod stats;
 
+use crate::backend::FileBytes;
 use crate::backend::Weight;
-use crate::engine::{FileBytes, WeightSource};
 use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
 use crate::model::{Model, TensorRef};
 use buffer::AlignedBuf;
 use checksum::{sidecar_path, Expected, Sums};
@@ -20,6 +21,40 @@ use stats::IoStats;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// Where the engine gets weight bytes from. The memory map and a fully
+/// resident copy always have every layer; a streaming source hands out the
+/// slot that holds the layer, and the layer may only be read until
+/// `release_layer`.
+pub trait WeightSource {
+    /// A tensor outside the layers (embeddings, output norm, output head),
+    /// which stays resident for the whole run.
+    fn global(&self, t: &TensorRef) -> Weight<'_>;
+    /// Bytes holding layer `l`, waiting for them if they are still loading.
+    fn acquire_layer(&mut self, l: usize) -> Result<FileBytes<'_>>;
+    /// The engine is done with layer `l`: its slot may be refilled.
+    fn release_layer(&mut self, l: usize);
+}
+
+/// The memory map as a weight source: every layer resident as far as the
+/// engine can tell, with the operating system paging on demand.
+impl WeightSource for &GgufFile {
+    fn global(&self, t: &TensorRef) -> Weight<'_> {
+        whole_map(self).weight(t)
+    }
+    fn acquire_layer(&mut self, _l: usize) -> Result<FileBytes<'_>> {
+        Ok(whole_map(self))
+    }
+    fn release_layer(&mut self, _l: usize) {}
+}
+
+fn whole_map(file: &GgufFile) -> FileBytes<'_> {
+    FileBytes {
+        base: 0,
+        bytes: file.bytes_at(0..file.file_len()),
+        resident: true,
+    }
+}
 
 /// How the source reads.
 #[derive(Debug, Clone, Copy)]
