@@ -170,11 +170,11 @@ pub fn run(
 ) -> Result<BenchRun> {
     let hp = &model.hparams;
     if opts.prompt_tokens == 0 {
-        return Err(Error::usage("--prompt-tokens: expected at least 1"));
+        return Err(Error::usage("prompt tokens: expected at least 1"));
     }
     if opts.prompt_tokens + opts.gen_tokens > opts.engine.n_ctx {
         return Err(Error::usage(format!(
-            "--prompt-tokens {} + --gen-tokens {} exceed the context of {} (raise --ctx-size)",
+            "prompt tokens {} + generated tokens {} exceed the context of {}",
             opts.prompt_tokens, opts.gen_tokens, opts.engine.n_ctx
         )));
     }
@@ -617,7 +617,7 @@ impl std::fmt::Display for Report {
         if let (Some(cost), Some(u)) = (self.verify_cost, &self.unverified) {
             writeln!(
                 f,
-                "verification (--verify): {:+.1}% decode time ({:.1} ms/token checked vs {:.1} unchecked)",
+                "verification: {:+.1}% decode time ({:.1} ms/token checked vs {:.1} unchecked)",
                 cost * 100.0,
                 s.decode_ms_per_token,
                 u.decode_ms_per_token

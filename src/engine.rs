@@ -271,7 +271,7 @@ impl<'a, W: WeightSource> Engine<'a, W> {
             }
             if e.start_pos + e.len > self.n_ctx {
                 return Err(Error::usage(format!(
-                    "context full: positions {}..{} do not fit in the context of {} tokens (raise --ctx-size)",
+                    "context full: positions {}..{} do not fit in the context of {} tokens",
                     e.start_pos,
                     e.start_pos + e.len,
                     self.n_ctx

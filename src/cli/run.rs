@@ -67,7 +67,10 @@ pub fn run(args: RunArgs) -> Result<u8> {
         seed: args.seed.unwrap_or(g.seed),
         ..SamplerConfig::default()
     };
-    sampling.validate()?;
+    // The library names the setting (`top_p`); here it came from a flag.
+    sampling
+        .validate()
+        .map_err(|e| Error::new(e.kind, format!("--{}", e.message.replacen('_', "-", 1))))?;
     let options = RunOptions {
         format: if args.jsonl {
             Format::Jsonl

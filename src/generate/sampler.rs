@@ -41,25 +41,19 @@ impl SamplerConfig {
         let bad = |what: &str, found: String| Err(Error::usage(format!("{what}, found {found}")));
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return bad(
-                "--temperature: expected a number >= 0",
+                "temperature: expected a number >= 0",
                 self.temperature.to_string(),
             );
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad(
-                "--top-p: expected a number in (0, 1]",
-                self.top_p.to_string(),
-            );
+            return bad("top_p: expected a number in (0, 1]", self.top_p.to_string());
         }
         if !(0.0..=1.0).contains(&self.min_p) {
-            return bad(
-                "--min-p: expected a number in [0, 1]",
-                self.min_p.to_string(),
-            );
+            return bad("min_p: expected a number in [0, 1]", self.min_p.to_string());
         }
         if !(self.repeat_penalty > 0.0 && self.repeat_penalty.is_finite()) {
             return bad(
-                "--repeat-penalty: expected a number > 0",
+                "repeat_penalty: expected a number > 0",
                 self.repeat_penalty.to_string(),
             );
         }
@@ -368,6 +362,6 @@ mod tests {
             top_p: 0.0,
             ..Default::default()
         };
-        assert!(c.validate().unwrap_err().message.contains("--top-p"));
+        assert!(c.validate().unwrap_err().message.contains("top_p"));
     }
 }

@@ -101,7 +101,7 @@ impl<'a, W: WeightSource, D: WeightSource> Speculative<'a, W, D> {
         }
         if k == 0 || k + 1 > target.max_chunk() || k > draft.max_chunk() {
             return Err(Error::usage(format!(
-                "--draft-tokens {k}: expected 1..={}",
+                "draft tokens per pass {k}: expected 1..={}",
                 target.max_chunk().saturating_sub(1).min(draft.max_chunk())
             )));
         }
