@@ -63,7 +63,7 @@ mod bench {
     use flea::backend::cuda::{self, CudaForward, CudaForwardConfig, Feed, H2dBandwidth};
     use flea::backend::{Backend, Batch, BatchEntry};
     use flea::bench::DiskBandwidth;
-    use flea::config::{Budget, GpuBuffer};
+    use flea::config::Budget;
     use flea::engine::{Engine, EngineConfig, Logits, WeightSource};
     use flea::generate::sampler::argmax;
     use flea::gguf::GgufFile;
@@ -82,7 +82,7 @@ mod bench {
         device: usize,
         cache_bytes: u64,
         budget: Option<Budget>,
-        buffers: Vec<GpuBuffer>,
+        buffers: Vec<Feed>,
         compare: bool,
         /// Stop a streamed or compared decode after this many seconds
         /// (slow storage must not blow the device session's time).
@@ -98,7 +98,7 @@ mod bench {
             device: 0,
             cache_bytes: u64::MAX,
             budget: None,
-            buffers: vec![GpuBuffer::Device],
+            buffers: vec![Feed::Device],
             compare: false,
             max_seconds: f64::INFINITY,
         };
@@ -120,9 +120,9 @@ mod bench {
                 }
                 "--buffer" => {
                     a.buffers = match it.next().as_deref() {
-                        Some("device") => vec![GpuBuffer::Device],
-                        Some("mapped") => vec![GpuBuffer::Mapped],
-                        Some("both") => vec![GpuBuffer::Device, GpuBuffer::Mapped],
+                        Some("device") => vec![Feed::Device],
+                        Some("mapped") => vec![Feed::Mapped],
+                        Some("both") => vec![Feed::Device, Feed::Mapped],
                         _ => return Err(Error::usage("--buffer: expected device, mapped or both")),
                     }
                 }
@@ -462,7 +462,7 @@ mod bench {
         model: &Model,
         plan: &Plan,
         engine: &EngineConfig,
-        buffer: GpuBuffer,
+        buffer: Feed,
         h2d: &H2dBandwidth,
         disk: &DiskBandwidth,
     ) -> Result<Decoded> {
@@ -475,7 +475,7 @@ mod bench {
         let mut cfg = CudaForwardConfig::for_plan(engine, plan, buffer);
         cfg.device = args.device;
         cfg.profile = true;
-        let device_plan = CudaForward::device_plan(hp, cfg, plan);
+        let device_plan = flea::engine::device_plan(hp, cfg, plan);
         let mut backend = CudaForward::with_gpu(gpu, hp, cfg)?;
         backend.pin_host_slots(&mut source)?;
         let feed = backend.feed();
@@ -519,8 +519,8 @@ mod bench {
         let disk_bound_ms = 1e3 * streamed_bytes_per_token / disk.bytes_per_s;
         let achieved = times.copy_bytes_per_s();
         let buffer_name = match buffer {
-            GpuBuffer::Device => "device",
-            GpuBuffer::Mapped => "mapped",
+            Feed::Device => "device",
+            Feed::Mapped => "mapped",
         };
         let feed_name = match feed {
             Feed::Device => "device",

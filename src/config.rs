@@ -2,6 +2,7 @@
 //! and pipeline settings. Unknown keys and bad values are errors that name
 //! the key and the file. Command-line flags override what a file says.
 
+use crate::backend::Feed;
 use crate::error::{Error, Result};
 use crate::limits;
 use serde::Deserialize;
@@ -136,23 +137,12 @@ impl Default for MemoryConfig {
     }
 }
 
-/// Where a GPU reads streamed layers from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GpuBuffer {
-    /// Copy each streamed layer into a device double buffer (discrete GPUs).
-    Device,
-    /// Kernels read pinned, device-mapped host slots directly, no copy
-    /// (unified-memory boards such as Jetson).
-    Mapped,
-}
-
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeviceConfig {
     pub backend: Backend,
     /// CUDA only: how streamed layers reach the GPU.
-    pub buffer: GpuBuffer,
+    pub buffer: Feed,
     /// CPU threads; 0 means one per physical core.
     pub threads: usize,
 }
@@ -161,7 +151,7 @@ impl Default for DeviceConfig {
     fn default() -> Self {
         DeviceConfig {
             backend: Backend::Auto,
-            buffer: GpuBuffer::Device,
+            buffer: Feed::Device,
             threads: 0,
         }
     }

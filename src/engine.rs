@@ -286,3 +286,74 @@ impl<'a, W: WeightSource> Engine<'a, W> {
         Ok(())
     }
 }
+
+/// Assembling an engine on the GPU: what reads a plan and a residency on
+/// the CUDA backend's behalf, so that the backend knows neither.
+#[cfg(feature = "cuda")]
+mod cuda_assembly {
+    use super::{Engine, EngineConfig};
+    use crate::backend::cuda::{CudaForward, CudaForwardConfig, DevicePlan};
+    use crate::backend::Feed;
+    use crate::error::Result;
+    use crate::model::{Hparams, Model};
+    use crate::residency::plan::Plan;
+    use crate::residency::Residency;
+
+    impl EngineConfig {
+        /// The CUDA backend's shape for this engine and `plan`'s slots and
+        /// resident layers, fed as `feed` says.
+        pub fn cuda_forward(&self, plan: &Plan, feed: Feed) -> CudaForwardConfig {
+            CudaForwardConfig::new(self.n_ctx, self.max_chunk, self.n_seq).with_slots(
+                plan.slot_bytes,
+                plan.resident_layer_bytes,
+                feed,
+            )
+        }
+    }
+
+    impl CudaForwardConfig {
+        /// As [`EngineConfig::cuda_forward`].
+        pub fn for_plan(engine: &EngineConfig, plan: &Plan, feed: Feed) -> CudaForwardConfig {
+            engine.cuda_forward(plan, feed)
+        }
+    }
+
+    /// Device memory a run of `plan` allocates on the CUDA backend.
+    pub fn device_plan(hp: &Hparams, config: CudaForwardConfig, plan: &Plan) -> DevicePlan {
+        CudaForward::device_plan(
+            hp,
+            config,
+            plan.global_bytes,
+            plan.resident_layer_bytes,
+            plan.slot_bytes,
+        )
+    }
+
+    /// The engine on the GPU over a planned residency: the backend (built
+    /// from `config`, e.g. [`EngineConfig::cuda_forward`]) page-locks the
+    /// source's streaming slots (falling back to pageable copies with a log
+    /// line) and feeds streamed layers as `config.buffer` says.
+    pub fn streaming_engine<'a>(
+        model: &'a Model,
+        source: Residency,
+        config: CudaForwardConfig,
+        engine: &EngineConfig,
+    ) -> Result<Engine<'a, Residency>> {
+        let backend = CudaForward::new(&model.hparams, config)?;
+        streaming_engine_with(model, source, backend, engine)
+    }
+
+    /// As [`streaming_engine`], with a backend already made.
+    pub fn streaming_engine_with<'a>(
+        model: &'a Model,
+        mut source: Residency,
+        mut backend: CudaForward,
+        engine: &EngineConfig,
+    ) -> Result<Engine<'a, Residency>> {
+        backend.pin_host_slots(&mut source)?;
+        Engine::with_backend(model, source, backend, engine)
+    }
+}
+
+#[cfg(feature = "cuda")]
+pub use cuda_assembly::{device_plan, streaming_engine, streaming_engine_with};

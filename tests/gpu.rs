@@ -1,12 +1,8 @@
 //! The CUDA backend against the CPU reference.
 //!
-//! Four parts:
-//! - `geometry` and `slots`: the unit tests of
-//!   `src/backend/cuda/geometry.rs` (launch geometry) and
-//!   `src/backend/cuda/slots.rs` (streaming: layer spans, slot sizes, the
-//!   double buffer's rotation, registration math), included by path so
-//!   they run in every `cargo test`, with or without the `cuda` feature and
-//!   a GPU.
+//! Three parts (the unit tests of `backend::cuda::geometry` and `slots`,
+//! pure arithmetic compiled with or without the `cuda` feature, run with
+//! the library's own tests):
 //! - `residency_slots_are_fixed_regions_that_hold_every_streamed_layer`:
 //!   the host side of streaming to a GPU (the slot regions the GPU
 //!   page-locks), also in every `cargo test`.
@@ -24,13 +20,7 @@
 //!   "skipped: no CUDA device" (to stderr, past the test harness's capture)
 //!   and passes.
 
-#[allow(dead_code)]
-#[path = "../src/backend/cuda/geometry.rs"]
-mod geometry;
-
-#[allow(dead_code)]
-#[path = "../src/backend/cuda/slots.rs"]
-mod slots;
+use flea::backend::cuda::slots;
 
 mod common;
 
@@ -1243,7 +1233,7 @@ mod gpu {
 
     // ------------------------------------------------------------ streaming
 
-    use flea::config::GpuBuffer;
+    use flea::backend::Feed;
     use flea::engine::WeightSource;
     use flea::residency::plan::Plan;
     use flea::residency::{Residency, ResidencyOptions};
@@ -1309,8 +1299,8 @@ mod gpu {
     ) -> Engine<'m, Residency> {
         let mut source = Residency::open(path, model, plan, ResidencyOptions::default()).unwrap();
         let buffer = match mode {
-            Mode::Mapped => GpuBuffer::Mapped,
-            Mode::Device | Mode::Pageable => GpuBuffer::Device,
+            Mode::Mapped => Feed::Mapped,
+            Mode::Device | Mode::Pageable => Feed::Device,
         };
         let mut cfg = CudaForwardConfig::for_plan(&stream_config(), plan, buffer);
         cfg.profile = profile;
@@ -1515,8 +1505,8 @@ mod gpu {
             let mut source =
                 Residency::open(&path, &model, &plan, ResidencyOptions::default()).unwrap();
             let buffer = match mode {
-                Mode::Mapped => GpuBuffer::Mapped,
-                _ => GpuBuffer::Device,
+                Mode::Mapped => Feed::Mapped,
+                _ => Feed::Device,
             };
             let mut cfg = CudaForwardConfig::for_plan(&stream_config(), &plan, buffer);
             cfg.profile = true;
@@ -1590,7 +1580,7 @@ mod gpu {
         assert!(plan.is_streaming());
         let tokens = stream_tokens(model.hparams.vocab_size);
         let open = || Residency::open(&path, &model, &plan, ResidencyOptions::default()).unwrap();
-        let cfg = CudaForwardConfig::for_plan(&stream_config(), &plan, GpuBuffer::Mapped);
+        let cfg = CudaForwardConfig::for_plan(&stream_config(), &plan, Feed::Mapped);
         let mut backend = CudaForward::new(&model.hparams, cfg).unwrap();
 
         // Source dropped first: the backend stops using the mapping.

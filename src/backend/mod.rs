@@ -4,7 +4,6 @@
 //! streaming. The CPU forward pass is [`cpu::CpuForward`].
 
 pub mod cpu;
-#[cfg(feature = "cuda")]
 pub mod cuda;
 
 use crate::error::Result;
@@ -57,6 +56,28 @@ impl<'b> FileBytes<'b> {
             data: &self.bytes[start..start + t.bytes() as usize],
         }
     }
+}
+
+/// How streamed layers reach an accelerator's kernels (`[device] buffer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Feed {
+    /// Copied into a device double buffer (discrete GPUs).
+    Device,
+    /// Read in place from the page-locked, device-mapped host slots, no
+    /// copy (unified-memory boards such as Jetson).
+    Mapped,
+}
+
+/// The host memory a streaming weight source refills, fixed for the whole
+/// run, which an accelerator may page-lock (and map) once: the seam through
+/// which a backend reaches the slots without knowing the residency.
+pub trait HostSlots {
+    /// `(address, bytes)` of each slot; empty when nothing streams.
+    fn slot_regions(&self) -> Vec<(usize, usize)>;
+    /// Keep `guard` (e.g. an unregistration) until the source is dropped,
+    /// and drop it before the slots are freed.
+    fn hold_until_slots_freed(&mut self, guard: Box<dyn Send + Sync>);
 }
 
 /// Which positions of a chunk need logits.

@@ -254,13 +254,10 @@ impl Session {
             BackendChoice::Cpu => Engine::new(&self.model, source, &self.engine),
             #[cfg(feature = "cuda")]
             BackendChoice::Cuda => {
-                use flea::backend::cuda::{streaming_engine, CudaForwardConfig};
-                let config = CudaForwardConfig::for_plan(
-                    &self.engine,
-                    &self.plan,
-                    self.config.device.buffer,
-                );
-                streaming_engine(&self.model, source, config, &self.engine)
+                let config = self
+                    .engine
+                    .cuda_forward(&self.plan, self.config.device.buffer);
+                flea::engine::streaming_engine(&self.model, source, config, &self.engine)
             }
         }
     }

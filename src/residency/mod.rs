@@ -438,6 +438,18 @@ impl Residency {
     }
 }
 
+impl crate::backend::HostSlots for Residency {
+    fn slot_regions(&self) -> Vec<(usize, usize)> {
+        Residency::slot_regions(self)
+            .iter()
+            .map(|r| (r.addr, r.len))
+            .collect()
+    }
+    fn hold_until_slots_freed(&mut self, guard: Box<dyn Send + Sync>) {
+        Residency::hold_until_slots_freed(self, guard);
+    }
+}
+
 impl Drop for Residency {
     fn drop(&mut self) {
         // Before `stream` (and with it the slots) goes.

@@ -13,16 +13,12 @@ use cudarc::driver::{CudaEvent, CudaSlice};
 
 use super::device::{cuda_err, AttentionShape, Gpu};
 use super::pinned;
-use super::slots::{device_slot_bytes, DevicePlan, Feed, HostRegion, LayerTimes};
+use super::slots::{device_slot_bytes, DevicePlan, HostRegion, LayerTimes};
 use super::weights::{LayerSource, WeightCache};
-use crate::backend::{Backend, Batch, FileBytes, Logits, Weight};
-use crate::config::GpuBuffer;
-use crate::engine::EngineConfig;
+use crate::backend::{Backend, Batch, Feed, FileBytes, HostSlots, Logits, Weight};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::model::{Hparams, LayerTensors};
-use crate::residency::plan::Plan;
-use crate::residency::Residency;
 
 /// Shape of a CUDA forward pass, fixed at start.
 #[derive(Debug, Clone, Copy)]
@@ -39,7 +35,7 @@ pub struct CudaForwardConfig {
     pub weight_cache_bytes: u64,
     /// How streamed layers reach the kernels: copied into a device double
     /// buffer, or read in place from the mapped host slots.
-    pub buffer: GpuBuffer,
+    pub buffer: Feed,
     /// Bytes of each host streaming slot (the plan's `slot_bytes`): the
     /// device double buffer is sized from it and allocated at start. 0:
     /// allocated at the first streamed layer, sized from its host slot.
@@ -63,20 +59,27 @@ impl CudaForwardConfig {
             n_seq,
             device: 0,
             weight_cache_bytes: u64::MAX,
-            buffer: GpuBuffer::Device,
+            buffer: Feed::Device,
             stream_slot_bytes: 0,
             resident_bytes: 0,
             profile: false,
         }
     }
 
-    /// The engine's shape and the plan's slots, fed as `buffer` says.
-    pub fn for_plan(engine: &EngineConfig, plan: &Plan, buffer: GpuBuffer) -> CudaForwardConfig {
+    /// This shape with the planned slots (`slot_bytes` each) and resident
+    /// layers (`resident_bytes` in all), fed as `buffer` says. (The engine
+    /// layer builds it from a plan: `EngineConfig::cuda_forward`.)
+    pub fn with_slots(
+        self,
+        slot_bytes: u64,
+        resident_bytes: u64,
+        buffer: Feed,
+    ) -> CudaForwardConfig {
         CudaForwardConfig {
             buffer,
-            stream_slot_bytes: plan.slot_bytes,
-            resident_bytes: plan.resident_layer_bytes,
-            ..CudaForwardConfig::new(engine.n_ctx, engine.max_chunk, engine.n_seq)
+            stream_slot_bytes: slot_bytes,
+            resident_bytes,
+            ..self
         }
     }
 }
@@ -204,7 +207,7 @@ pub struct CudaForward {
     n_seq: usize,
     max_chunk: usize,
     weights: WeightCache,
-    buffer: GpuBuffer,
+    buffer: Feed,
     stream_slot_bytes: u64,
     profile: Option<Profile>,
     s: Scratch,
@@ -257,8 +260,8 @@ impl CudaForward {
             ));
         }
         let slots = match config.buffer {
-            GpuBuffer::Device => 2 * device_slot_bytes(config.stream_slot_bytes),
-            GpuBuffer::Mapped => 0,
+            Feed::Device => 2 * device_slot_bytes(config.stream_slot_bytes),
+            Feed::Mapped => 0,
         };
         let need = Self::memory_bytes(hp, config) + slots + config.resident_bytes;
         let (free, _) = gpu.mem_info()?;
@@ -276,7 +279,7 @@ impl CudaForward {
         let chunk = config.max_chunk;
         let mut weights = WeightCache::new(config.weight_cache_bytes, config.profile);
         weights.reserve_arena(&gpu, config.resident_bytes as usize)?;
-        if config.buffer == GpuBuffer::Device && config.stream_slot_bytes > 0 {
+        if config.buffer == Feed::Device && config.stream_slot_bytes > 0 {
             weights.ensure_slots(&gpu, device_slot_bytes(config.stream_slot_bytes) as usize)?;
         }
         let profile = match config.profile {
@@ -330,19 +333,22 @@ impl CudaForward {
             + (f32s * 4 + rope + ints + norms) as u64
     }
 
-    /// Device memory a run of `plan` allocates: this backend's own, the
-    /// embeddings and output head, the resident layers and (device feed)
-    /// the two slots.
-    pub fn device_plan(hp: &Hparams, config: CudaForwardConfig, plan: &Plan) -> DevicePlan {
+    /// Device memory a run allocates: this backend's own, the embeddings
+    /// and output head (`global_bytes`), the resident layers and (device
+    /// feed) the two slots of `slot_bytes`.
+    pub fn device_plan(
+        hp: &Hparams,
+        config: CudaForwardConfig,
+        global_bytes: u64,
+        resident_layer_bytes: u64,
+        slot_bytes: u64,
+    ) -> DevicePlan {
         DevicePlan::new(
             Self::memory_bytes(hp, config),
-            plan.global_bytes,
-            plan.resident_layer_bytes,
-            plan.slot_bytes,
-            match config.buffer {
-                GpuBuffer::Device => Feed::Device,
-                GpuBuffer::Mapped => Feed::Mapped,
-            },
+            global_bytes,
+            resident_layer_bytes,
+            slot_bytes,
+            config.buffer,
         )
     }
 
@@ -351,19 +357,16 @@ impl CudaForward {
     /// Where that fails, say why in one log line and go on copying from
     /// pageable memory (the mapped feed then falls back to the device
     /// double buffer). Nothing to do when nothing streams.
-    pub fn pin_host_slots(&mut self, source: &mut Residency) -> Result<()> {
+    pub fn pin_host_slots(&mut self, source: &mut dyn HostSlots) -> Result<()> {
         let regions: Vec<HostRegion> = source
             .slot_regions()
-            .iter()
-            .map(|r| HostRegion {
-                addr: r.addr,
-                len: r.len,
-            })
+            .into_iter()
+            .map(|(addr, len)| HostRegion { addr, len })
             .collect();
         if regions.is_empty() {
             return Ok(());
         }
-        let map = self.buffer == GpuBuffer::Mapped;
+        let map = self.buffer == Feed::Mapped;
         let slot_len = regions.iter().map(|r| r.len).max().unwrap_or(0);
         match pinned::pin(&self.gpu, &regions, map) {
             Ok((guard, slots)) => {

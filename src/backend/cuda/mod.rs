@@ -2,196 +2,55 @@
 //! on an NVIDIA GPU, with the model's weights, the KV cache and the
 //! activations in device memory.
 //!
-//! Layout of the module:
-//! - `geometry`: launch geometry and kernel names, pure functions with unit
-//!   tests that run without a GPU (and without this feature: `tests/gpu.rs`
-//!   includes the file by path).
+//! Layout of the module (`geometry` and `slots` are pure arithmetic,
+//! compiled and tested with or without the feature; the rest needs it):
+//! - `geometry`: launch geometry and kernel names.
 //! - `device`: context, stream, the kernel module (the fatbin build.rs made
 //!   from `kernels/*.cu`, embedded in the binary) and one checked wrapper per
 //!   kernel launch.
 //! - `slots`: the plannable half of streaming (layer spans, slot sizes, the
-//!   double buffer's rotation, registration math, device memory plan),
-//!   pure functions with unit tests that run without a GPU (also included
-//!   by `tests/gpu.rs`).
+//!   double buffer's rotation, registration math, device memory plan).
 //! - `pinned`: page-locking (and, mapped feed, mapping) the host streaming
 //!   slots with `cuMemHostRegister`.
 //! - `double_buffer`: the device double buffer, its copy stream and events.
 //! - `weights`: resident layers uploaded on first use and cached by file
 //!   offset up to a budget (staged per pass beyond it); streamed layers
 //!   copied through the double buffer or read from mapped host slots.
-//! - `forward`: [`CudaForward`], the [`crate::backend::Backend`].
+//! - `forward`: `CudaForward`, the [`crate::backend::Backend`].
+//! - `probe`: whether a driver and device are usable; copy bandwidths.
 //!
-//! [`streaming_engine`] puts it together with a planned
-//! [`crate::residency::Residency`].
+//! `flea::engine::streaming_engine` puts it together with a planned
+//! residency (the backend sees only [`crate::backend::HostSlots`]).
 //!
 //! The driver is loaded at run time (cudarc's dynamic loading), so a binary
 //! built with `cuda` still runs on a machine without a GPU or driver:
-//! [`cuda_available`] says whether one is usable, and [`open`] turns a
+//! `cuda_available` says whether one is usable, and `open` turns a
 //! missing driver or device into an error rather than a panic.
 
-pub mod device;
-pub mod double_buffer;
-pub mod forward;
 pub mod geometry;
-pub mod pinned;
 pub mod slots;
+
+#[cfg(feature = "cuda")]
+pub mod device;
+#[cfg(feature = "cuda")]
+pub mod double_buffer;
+#[cfg(feature = "cuda")]
+pub mod forward;
+#[cfg(feature = "cuda")]
+pub mod pinned;
+#[cfg(feature = "cuda")]
+mod probe;
+#[cfg(feature = "cuda")]
 pub mod weights;
 
-use std::sync::Arc;
-use std::time::Instant;
+pub use crate::backend::Feed;
+pub use slots::{DevicePlan, LayerTimes};
 
-use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{CudaContext, CudaStream};
-
+#[cfg(feature = "cuda")]
 pub use cudarc;
+#[cfg(feature = "cuda")]
 pub use device::{AttentionShape, DevWeight, DeviceInfo, Format, Gpu, FATBIN_ARCHS};
+#[cfg(feature = "cuda")]
 pub use forward::{CudaForward, CudaForwardConfig};
-pub use slots::{DevicePlan, Feed, LayerTimes};
-
-use crate::engine::{Engine, EngineConfig};
-use crate::error::{Error, Result};
-use crate::model::Model;
-use crate::residency::Residency;
-use device::cuda_err;
-
-/// The engine on the GPU over a planned residency: the backend (built from
-/// `config`, e.g. [`CudaForwardConfig::for_plan`]) page-locks the source's
-/// streaming slots (falling back to pageable copies with a log line) and
-/// feeds streamed layers as `config.buffer` says.
-pub fn streaming_engine<'a>(
-    model: &'a Model,
-    source: Residency,
-    config: CudaForwardConfig,
-    engine: &EngineConfig,
-) -> Result<Engine<'a, Residency>> {
-    let backend = CudaForward::new(&model.hparams, config)?;
-    streaming_engine_with(model, source, backend, engine)
-}
-
-/// As [`streaming_engine`], with a backend already made.
-pub fn streaming_engine_with<'a>(
-    model: &'a Model,
-    mut source: Residency,
-    mut backend: CudaForward,
-    engine: &EngineConfig,
-) -> Result<Engine<'a, Residency>> {
-    backend.pin_host_slots(&mut source)?;
-    Engine::with_backend(model, source, backend, engine)
-}
-
-/// Whether the CUDA driver library can be loaded at all. cudarc panics on
-/// the first driver call when it cannot, so check this first.
-fn driver_present() -> bool {
-    // SAFETY: tries to dlopen libcuda under its usual names; loads nothing
-    // else and calls no driver function.
-    unsafe { cudarc::driver::sys::is_culib_present() }
-}
-
-/// Whether a CUDA driver and at least one device are present and usable.
-pub fn cuda_available() -> bool {
-    driver_present() && CudaContext::new(0).is_ok()
-}
-
-/// Open device `device` with the kernels loaded, or say clearly why not
-/// (an error of kind Config, never a panic).
-pub fn open(device: usize) -> Result<Gpu> {
-    if !driver_present() {
-        return Err(Error::config(
-            "CUDA requested but no driver/device: the NVIDIA driver library (libcuda.so.1) \
-             was not found; install the driver (on a Jetson it comes with JetPack/L4T), or \
-             use [device] backend = \"cpu\"",
-        ));
-    }
-    Gpu::new(device)
-}
-
-/// A copy bandwidth measured with CUDA events: device-to-device (the bound
-/// a memory-bound decode step is read against) or pinned host-to-device
-/// (the bound for streaming layers into the device double buffer).
-#[derive(Debug, Clone, Copy)]
-pub struct CopyBandwidth {
-    /// Bytes of each copy.
-    pub copy_bytes: usize,
-    pub copies: usize,
-    pub seconds: f64,
-    /// Memory traffic per second. A device-to-device copy reads and writes
-    /// every byte on the device, so it counts `2 * copy_bytes` per copy; a
-    /// host-to-device copy counts `copy_bytes`.
-    pub bytes_per_s: f64,
-}
-
-pub type D2dBandwidth = CopyBandwidth;
-pub type H2dBandwidth = CopyBandwidth;
-
-/// Time `copies` calls of `copy` on the stream with events, after one
-/// untimed warm-up call. Falls back on the wall clock if events say 0.
-fn time_copies(
-    gpu: &Gpu,
-    copies: usize,
-    mut copy: impl FnMut(&Arc<CudaStream>, &'static str) -> Result<()>,
-) -> Result<f64> {
-    let stream = gpu.stream();
-    let ctx = gpu.context();
-    copy(stream, "warm-up copy")?;
-    let event = || {
-        ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(cuda_err("create event"))
-    };
-    let (start, end) = (event()?, event()?);
-    let wall = Instant::now();
-    start.record(stream).map_err(cuda_err("record event"))?;
-    for _ in 0..copies {
-        copy(stream, "timed copy")?;
-    }
-    end.record(stream).map_err(cuda_err("record event"))?;
-    let ms = start.elapsed_ms(&end).map_err(cuda_err("event time"))?;
-    let seconds = if ms > 0.0 {
-        f64::from(ms) / 1e3
-    } else {
-        wall.elapsed().as_secs_f64()
-    };
-    Ok(seconds.max(1e-9))
-}
-
-/// Time `copies` device-to-device copies of `copy_bytes`.
-pub fn measure_d2d_bandwidth(gpu: &Gpu, copy_bytes: usize, copies: usize) -> Result<D2dBandwidth> {
-    let copies = copies.max(1);
-    let src = gpu.zeros::<u8>(copy_bytes)?;
-    let mut dst = gpu.zeros::<u8>(copy_bytes)?;
-    let seconds = time_copies(gpu, copies, |stream, what| {
-        stream.memcpy_dtod(&src, &mut dst).map_err(cuda_err(what))
-    })?;
-    Ok(CopyBandwidth {
-        copy_bytes,
-        copies,
-        seconds,
-        bytes_per_s: 2.0 * copy_bytes as f64 * copies as f64 / seconds,
-    })
-}
-
-/// Time `copies` copies of `copy_bytes` from pinned host memory
-/// (`cuMemHostAlloc`, portable, not write-combined) to device memory.
-pub fn measure_h2d_bandwidth(gpu: &Gpu, copy_bytes: usize, copies: usize) -> Result<H2dBandwidth> {
-    let copies = copies.max(1);
-    // SAFETY: the memory is written (zeroed) below before any copy reads it.
-    let mut host = unsafe {
-        gpu.context().alloc_pinned_with_flags::<u8>(
-            copy_bytes.max(1),
-            cudarc::driver::sys::CU_MEMHOSTALLOC_PORTABLE,
-        )
-    }
-    .map_err(cuda_err(format_args!("allocate {copy_bytes} pinned bytes")))?;
-    host.as_mut_slice()
-        .map_err(cuda_err("pinned memory"))?
-        .fill(0);
-    let mut dst = gpu.zeros::<u8>(copy_bytes)?;
-    let seconds = time_copies(gpu, copies, |stream, what| {
-        stream.memcpy_htod(&host, &mut dst).map_err(cuda_err(what))
-    })?;
-    Ok(CopyBandwidth {
-        copy_bytes,
-        copies,
-        seconds,
-        bytes_per_s: copy_bytes as f64 * copies as f64 / seconds,
-    })
-}
+#[cfg(feature = "cuda")]
+pub use probe::*;

@@ -16,6 +16,7 @@
 //! compiled into `tests/gpu.rs` by `#[path]`, so its tests run in a plain
 //! `cargo test` without the `cuda` feature.
 
+use crate::backend::Feed;
 use std::ops::Range;
 
 /// Device slots: one being read by kernels, one being filled. The same
@@ -202,15 +203,6 @@ pub fn device_address(regions: &[MappedRegion], host: usize, len: usize) -> Opti
         let end = host.checked_add(len)?;
         (host >= r.host && end <= r.host + r.len).then(|| r.device + (host - r.host) as u64)
     })
-}
-
-/// How streamed layers reach the kernels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Feed {
-    /// Copied into a device double buffer.
-    Device,
-    /// Read in place from the page-locked, device-mapped host slots.
-    Mapped,
 }
 
 /// Device memory a streamed run allocates, from the planner's numbers.
