@@ -13,6 +13,7 @@ use flea::generate::{Flow, Generator};
 use flea::synth::{self, Preset, QuantMix, SynthOptions};
 use flea::{Error, Result};
 use std::io::Write;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -79,7 +80,11 @@ pub fn progress_bar(what: &'static str) -> impl FnMut(u64, u64) {
     }
 }
 
-pub fn demo(model: Option<PathBuf>, budget: Option<Budget>, threads: Option<usize>) -> Result<u8> {
+pub fn demo(
+    model: Option<PathBuf>,
+    budget: Option<Budget>,
+    threads: Option<NonZeroUsize>,
+) -> Result<u8> {
     let synthetic = model.is_none();
     let path = match model {
         Some(p) => p,
@@ -92,9 +97,9 @@ pub fn demo(model: Option<PathBuf>, budget: Option<Budget>, threads: Option<usiz
         config: None,
         budget: Some(Budget::Bytes(u64::MAX)),
         threads,
-        ctx_size: Some(256),
-        chunk: Some(16),
-        batch: Some(1),
+        ctx_size: NonZeroUsize::new(256),
+        chunk: NonZeroUsize::new(16),
+        batch: NonZeroUsize::new(1),
         verify: false,
     };
     let mut session = open_session(&args)?;
@@ -266,5 +271,5 @@ pub struct DemoArgs {
     pub budget: Option<flea::config::Budget>,
     /// CPU threads [default: physical cores].
     #[arg(long, short = 't')]
-    pub threads: Option<usize>,
+    pub threads: Option<NonZeroUsize>,
 }

@@ -13,6 +13,7 @@ use flea::residency::plan::Plan;
 use flea::residency::{Residency, ResidencyOptions};
 use flea::tokenizer::Tokenizer;
 use flea::{Error, Result};
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -29,17 +30,17 @@ pub struct CommonArgs {
     pub budget: Option<Budget>,
     /// CPU threads [default: physical cores].
     #[arg(long, short = 't')]
-    pub threads: Option<usize>,
+    pub threads: Option<NonZeroUsize>,
     /// Context length: KV cache positions [default: min(model's, 2048)].
     #[arg(long, short = 'c')]
-    pub ctx_size: Option<usize>,
+    pub ctx_size: Option<NonZeroUsize>,
     /// Positions per forward pass while reading a prompt (llama.cpp's
     /// -b/--batch-size) [default: 64].
     #[arg(long, short = 'b', visible_alias = "batch-size")]
-    pub chunk: Option<usize>,
+    pub chunk: Option<NonZeroUsize>,
     /// Sequences decoded together; each streamed layer read serves all [default: 1].
     #[arg(long)]
-    pub batch: Option<usize>,
+    pub batch: Option<NonZeroUsize>,
     /// Check every layer read against MODEL.sums (see `flea checksum`) [config: io.verify].
     #[arg(long)]
     pub verify: bool,
@@ -62,16 +63,39 @@ pub struct Session {
     pub backend: BackendChoice,
 }
 
-/// Plan `model` (from `path`), naming the file in a budget error.
+/// Plan `model` (from `path`) for `backend`, which reports what it
+/// allocates for the KV cache and activations (device memory, for CUDA);
+/// a budget error names the file and the context.
 fn plan_named(
     path: &std::path::Path,
     model: &Model,
     engine: &EngineConfig,
+    backend: BackendChoice,
     budget: u64,
 ) -> Result<Plan> {
-    engine
-        .plan(model, budget)
-        .map_err(|e| Error::new(e.kind, format!("{}: {}", path.display(), e.message)))
+    let engine_bytes = match backend {
+        BackendChoice::Cpu => engine.cpu_memory_bytes(&model.hparams),
+        #[cfg(feature = "cuda")]
+        BackendChoice::Cuda => flea::backend::cuda::CudaForward::memory_bytes(
+            &model.hparams,
+            flea::backend::cuda::CudaForwardConfig::new(
+                engine.n_ctx,
+                engine.max_chunk,
+                engine.n_seq,
+            ),
+        ),
+    };
+    Plan::make(model, engine_bytes, budget).map_err(|e| {
+        Error::new(
+            e.kind,
+            format!(
+                "{}: {} (context {}: --ctx-size)",
+                path.display(),
+                e.message,
+                engine.n_ctx
+            ),
+        )
+    })
 }
 
 /// Where the forward pass runs.
@@ -126,18 +150,21 @@ pub fn open_session(args: &CommonArgs) -> Result<Session> {
     if args.verify {
         config.io.verify = true;
     }
+    // Zero is refused by the flags' type (NonZeroUsize); the caps here.
     if let Some(t) = args.threads {
-        config.device.threads = check_count("--threads", t, limits::MAX_THREADS, Error::usage)?;
+        config.device.threads =
+            check_count("--threads", t.get(), limits::MAX_THREADS, Error::usage)?;
     }
     if let Some(c) = args.chunk {
-        config.pipeline.prefill_chunk = check_count("--chunk", c, limits::MAX_CHUNK, Error::usage)?;
+        config.pipeline.prefill_chunk =
+            check_count("--chunk", c.get(), limits::MAX_CHUNK, Error::usage)?;
     }
     if let Some(b) = args.batch {
-        config.pipeline.batch = check_count("--batch", b, limits::MAX_BATCH, Error::usage)?;
+        config.pipeline.batch = check_count("--batch", b.get(), limits::MAX_BATCH, Error::usage)?;
     }
     if let Some(c) = args.ctx_size {
         config.generation.context =
-            check_count("--ctx-size", c, limits::MAX_CONTEXT, Error::usage)?;
+            check_count("--ctx-size", c.get(), limits::MAX_CONTEXT, Error::usage)?;
     }
     let backend = choose_backend(config.device.backend)?;
 
@@ -183,7 +210,7 @@ pub fn open_session(args: &CommonArgs) -> Result<Session> {
     }
     .with_batch(config.pipeline.batch);
     let budget = config.memory.budget.resolve(file.file_len());
-    let plan = plan_named(&path, &model, &engine, budget)?;
+    let plan = plan_named(&path, &model, &engine, backend, budget)?;
     Ok(Session {
         path,
         config,
@@ -211,7 +238,7 @@ impl Session {
 
     /// Plan again for a different budget.
     pub fn replan(&mut self, budget: u64) -> Result<()> {
-        self.plan = plan_named(&self.path, &self.model, &self.engine, budget)?;
+        self.plan = plan_named(&self.path, &self.model, &self.engine, self.backend, budget)?;
         Ok(())
     }
 
