@@ -153,6 +153,25 @@ pub fn read_range(
     Ok(())
 }
 
+/// [`read_range`], checked against `expect` when given (`[io] verify`):
+/// how every layer and global region is read.
+#[allow(clippy::too_many_arguments)]
+pub fn read_region(
+    reader: &mut dyn ReadAt,
+    buf: &mut [u8],
+    range: Range<u64>,
+    needed: u64,
+    policy: RetryPolicy,
+    what: &dyn std::fmt::Display,
+    path: &Path,
+    expect: Option<&Expected>,
+) -> Result<()> {
+    match expect {
+        None => read_range(reader, buf, range, needed, policy, what, path),
+        Some(e) => read_range_verified(reader, buf, range, needed, policy, what, path, e),
+    }
+}
+
 /// As [`read_range`], and check the bytes of `expect.span` against its hash.
 /// The hash runs on a second (scoped) thread fed one request-sized piece at
 /// a time, so hashing piece k overlaps reading piece k+1: at disk speed the
@@ -272,28 +291,16 @@ impl Loader {
             .spawn(move || {
                 for mut req in req_rx {
                     let start = Instant::now();
-                    let what = LayerName(req.layer);
-                    let result = match &req.expect {
-                        None => read_range(
-                            reader.as_mut(),
-                            &mut req.buf,
-                            req.range.clone(),
-                            req.needed,
-                            policy,
-                            &what,
-                            &path,
-                        ),
-                        Some(expect) => read_range_verified(
-                            reader.as_mut(),
-                            &mut req.buf,
-                            req.range.clone(),
-                            req.needed,
-                            policy,
-                            &what,
-                            &path,
-                            expect,
-                        ),
-                    };
+                    let result = read_region(
+                        reader.as_mut(),
+                        &mut req.buf,
+                        req.range.clone(),
+                        req.needed,
+                        policy,
+                        &LayerName(req.layer),
+                        &path,
+                        req.expect.as_ref(),
+                    );
                     let done = Done {
                         layer: req.layer,
                         buf: req.buf,

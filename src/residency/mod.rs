@@ -15,7 +15,7 @@ use crate::gguf::GgufFile;
 use crate::model::{Model, TensorRef};
 use buffer::AlignedBuf;
 use checksum::{sidecar_path, Expected, Sums};
-use loader::{read_range, read_range_verified, FileReader, Loader, ReadAt, RetryPolicy};
+use loader::{read_region, FileReader, Loader, ReadAt, RetryPolicy};
 use plan::{global_reads, LayerRead, Placement, Plan, SLOTS};
 use stats::IoStats;
 use std::collections::VecDeque;
@@ -208,28 +208,16 @@ impl Residency {
                         expect: Option<&Expected>|
          -> Result<AlignedBuf> {
             let mut buf = AlignedBuf::new(read.len() as usize);
-            let (range, needed) = (read.range.clone(), read.needed());
-            match expect {
-                None => read_range(
-                    reader.as_mut(),
-                    &mut buf,
-                    range,
-                    needed,
-                    options.retry,
-                    what,
-                    path,
-                )?,
-                Some(e) => read_range_verified(
-                    reader.as_mut(),
-                    &mut buf,
-                    range,
-                    needed,
-                    options.retry,
-                    what,
-                    path,
-                    e,
-                )?,
-            }
+            read_region(
+                reader.as_mut(),
+                &mut buf,
+                read.range.clone(),
+                read.needed(),
+                options.retry,
+                what,
+                path,
+                expect,
+            )?;
             stats.resident_bytes += read.len();
             Ok(buf)
         };
