@@ -15,7 +15,7 @@ __device__ __forceinline__ void argmax_merge(float& best, int& best_i, float v, 
 // Thread layout: one block of 256 threads per row (grid.x = rows); thread t
 // scans elements t, t + 256, ...; the per-thread winners are reduced by warp
 // shuffles, then across the 8 warps through shared memory.
-extern "C" __global__ void __launch_bounds__(256)
+extern "C" __global__ void __launch_bounds__(FLEA_ROW_THREADS)
     argmax_rows(unsigned int* out, const float* logits, int vocab) {
     __shared__ float s_val[32];
     __shared__ int s_idx[32];

@@ -8,23 +8,21 @@
 //   query head h reads kv head h / (n_heads / n_kv_heads)
 #include "common.cuh"
 
-#define ATT_WARPS 4
-// head_dim <= 32 * ATT_MAX_PER_LANE (checked on the host).
-#define ATT_MAX_PER_LANE 8
+// head_dim <= 32 * FLEA_ATTENTION_MAX_PER_LANE (checked on the host).
 
-// Thread layout: grid (n_heads, n_rows), block of ATT_WARPS warps. Lane l
+// Thread layout: grid (n_heads, n_rows), block of FLEA_ATTENTION_WARPS warps. Lane l
 // holds elements l, l + 32, ... of the query and of an output accumulator.
-// Warp w walks cache positions t = w, w + ATT_WARPS, ... <= pos with an
+// Warp w walks cache positions t = w, w + FLEA_ATTENTION_WARPS, ... <= pos with an
 // online softmax (running max m, running sum s, accumulator rescaled when m
 // grows); a score is a warp-reduced dot product. The warps' (m, s, acc)
 // are merged through shared memory and warp 0 writes the head's output.
-extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
+extern "C" __global__ void __launch_bounds__(32 * FLEA_ATTENTION_WARPS)
     attention(float* out, const float* q, const float* k_cache, const float* v_cache,
               const int* row_seq, const int* row_pos, int n_heads, int n_kv_heads, int head_dim,
               int n_ctx, float scale) {
-    __shared__ float s_max[ATT_WARPS];
-    __shared__ float s_sum[ATT_WARPS];
-    __shared__ float s_acc[ATT_WARPS][32 * ATT_MAX_PER_LANE];
+    __shared__ float s_max[FLEA_ATTENTION_WARPS];
+    __shared__ float s_sum[FLEA_ATTENTION_WARPS];
+    __shared__ float s_acc[FLEA_ATTENTION_WARPS][32 * FLEA_ATTENTION_MAX_PER_LANE];
 
     const int h = blockIdx.x;
     const int row = blockIdx.y;
@@ -36,20 +34,20 @@ extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
     const size_t seq_base = (size_t)row_seq[row] * n_ctx * kv_dim + (size_t)kv_head * head_dim;
     const float* qh = q + (size_t)row * n_heads * head_dim + (size_t)h * head_dim;
 
-    float qv[ATT_MAX_PER_LANE], acc[ATT_MAX_PER_LANE];
+    float qv[FLEA_ATTENTION_MAX_PER_LANE], acc[FLEA_ATTENTION_MAX_PER_LANE];
 #pragma unroll
-    for (int j = 0; j < ATT_MAX_PER_LANE; j++) {
+    for (int j = 0; j < FLEA_ATTENTION_MAX_PER_LANE; j++) {
         const int e = lane + 32 * j;
         qv[j] = e < head_dim ? qh[e] : 0.0f;
         acc[j] = 0.0f;
     }
     float m = -INFINITY, s = 0.0f;
 
-    for (int t = warp; t <= pos; t += ATT_WARPS) {
+    for (int t = warp; t <= pos; t += FLEA_ATTENTION_WARPS) {
         const float* kt = k_cache + seq_base + (size_t)t * kv_dim;
         float d = 0.0f;
 #pragma unroll
-        for (int j = 0; j < ATT_MAX_PER_LANE; j++) {
+        for (int j = 0; j < FLEA_ATTENTION_MAX_PER_LANE; j++) {
             const int e = lane + 32 * j;
             if (e < head_dim) d += qv[j] * kt[e];
         }
@@ -60,7 +58,7 @@ extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
         s = s * corr + p;
         const float* vt = v_cache + seq_base + (size_t)t * kv_dim;
 #pragma unroll
-        for (int j = 0; j < ATT_MAX_PER_LANE; j++) {
+        for (int j = 0; j < FLEA_ATTENTION_MAX_PER_LANE; j++) {
             const int e = lane + 32 * j;
             if (e < head_dim) acc[j] = acc[j] * corr + p * vt[e];
         }
@@ -72,7 +70,7 @@ extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
         s_sum[warp] = s;
     }
 #pragma unroll
-    for (int j = 0; j < ATT_MAX_PER_LANE; j++) s_acc[warp][lane + 32 * j] = acc[j];
+    for (int j = 0; j < FLEA_ATTENTION_MAX_PER_LANE; j++) s_acc[warp][lane + 32 * j] = acc[j];
     __syncthreads();
     if (warp != 0) return;
 
@@ -80,23 +78,23 @@ extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
     // the global max is finite; warps that saw none contribute exp(-inf) = 0.
     float gm = s_max[0];
 #pragma unroll
-    for (int w = 1; w < ATT_WARPS; w++) gm = fmaxf(gm, s_max[w]);
+    for (int w = 1; w < FLEA_ATTENTION_WARPS; w++) gm = fmaxf(gm, s_max[w]);
     float total = 0.0f;
-    float f[ATT_WARPS];
+    float f[FLEA_ATTENTION_WARPS];
 #pragma unroll
-    for (int w = 0; w < ATT_WARPS; w++) {
+    for (int w = 0; w < FLEA_ATTENTION_WARPS; w++) {
         f[w] = expf(s_max[w] - gm);
         total += s_sum[w] * f[w];
     }
     const float inv = 1.0f / total;
     float* oh = out + (size_t)row * n_heads * head_dim + (size_t)h * head_dim;
 #pragma unroll
-    for (int j = 0; j < ATT_MAX_PER_LANE; j++) {
+    for (int j = 0; j < FLEA_ATTENTION_MAX_PER_LANE; j++) {
         const int e = lane + 32 * j;
         if (e >= head_dim) continue;
         float o = 0.0f;
 #pragma unroll
-        for (int w = 0; w < ATT_WARPS; w++) o += s_acc[w][e] * f[w];
+        for (int w = 0; w < FLEA_ATTENTION_WARPS; w++) o += s_acc[w][e] * f[w];
         oh[e] = o * inv;
     }
 }

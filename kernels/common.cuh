@@ -19,6 +19,8 @@
 #include "host/shim.h"
 #endif
 
+#include "geometry.h"
+
 #define FLEA_WARP 32
 #define FLEA_FULL_MASK 0xffffffffu
 

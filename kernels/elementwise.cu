@@ -4,7 +4,7 @@
 // gate = silu(gate) * up = gate / (1 + exp(-gate)) * up, in place.
 //
 // Thread layout: one thread per element; 1-D grid, 256 threads a block.
-extern "C" __global__ void __launch_bounds__(256) swiglu(float* gate, const float* up, long long n) {
+extern "C" __global__ void __launch_bounds__(FLEA_ELEMENTWISE_THREADS) swiglu(float* gate, const float* up, long long n) {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     const float g = gate[i];
@@ -14,7 +14,7 @@ extern "C" __global__ void __launch_bounds__(256) swiglu(float* gate, const floa
 // x += y (the residual connection).
 //
 // Thread layout: one thread per element; 1-D grid, 256 threads a block.
-extern "C" __global__ void __launch_bounds__(256) add_in_place(float* x, const float* y, long long n) {
+extern "C" __global__ void __launch_bounds__(FLEA_ELEMENTWISE_THREADS) add_in_place(float* x, const float* y, long long n) {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     x[i] += y[i];

@@ -3,6 +3,9 @@
 // matrix).
 #include "dequant.cuh"
 
+// Each thread takes one `load8` group of weights.
+static_assert(FLEA_EMBED_WEIGHTS_PER_THREAD == 8, "embed threads dequantize with load8");
+
 // out row p = dequantize(w row tokens[p]); out is (n, cols).
 //
 // Thread layout: grid (ceil(cols / (8 * 128)), n), 128 threads a block;
@@ -25,7 +28,7 @@ __device__ __forceinline__ void embed_impl(float* __restrict__ out, const uint8_
 }
 
 #define FLEA_EMBED(suffix, Fmt)                                                                \
-    extern "C" __global__ void __launch_bounds__(128)                                          \
+    extern "C" __global__ void __launch_bounds__(FLEA_EMBED_THREADS)                                          \
         embed_##suffix(float* out, const uint8_t* w, unsigned long long row_bytes,             \
                        const int* tokens, int cols) {                                          \
         embed_impl<Fmt>(out, w, row_bytes, tokens, cols);                                      \

@@ -8,10 +8,6 @@
 //   y: (n, rows) f32 outputs, y[p * rows + r]
 #include "dequant.cuh"
 
-#define MM_TILE_ROWS 64
-#define MM_TILE_POS 64
-#define MM_TILE_K 32
-#define MM_THREADS 256
 
 // Thread layout: 256 threads as 16 x 16 (ty = tid / 16, tx = tid % 16);
 // grid (ceil(rows / 64), ceil(n / 64)). The block owns output rows
@@ -25,12 +21,12 @@ __device__ __forceinline__ void matmul_impl(const uint8_t* __restrict__ w,
                                             unsigned long long row_bytes, int rows, int cols,
                                             const float* __restrict__ x, float* __restrict__ y,
                                             int n) {
-    __shared__ float Ws[MM_TILE_K][MM_TILE_ROWS + 1];
-    __shared__ float Xs[MM_TILE_K][MM_TILE_POS + 1];
+    __shared__ float Ws[FLEA_MATMUL_TILE_K][FLEA_MATMUL_TILE_ROWS + 1];
+    __shared__ float Xs[FLEA_MATMUL_TILE_K][FLEA_MATMUL_TILE_POS + 1];
     const int tid = threadIdx.x;
     const int ty = tid / 16, tx = tid % 16;
-    const int row0 = blockIdx.x * MM_TILE_ROWS;
-    const int pos0 = blockIdx.y * MM_TILE_POS;
+    const int row0 = blockIdx.x * FLEA_MATMUL_TILE_ROWS;
+    const int pos0 = blockIdx.y * FLEA_MATMUL_TILE_POS;
     const int load_r = tid / 4;       // tile row / tile position this thread loads
     const int load_k = (tid % 4) * 8;  // first of its 8 k values
 
@@ -40,7 +36,7 @@ __device__ __forceinline__ void matmul_impl(const uint8_t* __restrict__ w,
 #pragma unroll
         for (int b = 0; b < 4; b++) acc[a][b] = 0.0f;
 
-    for (int k0 = 0; k0 < cols; k0 += MM_TILE_K) {
+    for (int k0 = 0; k0 < cols; k0 += FLEA_MATMUL_TILE_K) {
         float wv[8];
         const int gr = row0 + load_r;
         const int gk = k0 + load_k;
@@ -62,7 +58,7 @@ __device__ __forceinline__ void matmul_impl(const uint8_t* __restrict__ w,
         __syncthreads();
 
 #pragma unroll 8
-        for (int k = 0; k < MM_TILE_K; k++) {
+        for (int k = 0; k < FLEA_MATMUL_TILE_K; k++) {
             float wr[4], xp[4];
 #pragma unroll
             for (int a = 0; a < 4; a++) wr[a] = Ws[k][ty + 16 * a];
@@ -89,7 +85,7 @@ __device__ __forceinline__ void matmul_impl(const uint8_t* __restrict__ w,
 }
 
 #define FLEA_MATMUL(suffix, Fmt)                                                            \
-    extern "C" __global__ void __launch_bounds__(MM_THREADS)                                \
+    extern "C" __global__ void __launch_bounds__(FLEA_MATMUL_THREADS)                                \
         matmul_##suffix(const uint8_t* w, unsigned long long row_bytes, int rows, int cols, \
                         const float* x, float* y, int n) {                                  \
         matmul_impl<Fmt>(w, row_bytes, rows, cols, x, y, n);                                \

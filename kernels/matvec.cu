@@ -8,10 +8,9 @@
 #include "dequant.cuh"
 
 // Rows handled by one block of matvec (one warp each).
-#define MATVEC_ROWS_PER_BLOCK 4
 
-// Thread layout: block (32, MATVEC_ROWS_PER_BLOCK); grid.x = ceil(rows /
-// MATVEC_ROWS_PER_BLOCK). Warp threadIdx.y owns row blockIdx.x * 4 +
+// Thread layout: block (32, FLEA_MATVEC_ROWS_PER_BLOCK); grid.x = ceil(rows /
+// FLEA_MATVEC_ROWS_PER_BLOCK). Warp threadIdx.y owns row blockIdx.x * 4 +
 // threadIdx.y; lane l dequantizes weights 256t + 8l .. +8 for t = 0, 1, ...
 // (so a warp reads 256 consecutive weights per step) and multiplies them
 // into NC running sums, one per activation row; a warp shuffle reduces the
@@ -57,7 +56,7 @@ __device__ __forceinline__ void matvec_impl(const uint8_t* __restrict__ w,
 }
 
 #define FLEA_MATVEC(suffix, Fmt, NC)                                                        \
-    extern "C" __global__ void __launch_bounds__(32 * MATVEC_ROWS_PER_BLOCK)                \
+    extern "C" __global__ void __launch_bounds__(32 * FLEA_MATVEC_ROWS_PER_BLOCK)                \
         matvec_##suffix##_##NC(const uint8_t* w, unsigned long long row_bytes, int rows,     \
                                int cols, const float* x, float* y) {                        \
         matvec_impl<Fmt, NC>(w, row_bytes, rows, cols, x, y);                                \

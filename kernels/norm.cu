@@ -15,7 +15,7 @@ __device__ __forceinline__ void rmsnorm_row(float* __restrict__ out, const float
 }
 
 // out row p = rmsnorm(x row p); out and x are (n, dim).
-extern "C" __global__ void __launch_bounds__(256)
+extern "C" __global__ void __launch_bounds__(FLEA_ROW_THREADS)
     rmsnorm(float* out, const float* x, const float* weight, int dim, float eps) {
     const size_t p = blockIdx.x;
     rmsnorm_row(out + p * dim, x + p * dim, weight, dim, eps);
@@ -23,7 +23,7 @@ extern "C" __global__ void __launch_bounds__(256)
 
 // out row m = rmsnorm(x row src_rows[m]): gathers the positions that want
 // logits into consecutive rows. out is (m, dim).
-extern "C" __global__ void __launch_bounds__(256)
+extern "C" __global__ void __launch_bounds__(FLEA_ROW_THREADS)
     rmsnorm_gather(float* out, const float* x, const float* weight, const int* src_rows, int dim,
                    float eps) {
     const size_t m = blockIdx.x;

@@ -8,7 +8,7 @@
 //
 // Thread layout: one thread per rotated pair; 1-D grid over
 // n_rows * n_heads * half_rot pairs, 256 threads a block.
-extern "C" __global__ void __launch_bounds__(256)
+extern "C" __global__ void __launch_bounds__(FLEA_ELEMENTWISE_THREADS)
     rope(float* x, const float2* table, const int* row_pos, int n_rows, int n_heads, int head_dim,
          int half_rot) {
     const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -30,7 +30,7 @@ extern "C" __global__ void __launch_bounds__(256)
 //
 // Thread layout: one thread per element; 1-D grid over n_rows * kv_dim, 256
 // threads a block.
-extern "C" __global__ void __launch_bounds__(256)
+extern "C" __global__ void __launch_bounds__(FLEA_ELEMENTWISE_THREADS)
     kv_store(float* k_cache, float* v_cache, const float* k, const float* v, const int* row_seq,
              const int* row_pos, int n_rows, int kv_dim, int n_ctx) {
     const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;

@@ -219,7 +219,15 @@ fn build_kernel_check(cxx: &str, dir: &Path) -> PathBuf {
             "-ffp-contract=off",
             "-fno-strict-aliasing",
             "-pthread",
-            "-w",
+            // Warnings are errors (but for CUDA's `#pragma unroll`, which a
+            // host compiler does not know), and every run is checked for
+            // memory errors and undefined behaviour.
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-Wno-unknown-pragmas",
+            "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=undefined",
             "-o",
         ])
         .arg(&exe)

@@ -13,7 +13,9 @@
 //       the ones `dequant` holds to the Rust code).
 //
 // Exit status 0 when everything agrees, 1 on a mismatch (the first ones are
-// printed), 2 on bad usage.
+// printed), 2 on bad usage. Launches use the kernels' own geometry
+// (kernels/geometry.h), the numbers src/backend/cuda/geometry.rs launches
+// with.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -28,6 +30,9 @@
 #include "../matvec.cu"
 #include "../norm.cu"
 #include "../rope.cu"
+
+// Weights one embedding block covers.
+static const unsigned EMBED_PER_BLOCK = FLEA_EMBED_THREADS * FLEA_EMBED_WEIGHTS_PER_THREAD;
 
 static long g_failures = 0;
 
@@ -180,13 +185,14 @@ static void check_products(Rng& rng) {
             std::string what;
             if (n <= 8) {
                 std::vector<float> y((size_t)n * rows, NAN);
-                simt::launch(k.matvec[n - 1], dim3{(rows + 3) / 4, 1, 1}, dim3{32, 4, 1}, w.data(),
+                simt::launch(k.matvec[n - 1], dim3{(rows + FLEA_MATVEC_ROWS_PER_BLOCK - 1) / FLEA_MATVEC_ROWS_PER_BLOCK, 1, 1}, dim3{32, FLEA_MATVEC_ROWS_PER_BLOCK, 1}, w.data(),
                              (unsigned long long)row_bytes, rows, cols, x.data(), y.data());
                 what = std::string("matvec_") + f.name + "_" + std::to_string(n);
                 for (size_t i = 0; i < y.size(); i++) expect_close(what.c_str(), i, y[i], want[i], 1e-5 * mag[i] + 1e-6);
             }
             std::vector<float> y((size_t)n * rows, NAN);
-            simt::launch(k.matmul, dim3{(rows + 63) / 64, (unsigned)(n + 63) / 64, 1}, dim3{256, 1, 1}, w.data(),
+            simt::launch(k.matmul, dim3{(rows + FLEA_MATMUL_TILE_ROWS - 1) / FLEA_MATMUL_TILE_ROWS, (unsigned)(n + FLEA_MATMUL_TILE_POS - 1) / FLEA_MATMUL_TILE_POS, 1},
+                         dim3{FLEA_MATMUL_THREADS, 1, 1}, w.data(),
                          (unsigned long long)row_bytes, rows, cols, x.data(), y.data(), n);
             what = std::string("matmul_") + f.name + " n=" + std::to_string(n);
             for (size_t i = 0; i < y.size(); i++) expect_close(what.c_str(), i, y[i], want[i], 1e-5 * mag[i] + 1e-6);
@@ -199,7 +205,7 @@ static void check_products(Rng& rng) {
             const std::vector<uint8_t> wb = random_weights(f, big, cols, rng);
             const std::vector<float> x = rng.floats((size_t)big * cols);
             std::vector<float> y((size_t)big * big, NAN);
-            simt::launch(k.matmul, dim3{2, 2, 1}, dim3{256, 1, 1}, wb.data(), (unsigned long long)row_bytes, big, cols,
+            simt::launch(k.matmul, dim3{2, 2, 1}, dim3{FLEA_MATMUL_THREADS, 1, 1}, wb.data(), (unsigned long long)row_bytes, big, cols,
                          x.data(), y.data(), big);
             const std::string what = std::string("matmul_") + f.name + " 70x70";
             for (int r = 0; r < big; r++) {
@@ -218,7 +224,8 @@ static void check_products(Rng& rng) {
         // embed: rows named by token ids, bit for bit the decoder's values.
         const std::vector<int> tokens = {8, 0, 3, 3};
         std::vector<float> out(tokens.size() * cols, NAN);
-        simt::launch(k.embed, dim3{(unsigned)(cols + 1023) / 1024, (unsigned)tokens.size(), 1}, dim3{128, 1, 1},
+        simt::launch(k.embed, dim3{(unsigned)(cols + EMBED_PER_BLOCK - 1) / EMBED_PER_BLOCK, (unsigned)tokens.size(), 1},
+                     dim3{FLEA_EMBED_THREADS, 1, 1},
                      out.data(), w.data(), (unsigned long long)row_bytes, tokens.data(), cols);
         for (size_t p = 0; p < tokens.size(); p++) {
             const std::vector<double> d = dequant_row(k, &w[tokens[p] * row_bytes], cols);
@@ -234,7 +241,7 @@ static void check_norms(Rng& rng) {
     const float eps = 1e-5f;
     const std::vector<float> x = rng.floats((size_t)n * dim), w = rng.floats(dim);
     std::vector<float> out((size_t)n * dim, NAN);
-    simt::launch(rmsnorm, dim3{(unsigned)n, 1, 1}, dim3{256, 1, 1}, out.data(), x.data(), w.data(), dim, eps);
+    simt::launch(rmsnorm, dim3{(unsigned)n, 1, 1}, dim3{FLEA_ROW_THREADS, 1, 1}, out.data(), x.data(), w.data(), dim, eps);
     std::vector<double> want((size_t)n * dim);
     for (int p = 0; p < n; p++) {
         double ss = 0;
@@ -245,7 +252,7 @@ static void check_norms(Rng& rng) {
     for (size_t i = 0; i < out.size(); i++) expect_close("rmsnorm", i, out[i], want[i], 1e-5 * (1 + std::fabs(want[i])));
     const std::vector<int> src = {2, 0};
     std::vector<float> g(2 * dim, NAN);
-    simt::launch(rmsnorm_gather, dim3{2, 1, 1}, dim3{256, 1, 1}, g.data(), x.data(), w.data(), src.data(), dim, eps);
+    simt::launch(rmsnorm_gather, dim3{2, 1, 1}, dim3{FLEA_ROW_THREADS, 1, 1}, g.data(), x.data(), w.data(), src.data(), dim, eps);
     for (int m = 0; m < 2; m++)
         for (int i = 0; i < dim; i++)
             expect_close("rmsnorm_gather", m * dim + i, g[m * dim + i], out[src[m] * dim + i], 0.0);
@@ -267,7 +274,8 @@ static void check_rope_and_cache(Rng& rng) {
         std::vector<float> x = rng.floats((size_t)n * n_heads * head_dim);
         const std::vector<float> x0 = x;
         const int pairs = n * n_heads * half;
-        simt::launch(rope, dim3{(unsigned)(pairs + 255) / 256, 1, 1}, dim3{256, 1, 1}, x.data(),
+        simt::launch(rope, dim3{(unsigned)(pairs + FLEA_ELEMENTWISE_THREADS - 1) / FLEA_ELEMENTWISE_THREADS, 1, 1},
+                     dim3{FLEA_ELEMENTWISE_THREADS, 1, 1}, x.data(),
                      reinterpret_cast<const float2*>(table.data()), pos.data(), n, n_heads, head_dim, half);
         for (int r = 0; r < n; r++)
             for (int h = 0; h < n_heads; h++)
@@ -290,7 +298,7 @@ static void check_rope_and_cache(Rng& rng) {
     std::vector<float> kc((size_t)n_seq * n_ctx * kv_dim, 0), vc(kc.size(), 0);
     const std::vector<int> seq = {1, 0, 1}, pos = {3, 19, 4};
     const std::vector<float> k = rng.floats(3 * kv_dim), v = rng.floats(3 * kv_dim);
-    simt::launch(kv_store, dim3{1, 1, 1}, dim3{256, 1, 1}, kc.data(), vc.data(), k.data(), v.data(), seq.data(),
+    simt::launch(kv_store, dim3{1, 1, 1}, dim3{FLEA_ELEMENTWISE_THREADS, 1, 1}, kc.data(), vc.data(), k.data(), v.data(), seq.data(),
                  pos.data(), 3, kv_dim, n_ctx);
     for (int r = 0; r < 3; r++)
         for (int e = 0; e < kv_dim; e++) {
@@ -312,7 +320,7 @@ static void check_attention(Rng& rng) {
     for (auto& v : q) v *= 3.0f;  // sharper softmax
     std::vector<float> out((size_t)n * q_dim, NAN);
     const float scale = 1.0f / std::sqrt((float)head_dim);
-    simt::launch(attention, dim3{(unsigned)n_heads, (unsigned)n, 1}, dim3{128, 1, 1}, out.data(), q.data(), kc.data(),
+    simt::launch(attention, dim3{(unsigned)n_heads, (unsigned)n, 1}, dim3{32 * FLEA_ATTENTION_WARPS, 1, 1}, out.data(), q.data(), kc.data(),
                  vc.data(), seq.data(), pos.data(), n_heads, n_kv, head_dim, n_ctx, scale);
     for (int r = 0; r < n; r++)
         for (int h = 0; h < n_heads; h++) {
@@ -341,13 +349,13 @@ static void check_elementwise_and_argmax(Rng& rng) {
     const long n = 1000;
     std::vector<float> g = rng.floats(n);
     const std::vector<float> g0 = g, u = rng.floats(n);
-    simt::launch(swiglu, dim3{4, 1, 1}, dim3{256, 1, 1}, g.data(), u.data(), (long long)n);
+    simt::launch(swiglu, dim3{4, 1, 1}, dim3{FLEA_ELEMENTWISE_THREADS, 1, 1}, g.data(), u.data(), (long long)n);
     for (long i = 0; i < n; i++) {
         const double want = g0[i] / (1.0 + std::exp(-(double)g0[i])) * u[i];
         expect_close("swiglu", i, g[i], want, 1e-6);
     }
     std::vector<float> x = g0;
-    simt::launch(add_in_place, dim3{4, 1, 1}, dim3{256, 1, 1}, x.data(), u.data(), (long long)n);
+    simt::launch(add_in_place, dim3{4, 1, 1}, dim3{FLEA_ELEMENTWISE_THREADS, 1, 1}, x.data(), u.data(), (long long)n);
     for (long i = 0; i < n; i++) expect_close("add_in_place", i, x[i], g0[i] + u[i], 0.0);
 
     const int vocab = 3001;
@@ -356,7 +364,7 @@ static void check_elementwise_and_argmax(Rng& rng) {
     logits[vocab + 2999] = 5.0f;  // a tie: the lower index wins
     for (int i = 0; i < vocab; i++) logits[2 * vocab + i] = -1.0f;
     std::vector<unsigned> out(3, 12345);
-    simt::launch(argmax_rows, dim3{3, 1, 1}, dim3{256, 1, 1}, out.data(), logits.data(), vocab);
+    simt::launch(argmax_rows, dim3{3, 1, 1}, dim3{FLEA_ROW_THREADS, 1, 1}, out.data(), logits.data(), vocab);
     for (int r = 0; r < 3; r++) {
         int best = 0;
         for (int i = 1; i < vocab; i++)

@@ -56,23 +56,15 @@ fn dim_y(n: usize) -> u32 {
     dim(n)
 }
 
-/// Most activation rows one mat-vec launch handles (`matvec_<fmt>_1..8`).
-pub const MATVEC_MAX_COLS: usize = 8;
-/// Rows of a weight matrix per mat-vec block: one warp each.
-pub const MATVEC_ROWS_PER_BLOCK: usize = 4;
-/// Output tile of the prefill mat-mat kernel (rows x positions).
-pub const MATMUL_TILE_ROWS: usize = 64;
-pub const MATMUL_TILE_POS: usize = 64;
-pub const MATMUL_THREADS: usize = 256;
-/// Threads per block of the element-wise kernels.
-pub const ELEMENTWISE_THREADS: usize = 256;
-/// Threads per block of the row-reduction kernels (RMSNorm, argmax).
-pub const ROW_THREADS: usize = 256;
-/// Threads per block of the embedding kernel; each dequantizes 8 weights.
-pub const EMBED_THREADS: usize = 128;
-/// Warps per attention block, and the widest head it supports.
-pub const ATTENTION_WARPS: usize = 4;
-pub const ATTENTION_MAX_HEAD_DIM: usize = 32 * 8;
+// The block sizes the kernels are written for (MATVEC_MAX_COLS,
+// MATVEC_ROWS_PER_BLOCK, MATMUL_TILE_ROWS/POS/K, MATMUL_THREADS,
+// ELEMENTWISE_THREADS, ROW_THREADS, EMBED_THREADS,
+// EMBED_WEIGHTS_PER_THREAD, ATTENTION_WARPS, ATTENTION_MAX_PER_LANE): one
+// source, kernels/geometry.h, which build.rs turns into these constants.
+include!(concat!(env!("OUT_DIR"), "/geometry.rs"));
+
+/// The widest attention head the attention kernel takes.
+pub const ATTENTION_MAX_HEAD_DIM: usize = 32 * ATTENTION_MAX_PER_LANE;
 
 /// How a matrix product over `n` activation rows is launched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +129,11 @@ pub fn per_row(rows: usize) -> Dims {
 /// `embed_<fmt>`: grid (ceil(cols / 1024), n), 128 threads of 8 weights.
 pub fn embed(n: usize, cols: usize) -> Dims {
     Dims::new(
-        (blocks_for(cols, 8 * EMBED_THREADS), dim_y(n), 1),
+        (
+            blocks_for(cols, EMBED_WEIGHTS_PER_THREAD * EMBED_THREADS),
+            dim_y(n),
+            1,
+        ),
         (dim(EMBED_THREADS), 1, 1),
     )
 }
