@@ -4,8 +4,11 @@
 //! `include_bytes!`.
 //!
 //! The fatbin carries SASS for each architecture in `FLEA_CUDA_ARCHS`
-//! (default `87;90`: Jetson Orin and Hopper) plus PTX for the lowest one, so
-//! newer GPUs can JIT it. nvcc is found from `NVCC`, then
+//! plus PTX for the lowest one, so newer GPUs can JIT it. The default covers
+//! every GPU the README promises: `75;80;86;87;89;90` (T4, A100, A10/A40
+//! and RTX 30xx, Jetson Orin, L4/RTX 40xx, H100); it used to be `87;90`,
+//! which left discrete Turing and Ampere cards to a PTX JIT they could not
+//! do (PTX for compute_87 does not run on sm_86 or below). nvcc is found from `NVCC`, then
 //! `$CUDA_HOME/bin/nvcc`, then `PATH`, then `/usr/local/cuda/bin/nvcc`.
 //! Extra nvcc flags come from `FLEA_NVCC_FLAGS` (split on whitespace).
 
@@ -14,7 +17,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const DEFAULT_ARCHS: &str = "87;90";
+const DEFAULT_ARCHS: &str = "75;80;86;87;89;90";
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

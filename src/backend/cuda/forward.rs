@@ -48,6 +48,12 @@ pub struct CudaForwardConfig {
     /// one device buffer for them is allocated at start. 0: each resident
     /// layer gets an allocation of its own when it first runs.
     pub resident_bytes: u64,
+    /// Bytes of the embedding table, output norm and output head (the
+    /// plan's `global_bytes`), uploaded with the first pass: counted in
+    /// the up-front free-memory check so that a budget too big for the
+    /// device fails there with the budget message, not later with a raw
+    /// out-of-memory error. 0: not known (not checked up front).
+    pub global_bytes: u64,
     /// Time each layer's wait for its copy and its kernels with events
     /// ([`CudaForward::layer_times`]). Off, only the host's waits and the
     /// bytes copied are counted.
@@ -66,6 +72,7 @@ impl CudaForwardConfig {
             buffer: GpuBuffer::Device,
             stream_slot_bytes: 0,
             resident_bytes: 0,
+            global_bytes: 0,
             profile: false,
         }
     }
@@ -76,6 +83,7 @@ impl CudaForwardConfig {
             buffer,
             stream_slot_bytes: plan.slot_bytes,
             resident_bytes: plan.resident_layer_bytes,
+            global_bytes: plan.global_bytes,
             ..CudaForwardConfig::new(engine.n_ctx, engine.max_chunk, engine.n_seq)
         }
     }
@@ -260,11 +268,13 @@ impl CudaForward {
             GpuBuffer::Device => 2 * device_slot_bytes(config.stream_slot_bytes),
             GpuBuffer::Mapped => 0,
         };
-        let need = Self::memory_bytes(hp, config) + slots + config.resident_bytes;
+        let need =
+            Self::memory_bytes(hp, config) + slots + config.resident_bytes + config.global_bytes;
         let (free, _) = gpu.mem_info()?;
         if need > free as u64 {
             return Err(Error::config(format!(
-                "CUDA: the KV cache, activations, resident layers and streaming slots need \
+                "CUDA: the KV cache, activations, embeddings and output head, resident layers \
+                 and streaming slots need \
                  {:.2} GiB but {} has {:.2} GiB free (lower the budget, --ctx-size, the batch \
                  or the chunk size)",
                 need as f64 / (1u64 << 30) as f64,
