@@ -505,6 +505,16 @@ mod gpu {
         }
     }
 
+    /// Whether `item` is in the colon-separated list `var`, or `var` is
+    /// unset or empty: how the removed-wait check narrows the streamed test
+    /// to the budgets and feeds a wait matters for.
+    fn only(var: &str, item: &str) -> bool {
+        match std::env::var(var) {
+            Ok(list) if !list.is_empty() => list.split(':').any(|x| x == item),
+            _ => true,
+        }
+    }
+
     /// The device, or `None` after saying so where the harness cannot hide
     /// it (unless FLEA_REQUIRE_GPU is set: then no device fails the test).
     fn gpu(test: &str) -> Option<Gpu> {
@@ -1488,12 +1498,18 @@ mod gpu {
                 ("one resident", (min + one_layer).min(all)),
                 ("half", half),
             ] {
+                if !only("FLEA_GPU_STREAM_BUDGETS", label) {
+                    continue;
+                }
                 let plan = Plan::make(&model, &stream_config(), budget).unwrap();
                 let streamed = plan.streamed_layers().count();
                 if streamed > 0 {
                     streamed_runs += 1;
                 }
                 for mode in [Mode::Device, Mode::Mapped, Mode::Pageable] {
+                    if !only("FLEA_GPU_STREAM_MODES", &format!("{mode:?}")) {
+                        continue;
+                    }
                     let mut e = streamed_engine(&path, &model, &plan, mode, false);
                     let ours = engine_logits(&mut e, &tokens);
                     assert_eq!(ours.len(), reference.len());
@@ -1713,10 +1729,11 @@ mod gpu {
     /// (FAKE_CUDA_DROP_WAIT): the copy stream's wait for the slot's readers,
     /// the compute stream's wait for the copy, or the host's sync before a
     /// mapped slot is reused. Each runs the real test in a child process of
-    /// this binary on one fixture under the scheduling policies that make
-    /// the missing wait visible (lazy and slowcopy; eager never does). A
-    /// control run without a mutation must pass. Only on the emulated
-    /// device (FLEA_EMULATED_GPU), which is the only one with the knob.
+    /// this binary, on one fixture at the minimum budget (every layer
+    /// streamed) in the feed the wait belongs to, under the scheduling
+    /// policies that can make a missing wait visible (lazy, then slowcopy;
+    /// eager never does). A control run without a mutation must pass. Only
+    /// on the emulated device (FLEA_EMULATED_GPU), the one with the knob.
     #[test]
     fn emulated_tier_catches_a_removed_wait() {
         if std::env::var_os("FLEA_EMULATED_GPU").is_none()
@@ -1725,7 +1742,7 @@ mod gpu {
             say("removed wait: skipped: not on the emulated device\n");
             return;
         }
-        let run = |drop: &str, policy: &str| -> bool {
+        let run = |drop: &str, policy: &str, modes: &str| -> bool {
             let out = std::process::Command::new(std::env::current_exe().unwrap())
                 .args([
                     "--exact",
@@ -1734,6 +1751,8 @@ mod gpu {
                 ])
                 .env("FLEA_EMU_CHILD", "1")
                 .env("FLEA_GPU_ONLY_MODELS", "synth-256-Q4_K_M")
+                .env("FLEA_GPU_STREAM_BUDGETS", "minimum")
+                .env("FLEA_GPU_STREAM_MODES", modes)
                 .env("FAKE_CUDA_DROP_WAIT", drop)
                 .env("FAKE_CUDA_POLICY", policy)
                 .output()
@@ -1745,15 +1764,21 @@ mod gpu {
             );
             out.status.success()
         };
-        assert!(run("", "lazy"), "control run (no wait removed) failed");
-        for drop in ["copy_reader", "compute_copy", "mapped_sync"] {
-            let caught: Vec<&str> = ["lazy", "slowcopy"]
+        assert!(
+            run("", "lazy", "Device:Mapped"),
+            "control run (no wait removed) failed"
+        );
+        for (drop, modes) in [
+            ("copy_reader", "Device"),
+            ("compute_copy", "Device"),
+            ("mapped_sync", "Mapped"),
+        ] {
+            let caught = ["lazy", "slowcopy"]
                 .into_iter()
-                .filter(|policy| !run(drop, policy))
-                .collect();
+                .find(|policy| !run(drop, policy, modes));
             say(&format!("removed wait {drop}: caught under {caught:?}\n"));
             assert!(
-                !caught.is_empty(),
+                caught.is_some(),
                 "removing the {drop} wait went unnoticed under lazy and slowcopy"
             );
         }
