@@ -104,6 +104,10 @@ fn main() {
     }
     let arch_list: Vec<String> = archs.iter().map(u32::to_string).collect();
     println!("cargo:rustc-env=FLEA_CUDA_ARCHS={}", arch_list.join(";"));
+    // The CUDA release that built the image: a driver older than it cannot
+    // load it (a CUDA 13.0 image needs an R580+ driver), so the load error
+    // names it next to the driver's version.
+    println!("cargo:rustc-env=FLEA_NVCC_RELEASE={}", nvcc_release(&nvcc));
 }
 
 const NO_NVCC: &str = "\
@@ -145,6 +149,23 @@ fn parse_archs(s: &str) -> Result<Vec<u32>, String> {
     archs.sort_unstable();
     archs.dedup();
     Ok(archs)
+}
+
+/// "13.0" from `nvcc --version` ("Cuda compilation tools, release 13.0,
+/// V13.0.48"), or "unknown".
+fn nvcc_release(nvcc: &Path) -> String {
+    Command::new(nvcc)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            let rest = &text[text.find("release ")? + "release ".len()..];
+            let end = rest.find([',', ' ', '\n']).unwrap_or(rest.len());
+            Some(rest[..end].to_string())
+        })
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn kernel_sources(dir: &Path) -> Vec<PathBuf> {

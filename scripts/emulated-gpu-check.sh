@@ -6,10 +6,11 @@
 # emulated device under each scheduling policy. Prints one summary line;
 # exits non-zero on any failure.
 #
-# The first policy (lazy) runs every fixture and the removed-wait mutation
-# check; the others run the fixtures named in FLEA_EMU_MODELS (default
-# below) to keep CI short: the orders they shake out do not depend on the
-# model.
+# The first policy (lazy) runs every fixture at every budget and the
+# removed-wait mutation check; the others run the fixtures named in
+# FLEA_EMU_MODELS (default below) at the streaming budgets (every layer
+# streamed, and one more layer's worth) to keep CI short: the orders they
+# shake out do not depend on the model.
 #
 # Env: FLEA_EMU_POLICIES (default "lazy slowcopy random eager"),
 #      FLEA_EMU_MODELS (fixtures for the non-default policies),
@@ -18,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
 policies="${FLEA_EMU_POLICIES:-lazy slowcopy random eager}"
-quick_models="${FLEA_EMU_MODELS:-synth-256-Q4_K_M:llama-2-tiny-random}"
+quick_models="${FLEA_EMU_MODELS:-synth-256-Q4_K_M}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target/emu}"
 log_dir="$CARGO_TARGET_DIR/emulated-logs"
 mkdir -p "$log_dir"
@@ -47,12 +48,15 @@ for policy in $policies; do
     # picks its own policies); the others run the quick fixtures.
     models=""
     skip=()
+    budgets=""
     if [ $runs -gt 1 ]; then
         models="$quick_models"
+        budgets="minimum:one resident"
         skip=(--skip emulated_tier_catches_a_removed_wait)
     fi
     t0=$SECONDS
     if FAKE_CUDA_POLICY="$policy" FAKE_CUDA_SEED="${FAKE_CUDA_SEED:-$RANDOM}" FLEA_GPU_ONLY_MODELS="$models" \
+        FLEA_GPU_STREAM_BUDGETS="$budgets" \
         cargo test --locked --features cuda --test gpu --test emulated -- --test-threads=1 "${skip[@]}" \
         >"$log_dir/$policy.log" 2>&1; then
         echo "emulated-gpu-check: policy $policy passed ($((SECONDS - t0)) s)"

@@ -93,10 +93,7 @@ mod emulated {
         }
         let archs: Vec<&str> = cuda::FATBIN_ARCHS.split(';').collect();
         for want in ["75", "80", "86", "87", "89", "90"] {
-            assert!(
-                archs.contains(&want),
-                "sm_{want} missing from {archs:?}"
-            );
+            assert!(archs.contains(&want), "sm_{want} missing from {archs:?}");
         }
     }
 
@@ -113,7 +110,15 @@ mod emulated {
         let old = [("FAKE_CUDA_OLD_DRIVER", "1")];
         let auto = config_file("auto", "[device]\nbackend = \"auto\"\n");
         let out = flea(
-            &["run", "--model", &model, "--config", auto.to_str().unwrap(), "-n", "2"],
+            &[
+                "run",
+                "--model",
+                &model,
+                "--config",
+                auto.to_str().unwrap(),
+                "-n",
+                "2",
+            ],
             &old,
         );
         assert!(out.status.success(), "{}", text(&out));
@@ -124,7 +129,15 @@ mod emulated {
 
         let cuda = config_file("cuda", "[device]\nbackend = \"cuda\"\n");
         let out = flea(
-            &["run", "--model", &model, "--config", cuda.to_str().unwrap(), "-n", "2"],
+            &[
+                "run",
+                "--model",
+                &model,
+                "--config",
+                cuda.to_str().unwrap(),
+                "-n",
+                "2",
+            ],
             &old,
         );
         let _ = std::fs::remove_file(&auto);
@@ -133,11 +146,24 @@ mod emulated {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("driver CUDA 11.4"), "{}", text(&out));
         assert!(err.contains(cuda::FATBIN_ARCHS), "{}", text(&out));
+        assert!(
+            err.contains(&format!("built by CUDA {}", cuda::device::NVCC_RELEASE)),
+            "{}",
+            text(&out)
+        );
 
         // And with a working driver, auto takes the device.
         let auto = config_file("auto2", "[device]\nbackend = \"auto\"\n");
         let out = flea(
-            &["run", "--model", &model, "--config", auto.to_str().unwrap(), "-n", "2"],
+            &[
+                "run",
+                "--model",
+                &model,
+                "--config",
+                auto.to_str().unwrap(),
+                "-n",
+                "2",
+            ],
             &[],
         );
         let _ = std::fs::remove_file(&auto);
@@ -164,7 +190,15 @@ mod emulated {
             for n in [1, 2, 3, 5, 8, 13, 21, 34, 55, 89] {
                 let n = n.to_string();
                 let out = flea(
-                    &["run", "--model", &model, "--config", cuda.to_str().unwrap(), "-n", "4"],
+                    &[
+                        "run",
+                        "--model",
+                        &model,
+                        "--config",
+                        cuda.to_str().unwrap(),
+                        "-n",
+                        "4",
+                    ],
                     &[(knob, n.as_str())],
                 );
                 let err = String::from_utf8_lossy(&out.stderr);
@@ -174,13 +208,20 @@ mod emulated {
                     text(&out)
                 );
                 if !out.status.success() {
-                    assert!(err.to_lowercase().contains("cuda"), "{knob}={n}: {}", text(&out));
+                    assert!(
+                        err.to_lowercase().contains("cuda"),
+                        "{knob}={n}: {}",
+                        text(&out)
+                    );
                     checked += 1;
                 }
             }
         }
         let _ = std::fs::remove_file(&cuda);
-        assert!(checked >= 10, "only {checked} injected failures reached the run");
+        assert!(
+            checked >= 10,
+            "only {checked} injected failures reached the run"
+        );
     }
 
     /// Bug 5 of issue 13: the up-front free-memory check left out the
@@ -210,14 +251,24 @@ mod emulated {
                 .err()
                 .expect("CudaForward::new must refuse a device without room for the weights");
             assert_eq!(err.kind, ErrorKind::Config, "{err}");
-            assert!(err.to_string().contains("embeddings and output head"), "{err}");
+            assert!(
+                err.to_string().contains("embeddings and output head"),
+                "{err}"
+            );
             return;
         }
         let without = CudaForward::memory_bytes(&model.hparams, cfg) + cfg.resident_bytes;
-        assert!(plan.global_bytes >= 4 << 20, "fixture too small for MiB steps");
+        assert!(
+            plan.global_bytes >= 4 << 20,
+            "fixture too small for MiB steps"
+        );
         let mib = (without + plan.global_bytes / 2).div_ceil(1 << 20);
         let out = child(TEST, &[("FAKE_CUDA_MEM_MB", mib.to_string())]);
         assert!(out.status.success(), "{}", text(&out));
-        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "{}",
+            text(&out)
+        );
     }
 }

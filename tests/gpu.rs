@@ -1493,6 +1493,7 @@ mod gpu {
                 .layer_reads[0]
                 .len();
             let half = min + (all - min) / 2;
+            let mut tried: Vec<Plan> = Vec::new();
             for (label, budget) in [
                 ("minimum", min),
                 ("one resident", (min + one_layer).min(all)),
@@ -1502,6 +1503,16 @@ mod gpu {
                     continue;
                 }
                 let plan = Plan::make(&model, &stream_config(), budget).unwrap();
+                // A budget whose plan is one already run (the planner may
+                // keep nothing more at the minimum plus one layer) would
+                // only repeat it.
+                if tried.contains(&plan) {
+                    say(&format!(
+                        "{name}: budget {label}: same plan as a smaller one\n"
+                    ));
+                    continue;
+                }
+                tried.push(plan.clone());
                 let streamed = plan.streamed_layers().count();
                 if streamed > 0 {
                     streamed_runs += 1;
