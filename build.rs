@@ -7,8 +7,11 @@
 //! `include_bytes!`.
 //!
 //! The fatbin carries SASS for each architecture in `FLEA_CUDA_ARCHS`
-//! (default `87;90`: Jetson Orin and Hopper) plus PTX for the lowest one, so
-//! newer GPUs can JIT it. nvcc is found from `NVCC`, then
+//! plus PTX for the lowest one, so newer GPUs can JIT it. The default covers
+//! every GPU the README promises: `75;80;86;87;89;90` (T4, A100, A10/A40
+//! and RTX 30xx, Jetson Orin, L4/RTX 40xx, H100); it used to be `87;90`,
+//! which left discrete Turing and Ampere cards to a PTX JIT they could not
+//! do (PTX for compute_87 does not run on sm_86 or below). nvcc is found from `NVCC`, then
 //! `$CUDA_HOME/bin/nvcc`, then `PATH`, then `/usr/local/cuda/bin/nvcc`.
 //! Extra nvcc flags come from `FLEA_NVCC_FLAGS` (split on whitespace).
 
@@ -17,7 +20,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const DEFAULT_ARCHS: &str = "87;90";
+const DEFAULT_ARCHS: &str = "75;80;86;87;89;90";
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -105,6 +108,10 @@ fn main() {
     }
     let arch_list: Vec<String> = archs.iter().map(u32::to_string).collect();
     println!("cargo:rustc-env=FLEA_CUDA_ARCHS={}", arch_list.join(";"));
+    // The CUDA release that built the image: a driver older than it cannot
+    // load it (a CUDA 13.0 image needs an R580+ driver), so the load error
+    // names it next to the driver's version.
+    println!("cargo:rustc-env=FLEA_NVCC_RELEASE={}", nvcc_release(&nvcc));
 }
 
 const NO_NVCC: &str = "\
@@ -146,6 +153,23 @@ fn parse_archs(s: &str) -> Result<Vec<u32>, String> {
     archs.sort_unstable();
     archs.dedup();
     Ok(archs)
+}
+
+/// "13.0" from `nvcc --version` ("Cuda compilation tools, release 13.0,
+/// V13.0.48"), or "unknown".
+fn nvcc_release(nvcc: &Path) -> String {
+    Command::new(nvcc)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            let rest = &text[text.find("release ")? + "release ".len()..];
+            let end = rest.find([',', ' ', '\n']).unwrap_or(rest.len());
+            Some(rest[..end].to_string())
+        })
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn kernel_sources(dir: &Path) -> Vec<PathBuf> {

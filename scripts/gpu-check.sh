@@ -76,6 +76,14 @@ allow() { # cap
     if [ "$left" -lt 1 ]; then left=1; fi
     if [ "$left" -lt "$1" ]; then echo "$left"; else echo "$1"; fi
 }
+# The driver version first: a driver older than the CUDA release that built
+# the artifacts cannot load their kernels, and every later step reads wrong
+# without it.
+if command -v nvidia-smi >/dev/null 2>&1; then
+    echo "driver: $(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>&1 | head -n 1)"
+else
+    echo "driver: (no nvidia-smi)"
+fi
 echo "== gpu-check $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"
 echo "artifacts: $ART"
 [ -f "$ART/MANIFEST" ] && sed 's/^/  /' "$ART/MANIFEST"

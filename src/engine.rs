@@ -306,6 +306,7 @@ mod cuda_assembly {
             CudaForwardConfig::new(self.n_ctx, self.max_chunk, self.n_seq).with_slots(
                 plan.slot_bytes,
                 plan.resident_layer_bytes,
+                plan.global_bytes,
                 feed,
             )
         }

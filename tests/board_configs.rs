@@ -101,3 +101,22 @@ fn orin_nano_streams_13b_q4_k_m_inside_its_budget() {
     );
     eprintln!("orin-nano-8gb, 13B Q4_K_M:\n{text}");
 }
+
+/// Issue 13, bug 3 (in part): the Orin boards share one memory between CPU
+/// and GPU, so their configs feed streamed layers from the mapped host
+/// slots; `buffer = "device"` there cost two more slots of the same RAM.
+#[test]
+fn orin_configs_read_streamed_layers_in_place() {
+    for path in configs() {
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if !name.contains("orin") {
+            continue;
+        }
+        let config = Config::load(&path).unwrap();
+        assert_eq!(
+            config.device.buffer,
+            flea::backend::Feed::Mapped,
+            "configs/{name}.toml"
+        );
+    }
+}

@@ -118,14 +118,16 @@ fn choose_backend(wanted: flea::config::Backend) -> Result<BackendChoice> {
                 flea::backend::cuda::open(0)?;
                 Ok(BackendChoice::Cuda)
             }
-            Backend::Auto if flea::backend::cuda::cuda_available() => {
-                log::info!("backend: CUDA device 0");
-                Ok(BackendChoice::Cuda)
-            }
-            Backend::Auto => {
-                log::info!("backend: CPU (no CUDA driver or device found)");
-                Ok(BackendChoice::Cpu)
-            }
+            Backend::Auto => match flea::backend::cuda::cuda_probe() {
+                Ok(()) => {
+                    log::info!("backend: CUDA device 0");
+                    Ok(BackendChoice::Cuda)
+                }
+                Err(e) => {
+                    log::info!("backend: CPU (CUDA unusable: {e})");
+                    Ok(BackendChoice::Cpu)
+                }
+            },
         }
     }
     #[cfg(not(feature = "cuda"))]

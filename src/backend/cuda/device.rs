@@ -24,6 +24,9 @@ use crate::quant::GgmlType;
 static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flea_kernels.fatbin"));
 /// The compute capabilities the fatbin has SASS for (PTX for the lowest).
 pub const FATBIN_ARCHS: &str = env!("FLEA_CUDA_ARCHS");
+/// The CUDA release of the nvcc that built the kernels ("unknown" if it did
+/// not say): the oldest driver that can load them.
+pub const NVCC_RELEASE: &str = env!("FLEA_NVCC_RELEASE");
 
 /// A driver error as a library error, naming what was being done.
 pub(crate) fn cuda_err(what: impl std::fmt::Display) -> impl FnOnce(DriverError) -> Error {
@@ -291,9 +294,10 @@ impl Gpu {
             .map_err(|e| {
                 Error::config(format!(
                     "CUDA: cannot load the kernels on {info}: {e}. The binary carries SASS for \
-                 sm_{{{FATBIN_ARCHS}}} and PTX for the lowest; a driver older than the nvcc \
-                 that built them cannot JIT the PTX (rebuild with FLEA_CUDA_ARCHS including \
-                 this GPU, or with the toolkit matching the driver)"
+                 sm_{{{FATBIN_ARCHS}}} and PTX for the lowest, built by CUDA {NVCC_RELEASE}; \
+                 a driver older than that CUDA release cannot load them (update the driver, \
+                 or rebuild with a toolkit no newer than the driver and FLEA_CUDA_ARCHS \
+                 including this GPU)"
                 ))
             })?;
         let kernels = Kernels::load(&module)?;

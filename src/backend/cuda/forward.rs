@@ -44,6 +44,12 @@ pub struct CudaForwardConfig {
     /// one device buffer for them is allocated at start. 0: each resident
     /// layer gets an allocation of its own when it first runs.
     pub resident_bytes: u64,
+    /// Bytes of the embedding table, output norm and output head (the
+    /// plan's `global_bytes`), uploaded with the first pass: counted in
+    /// the up-front free-memory check so that a budget too big for the
+    /// device fails there with the budget message, not later with a raw
+    /// out-of-memory error. 0: not known (not checked up front).
+    pub global_bytes: u64,
     /// Time each layer's wait for its copy and its kernels with events
     /// ([`CudaForward::layer_times`]). Off, only the host's waits and the
     /// bytes copied are counted.
@@ -62,23 +68,27 @@ impl CudaForwardConfig {
             buffer: Feed::Device,
             stream_slot_bytes: 0,
             resident_bytes: 0,
+            global_bytes: 0,
             profile: false,
         }
     }
 
-    /// This shape with the planned slots (`slot_bytes` each) and resident
-    /// layers (`resident_bytes` in all), fed as `buffer` says. (The engine
-    /// layer builds it from a plan: `EngineConfig::cuda_forward`.)
+    /// This shape with the planned slots (`slot_bytes` each), resident
+    /// layers (`resident_bytes` in all) and embeddings and output head
+    /// (`global_bytes`), fed as `buffer` says. (The engine layer builds it
+    /// from a plan: `EngineConfig::cuda_forward`.)
     pub fn with_slots(
         self,
         slot_bytes: u64,
         resident_bytes: u64,
+        global_bytes: u64,
         buffer: Feed,
     ) -> CudaForwardConfig {
         CudaForwardConfig {
             buffer,
             stream_slot_bytes: slot_bytes,
             resident_bytes,
+            global_bytes,
             ..self
         }
     }
@@ -263,11 +273,13 @@ impl CudaForward {
             Feed::Device => 2 * device_slot_bytes(config.stream_slot_bytes),
             Feed::Mapped => 0,
         };
-        let need = Self::memory_bytes(hp, config) + slots + config.resident_bytes;
+        let need =
+            Self::memory_bytes(hp, config) + slots + config.resident_bytes + config.global_bytes;
         let (free, _) = gpu.mem_info()?;
         if need > free as u64 {
             return Err(Error::config(format!(
-                "CUDA: the KV cache, activations, resident layers and streaming slots need \
+                "CUDA: the KV cache, activations, embeddings and output head, resident layers \
+                 and streaming slots need \
                  {:.2} GiB but {} has {:.2} GiB free (lower the budget, --ctx-size, the batch \
                  or the chunk size)",
                 need as f64 / (1u64 << 30) as f64,

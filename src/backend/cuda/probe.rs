@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{CudaContext, CudaStream};
+use cudarc::driver::CudaStream;
 
 use super::device::{cuda_err, Gpu};
 use crate::error::{Error, Result};
@@ -18,9 +18,19 @@ fn driver_present() -> bool {
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
-/// Whether a CUDA driver and at least one device are present and usable.
+/// Whether a CUDA driver and at least one device are present and usable:
+/// device 0 opens *with the kernels loaded*. A context alone is not enough:
+/// a driver older than the toolkit that built the image, or a GPU the
+/// image has no code for, creates contexts fine and fails only at the
+/// module load, and `auto` must fall back to the CPU there too.
 pub fn cuda_available() -> bool {
-    driver_present() && CudaContext::new(0).is_ok()
+    cuda_probe().is_ok()
+}
+
+/// As [`cuda_available`], with the reason when not: what `auto` logs on
+/// falling back to the CPU.
+pub fn cuda_probe() -> Result<()> {
+    open(0).map(drop)
 }
 
 /// Open device `device` with the kernels loaded, or say clearly why not
