@@ -23,7 +23,8 @@ fi
 work="$root/target/emulator/src"
 rm -rf "$work"
 mkdir -p "$work/kernels/host" "$out"
-cp "$root"/kernels/*.cu "$root"/kernels/*.cuh "$work/kernels/"
+# Every file at the top of kernels/ (sources and headers such as geometry.h).
+find "$root/kernels" -maxdepth 1 -type f -exec cp {} "$work/kernels/" \;
 cp "$root/tests/emulator/shim.h" "$work/kernels/host/shim.h"
 cp "$root/tests/emulator/fake_cuda.cpp" "$work/"
 # -ffp-contract=off: the kernels' __f*_rn and the CPU reference do not fuse.
