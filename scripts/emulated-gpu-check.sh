@@ -14,6 +14,8 @@
 #
 # Env: FLEA_EMU_POLICIES (default "lazy slowcopy random eager"),
 #      FLEA_EMU_MODELS (fixtures for the non-default policies),
+#      FLEA_EMU_LAZY_MODELS (colon-separated fixtures for the first policy;
+#      default every fixture: CI names a subset to stay inside its time),
 #      CARGO_TARGET_DIR (default target/emu), FAKE_CUDA_THREADS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,7 +48,7 @@ for policy in $policies; do
     runs=$((runs + 1))
     # The first policy runs every fixture and the removed-wait check (which
     # picks its own policies); the others run the quick fixtures.
-    models=""
+    models="${FLEA_EMU_LAZY_MODELS:-}"
     skip=()
     budgets=""
     if [ $runs -gt 1 ]; then
