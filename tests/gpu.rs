@@ -58,21 +58,8 @@ impl Rng {
     }
 }
 
-const FORMATS: [GgmlType; 13] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::IQ4NL,
-    GgmlType::Q3K,
-    GgmlType::Q4K,
-    GgmlType::Q5K,
-    GgmlType::Q6K,
-];
+/// Every block format the runtime computes with.
+const FORMATS: [GgmlType; 13] = GgmlType::SUPPORTED;
 
 /// A row width that exercises each format's edge: not a multiple of 8
 /// for floats, not of 256 for 32-weight blocks, two super-blocks for

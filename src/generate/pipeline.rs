@@ -10,7 +10,7 @@
 use crate::engine::{Engine, Logits, WeightSource};
 use crate::error::{Error, Result};
 use crate::generate::sampler::{Sampler, SamplerConfig};
-use crate::generate::sequence::{Limits, Refused, Sequence};
+use crate::generate::sequence::{completion_bytes, Limits, Refused, Sequence};
 use crate::generate::speculative::Speculative;
 use crate::generate::{Completion, FinishReason, Flow};
 use crate::limits;
@@ -116,11 +116,7 @@ pub fn escape_line(text: &str) -> String {
 /// The text of generated tokens, as the model spelled it (the leading space
 /// of the first token is kept: it separates the completion from the prompt).
 pub fn completion_text(tokenizer: &Tokenizer, tokens: &[u32]) -> String {
-    let bytes: Vec<u8> = tokens
-        .iter()
-        .flat_map(|&t| tokenizer.token_piece(t).iter().copied())
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
+    String::from_utf8_lossy(&completion_bytes(tokenizer, tokens)).into_owned()
 }
 
 /// A finished request, ready to print.

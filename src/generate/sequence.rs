@@ -233,16 +233,24 @@ impl Sequence {
     /// The completion's text: the generated tokens' bytes up to the first
     /// stop string, as UTF-8 (a character cut by the end is replaced).
     pub fn text(&self, tokenizer: &Tokenizer) -> String {
-        let mut bytes: Vec<u8> = self
-            .generated()
-            .iter()
-            .flat_map(|&t| tokenizer.token_piece(t).iter().copied())
-            .collect();
+        let mut bytes = completion_bytes(tokenizer, self.generated());
         if let Some(at) = self.stop_at {
             bytes.truncate(at);
         }
         String::from_utf8_lossy(&bytes).into_owned()
     }
+}
+
+/// The bytes generated `tokens` print as, concatenated: pieces as the model
+/// spelled them (a first token's leading space kept; it separates the
+/// completion from the prompt).
+pub fn completion_bytes(tokenizer: &Tokenizer, tokens: &[u32]) -> Vec<u8> {
+    let len = tokens.iter().map(|&t| tokenizer.token_piece(t).len()).sum();
+    let mut bytes = Vec::with_capacity(len);
+    for &t in tokens {
+        bytes.extend_from_slice(tokenizer.token_piece(t));
+    }
+    bytes
 }
 
 /// Where a stop string first occurs in `text`, if anywhere.
