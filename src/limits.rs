@@ -27,6 +27,10 @@ pub const MAX_CONTEXT: usize = 1 << 24;
 /// have under 200).
 pub const MAX_LAYERS: usize = 4096;
 
+/// Width of one attention head (`*.attention.key_length`): public models
+/// use 64-256.
+pub const MAX_HEAD_DIM: usize = 4096;
+
 /// Bytes in one line of `flea run` input (a prompt or a JSONL request).
 /// A longer line is answered with an error record and skipped.
 pub const MAX_LINE_BYTES: usize = 4 << 20;

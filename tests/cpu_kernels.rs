@@ -480,7 +480,19 @@ fn a_warm_backend_allocates_nothing_per_call() {
             ],
             [a, &mut b[..rows]],
         );
-        backend.attention_batch(att, &q, &k, &v, n_ctx - 4, 4, n_heads, n_kv, hd, scores);
+        backend.attention_batch(
+            att,
+            &q,
+            &k,
+            &v,
+            n_ctx - 4,
+            4,
+            n_heads,
+            n_kv,
+            hd,
+            None,
+            scores,
+        );
     };
     // Warm-up: the first calls may size scratch and wake threads.
     step(&mut out, &mut att, &mut scores);

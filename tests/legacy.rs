@@ -18,44 +18,10 @@ use flea::engine::{Engine, EngineConfig};
 use flea::generate::teacher_forced;
 use flea::gguf::GgufFile;
 use flea::model::Model;
-use serde_json::Value;
 
 const MEAN_ABS: f32 = 0.06;
 const MAX_ABS: f32 = 0.4;
 const TOP1: f32 = 0.9;
-
-/// `sequence` and, per position, the reference's 40 largest logits as
-/// `(id, logit)`, largest first.
-fn reference(name: &str) -> (Vec<u32>, Vec<Vec<(usize, f32)>>) {
-    let json: Value = serde_json::from_slice(
-        &std::fs::read(common::fixture(&format!("legacy/{name}.json"))).unwrap(),
-    )
-    .unwrap();
-    let sequence = json["sequence"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{name}.json: no sequence"))
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
-    let top = json["teacher_forced_top40"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{name}.json: no teacher_forced_top40"))
-        .iter()
-        .map(|row| {
-            row.as_array()
-                .unwrap()
-                .iter()
-                .map(|p| {
-                    (
-                        p[0].as_u64().unwrap() as usize,
-                        p[1].as_f64().unwrap() as f32,
-                    )
-                })
-                .collect()
-        })
-        .collect();
-    (sequence, top)
-}
 
 fn our_logits(name: &str, tokens: &[u32]) -> (Vec<f32>, usize) {
     let file = GgufFile::open(common::fixture(&format!("legacy/{name}.gguf"))).unwrap();
@@ -80,33 +46,12 @@ fn our_logits(name: &str, tokens: &[u32]) -> (Vec<f32>, usize) {
 fn legacy_models_match_the_reference_top40() {
     let mut failures = Vec::new();
     for name in common::LEGACY_MODELS {
-        let (sequence, top) = reference(name);
-        assert_eq!(top.len(), sequence.len(), "{name}: one top-40 per position");
-        let (ours, n_vocab) = our_logits(name, &sequence);
-        assert_eq!(ours.len(), sequence.len() * n_vocab, "{name}: logits");
-        let (mut sum, mut count, mut max_abs, mut agree) = (0.0f64, 0usize, 0.0f32, 0usize);
-        for (row, want) in ours.chunks_exact(n_vocab).zip(&top) {
-            for &(id, logit) in want {
-                let d = (row[id] - logit).abs();
-                sum += f64::from(d);
-                max_abs = max_abs.max(d);
-                count += 1;
-            }
-            if flea::generate::sampler::argmax(row) as usize == want[0].0 {
-                agree += 1;
-            }
-        }
-        let mean_abs = (sum / count as f64) as f32;
-        let top1 = agree as f32 / sequence.len() as f32;
-        eprintln!(
-            "{name}: mean |diff| {mean_abs:.4}, max |diff| {max_abs:.4}, top-1 agreement {:.1}% over {} positions",
-            top1 * 100.0,
-            sequence.len()
-        );
-        if mean_abs > MEAN_ABS || max_abs > MAX_ABS || top1 < TOP1 {
-            failures.push(format!(
-                "{name}: mean {mean_abs} (<= {MEAN_ABS}), max {max_abs} (<= {MAX_ABS}), top-1 {top1} (>= {TOP1})"
-            ));
+        let reference = common::Top40::read(&format!("legacy/{name}.json"));
+        let (ours, n_vocab) = our_logits(name, &reference.sequence);
+        let agreement = reference.compare(&ours, n_vocab);
+        eprintln!("{name}: {agreement}");
+        if let Some(why) = agreement.check(MEAN_ABS, MAX_ABS, TOP1) {
+            failures.push(format!("{name}: {why}"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

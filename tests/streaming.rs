@@ -9,7 +9,7 @@ use flea::generate::teacher_forced;
 use flea::gguf::GgufFile;
 use flea::model::Model;
 use flea::residency::loader::{FileReader, ReadAt, RetryPolicy};
-use flea::residency::plan::{Placement, Plan};
+use flea::residency::plan::Plan;
 use flea::residency::{Residency, ResidencyOptions};
 use std::io;
 use std::time::Duration;
@@ -114,16 +114,8 @@ fn streamed_logits_equal_resident_for_every_fixture() {
     }
 }
 
-/// A plan that streams every layer through the two slots, whatever the
-/// budget rule would choose.
 fn stream_everything(model: &Model) -> Plan {
-    let mut plan = config().plan(model, u64::MAX).unwrap();
-    plan.slot_bytes = plan.layer_reads.iter().map(|r| r.len()).max().unwrap();
-    plan.placement.fill(Placement::Streamed);
-    plan.resident_layer_bytes = 0;
-    plan.budget = plan.total_bytes();
-    assert_eq!(plan.streamed_layers().count(), model.layers.len());
-    plan
+    common::stream_everything(config().plan(model, u64::MAX).unwrap())
 }
 
 #[test]

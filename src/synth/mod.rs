@@ -385,19 +385,15 @@ impl Plan {
             None => (placeholder_vocab(), PLACEHOLDER_VOCAB),
         };
         let head_dim = s.dim / s.n_heads;
-        let hparams = Hparams {
-            n_layers: s.n_layers,
-            dim: s.dim,
-            n_heads: s.n_heads,
-            n_kv_heads: s.n_kv_heads,
-            head_dim,
-            ffn_dim: s.ffn_dim,
-            vocab_size: n_vocab,
-            rope_base: 10000.0,
-            rope_dims: head_dim,
-            rms_eps: 1e-5,
-            context_length: s.context_length,
-        };
+        let hparams = Hparams::llama(
+            s.n_layers,
+            s.dim,
+            s.n_heads,
+            s.n_kv_heads,
+            s.ffn_dim,
+            n_vocab,
+            s.context_length,
+        );
 
         let mut w = GgufWriter::new();
         let u32v = |v: usize| Value::U32(v as u32);
@@ -570,6 +566,8 @@ fn model_from_layout(hparams: Hparams, data_offset: u64, table: &[TensorInfo]) -
                 w_gate: l("ffn_gate"),
                 w_up: l("ffn_up"),
                 w_down: l("ffn_down"),
+                qkv_bias: None,
+                qk_norm: None,
             }
         })
         .collect();

@@ -55,3 +55,141 @@ pub fn read_f32_file(relative: &str) -> Vec<f32> {
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
 }
+
+/// The architecture fixtures under `arch/` (random weights, real
+/// tokenizers), one per architecture flea runs besides plain llama.
+pub const ARCH_MODELS: [&str; 4] = ["synth-llama3", "synth-qwen2", "synth-qwen3", "synth-phi3"];
+
+/// A fixture's reference in the `arch/` and `legacy/` layout: `sequence`,
+/// per position the 40 largest reference logits as `(id, logit)` (largest
+/// first), and where given `prompt_tokens` and the greedy continuation
+/// (`generated`).
+pub struct Top40 {
+    pub sequence: Vec<u32>,
+    pub top: Vec<Vec<(usize, f32)>>,
+    pub prompt_tokens: Vec<u32>,
+    pub generated: Vec<u32>,
+}
+
+impl Top40 {
+    pub fn read(relative: &str) -> Top40 {
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixture(relative)).unwrap()).unwrap();
+        let ids = |key: &str| -> Vec<u32> {
+            json[key]
+                .as_array()
+                .map(|a| a.iter().map(|v| v.as_u64().unwrap() as u32).collect())
+                .unwrap_or_default()
+        };
+        let top: Vec<Vec<(usize, f32)>> = json["teacher_forced_top40"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{relative}: no teacher_forced_top40"))
+            .iter()
+            .map(|row| {
+                row.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| {
+                        (
+                            p[0].as_u64().unwrap() as usize,
+                            p[1].as_f64().unwrap() as f32,
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        let sequence = ids("sequence");
+        assert_eq!(
+            top.len(),
+            sequence.len(),
+            "{relative}: one top-40 per position"
+        );
+        Top40 {
+            sequence,
+            top,
+            prompt_tokens: ids("prompt_tokens"),
+            generated: ids("generated"),
+        }
+    }
+
+    /// How `logits` (one row of `n_vocab` per position of `sequence`)
+    /// agree with the reference on its listed entries.
+    pub fn compare(&self, logits: &[f32], n_vocab: usize) -> Agreement {
+        assert_eq!(
+            logits.len(),
+            self.sequence.len() * n_vocab,
+            "one row per position"
+        );
+        let (mut sum, mut count, mut max_abs, mut agree) = (0.0f64, 0usize, 0.0f32, 0usize);
+        for (row, want) in logits.chunks_exact(n_vocab).zip(&self.top) {
+            for &(id, logit) in want {
+                let d = (row[id] - logit).abs();
+                sum += f64::from(d);
+                max_abs = max_abs.max(d);
+                count += 1;
+            }
+            let best = row
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                );
+            if best.0 == want[0].0 {
+                agree += 1;
+            }
+        }
+        Agreement {
+            mean_abs: (sum / count as f64) as f32,
+            max_abs,
+            top1: agree as f32 / self.sequence.len() as f32,
+            positions: self.sequence.len(),
+        }
+    }
+}
+
+/// Logits agreement over a reference's positions.
+#[derive(Debug, Clone, Copy)]
+pub struct Agreement {
+    pub mean_abs: f32,
+    pub max_abs: f32,
+    pub top1: f32,
+    pub positions: usize,
+}
+
+impl Agreement {
+    /// `None` when within the bounds, else what broke them.
+    pub fn check(&self, mean: f32, max: f32, top1: f32) -> Option<String> {
+        (self.mean_abs > mean || self.max_abs > max || self.top1 < top1).then(|| {
+            format!(
+                "mean {} (<= {mean}), max {} (<= {max}), top-1 {} (>= {top1})",
+                self.mean_abs, self.max_abs, self.top1
+            )
+        })
+    }
+}
+
+impl std::fmt::Display for Agreement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "mean |diff| {:.4}, max |diff| {:.4}, top-1 agreement {:.1}% over {} positions",
+            self.mean_abs,
+            self.max_abs,
+            self.top1 * 100.0,
+            self.positions
+        )
+    }
+}
+
+/// `plan` changed to stream every layer through the two slots, whatever the
+/// budget rule would choose (for two-layer fixtures the minimum budget
+/// keeps both resident, since two slots hold as much).
+pub fn stream_everything(mut plan: flea::residency::plan::Plan) -> flea::residency::plan::Plan {
+    use flea::residency::plan::Placement;
+    plan.slot_bytes = plan.layer_reads.iter().map(|r| r.len()).max().unwrap();
+    plan.placement.fill(Placement::Streamed);
+    plan.resident_layer_bytes = 0;
+    plan.budget = plan.total_bytes();
+    plan
+}

@@ -1,4 +1,4 @@
-//! The llama forward pass on the CPU: the [`Backend`] that owns the
+//! The forward pass on the CPU: the [`Backend`] that owns the
 //! activations, the KV cache and the kernels, and reads top to bottom like
 //! the math.
 
@@ -6,7 +6,7 @@ use super::CpuBackend;
 use crate::backend::{Backend, Batch, FileBytes, Logits, Weight};
 use crate::error::Result;
 use crate::kv_cache::KvCache;
-use crate::model::{Hparams, LayerTensors};
+use crate::model::{Hparams, LayerTensors, RopeStyle};
 use crate::quant;
 
 /// Activation buffers, sized once for `max_chunk` positions and named by
@@ -21,14 +21,15 @@ struct Scratch {
     hb: Vec<f32>,      // (chunk, ffn_dim) gate, then silu(gate) * up
     hb2: Vec<f32>,     // (chunk, ffn_dim) up
     scores: Vec<f32>, // (threads, group, n_ctx) scores: one block per thread, a row per query head of a kv group
-    norm_w: Vec<f32>, // (dim) a norm's weights, dequantized
+    norm_w: Vec<f32>, // (max(dim, q_dim)) a norm's weights or a bias, dequantized
+    head: Vec<f32>,   // (head_dim) one head, for the per-head norms
     logits: Vec<f32>, // (chunk, vocab)
 }
 
 impl Scratch {
     /// Element counts, in field order.
-    fn lengths(hp: &Hparams, n_ctx: usize, chunk: usize, threads: usize) -> [usize; 11] {
-        let q_dim = hp.n_heads * hp.head_dim;
+    fn lengths(hp: &Hparams, n_ctx: usize, chunk: usize, threads: usize) -> [usize; 12] {
+        let q_dim = hp.q_dim();
         [
             chunk * hp.dim,
             chunk * hp.dim,
@@ -41,13 +42,14 @@ impl Scratch {
             // Grouped: each thread scores every query head of one kv head
             // at once, so each cached K/V row is read once per kv head.
             threads * (hp.n_heads / hp.n_kv_heads) * n_ctx,
-            hp.dim,
+            hp.dim.max(q_dim),
+            hp.head_dim,
             chunk * hp.vocab_size,
         ]
     }
 
     fn new(hp: &Hparams, n_ctx: usize, chunk: usize, threads: usize) -> Scratch {
-        let [x, xb, q, k, v, att_out, hb, hb2, scores, norm_w, logits] =
+        let [x, xb, q, k, v, att_out, hb, hb2, scores, norm_w, head, logits] =
             Self::lengths(hp, n_ctx, chunk, threads).map(|n| vec![0.0f32; n]);
         Scratch {
             x,
@@ -60,6 +62,7 @@ impl Scratch {
             hb2,
             scores,
             norm_w,
+            head,
             logits,
         }
     }
@@ -101,7 +104,7 @@ pub struct CpuForward {
 impl CpuForward {
     pub fn new(hp: &Hparams, config: CpuForwardConfig) -> CpuForward {
         let kernels = CpuBackend::new(config.threads);
-        let widest = hp.dim.max(hp.ffn_dim).max(hp.n_heads * hp.head_dim);
+        let widest = hp.dim.max(hp.ffn_dim).max(hp.q_dim());
         kernels.reserve(config.max_chunk, widest);
         CpuForward {
             hp: hp.clone(),
@@ -125,7 +128,7 @@ impl CpuForward {
             .iter()
             .sum();
         let rope = config.n_ctx * (hp.rope_dims / 2) * std::mem::size_of::<(f32, f32)>();
-        let widest = hp.dim.max(hp.ffn_dim).max(hp.n_heads * hp.head_dim);
+        let widest = hp.dim.max(hp.ffn_dim).max(hp.q_dim());
         // The kernels quantize a matmul input to at most 1.25 bytes a value.
         let act_quant = config.max_chunk * widest * 5 / 4;
         KvCache::bytes_for(hp.n_layers, config.n_seq, config.n_ctx, hp.kv_dim())
@@ -158,23 +161,17 @@ impl Backend for CpuForward {
 
     fn layer(&mut self, l: usize, layer: &LayerTensors, bytes: FileBytes<'_>) -> Result<()> {
         let hp = &self.hp;
-        let (n, dim, q_dim, kv_dim, ffn) = (
-            self.n,
-            hp.dim,
-            hp.n_heads * hp.head_dim,
-            hp.kv_dim(),
-            hp.ffn_dim,
-        );
+        let (n, dim, q_dim, kv_dim, ffn) = (self.n, hp.dim, hp.q_dim(), hp.kv_dim(), hp.ffn_dim);
         let half_rot = hp.rope_dims / 2;
         let s = &mut self.s;
         let mm = &self.kernels;
         let w = |t| bytes.weight(t);
 
         // Attention: xb = rmsnorm(x); q, k, v = xb Wq, xb Wk, xb Wv.
-        super::dequantize_vector(w(&layer.attn_norm), &mut s.norm_w);
+        super::dequantize_vector(w(&layer.attn_norm), &mut s.norm_w[..dim]);
         for p in 0..n {
             let r = p * dim..(p + 1) * dim;
-            super::rmsnorm(&mut s.xb[r.clone()], &s.x[r], &s.norm_w, hp.rms_eps);
+            super::rmsnorm(&mut s.xb[r.clone()], &s.x[r], &s.norm_w[..dim], hp.rms_eps);
         }
         // One quantization of xb and one dispatch for all three.
         mm.matmuls(
@@ -187,6 +184,34 @@ impl Backend for CpuForward {
                 &mut s.v[..n * kv_dim],
             ],
         );
+        // Qwen 2: biases on the projections.
+        if let Some([bq, bk, bv]) = &layer.qkv_bias {
+            for (bias, out, width) in [
+                (bq, &mut s.q, q_dim),
+                (bk, &mut s.k, kv_dim),
+                (bv, &mut s.v, kv_dim),
+            ] {
+                super::dequantize_vector(w(bias), &mut s.norm_w[..width]);
+                super::add_bias(&mut out[..n * width], &s.norm_w[..width]);
+            }
+        }
+        // Qwen 3: RMSNorm over each head of q and k, before RoPE.
+        if let Some([q_norm, k_norm]) = &layer.qk_norm {
+            let hd = hp.head_dim;
+            for (norm, out, width) in [(q_norm, &mut s.q, q_dim), (k_norm, &mut s.k, kv_dim)] {
+                super::dequantize_vector(w(norm), &mut s.norm_w[..hd]);
+                super::rmsnorm_heads(
+                    &mut out[..n * width],
+                    &s.norm_w[..hd],
+                    hp.rms_eps,
+                    &mut s.head,
+                );
+            }
+        }
+        let rope = match hp.arch.rope {
+            RopeStyle::Interleaved => super::rope,
+            RopeStyle::Neox => super::rope_neox,
+        };
 
         for run in &self.runs {
             // RoPE on q and k at each position, then append k, v to the
@@ -194,8 +219,8 @@ impl Backend for CpuForward {
             for i in 0..run.len {
                 let (p, pos) = (run.row + i, run.start_pos + i);
                 let cs = &self.rope_table[pos * half_rot..(pos + 1) * half_rot];
-                super::rope(&mut s.q[p * q_dim..(p + 1) * q_dim], hp.head_dim, cs);
-                super::rope(&mut s.k[p * kv_dim..(p + 1) * kv_dim], hp.head_dim, cs);
+                rope(&mut s.q[p * q_dim..(p + 1) * q_dim], hp.head_dim, cs);
+                rope(&mut s.k[p * kv_dim..(p + 1) * kv_dim], hp.head_dim, cs);
                 self.kv.store(
                     l,
                     run.seq,
@@ -204,7 +229,8 @@ impl Backend for CpuForward {
                     &s.v[p * kv_dim..(p + 1) * kv_dim],
                 );
             }
-            // Causal attention: position p sees its sequence's entries 0..=pos.
+            // Causal attention: position p sees its sequence's entries
+            // 0..=pos (the last `sliding_window` of them, if set).
             let (k_cache, v_cache) = self.kv.layer(l, run.seq, run.start_pos + run.len);
             let rows = run.row * q_dim..(run.row + run.len) * q_dim;
             mm.attention_batch(
@@ -217,6 +243,7 @@ impl Backend for CpuForward {
                 hp.n_heads,
                 hp.n_kv_heads,
                 hp.head_dim,
+                hp.sliding_window,
                 &mut s.scores,
             );
         }
@@ -231,10 +258,10 @@ impl Backend for CpuForward {
         super::add_in_place(&mut s.x[..n * dim], &s.xb[..n * dim]);
 
         // Feed-forward: x += (silu(xb Wgate) * (xb Wup)) Wdown, xb = rmsnorm(x).
-        super::dequantize_vector(w(&layer.ffn_norm), &mut s.norm_w);
+        super::dequantize_vector(w(&layer.ffn_norm), &mut s.norm_w[..dim]);
         for p in 0..n {
             let r = p * dim..(p + 1) * dim;
-            super::rmsnorm(&mut s.xb[r.clone()], &s.x[r], &s.norm_w, hp.rms_eps);
+            super::rmsnorm(&mut s.xb[r.clone()], &s.x[r], &s.norm_w[..dim], hp.rms_eps);
         }
         mm.matmuls(
             &s.xb[..n * dim],
@@ -252,7 +279,7 @@ impl Backend for CpuForward {
         let (dim, vocab) = (self.hp.dim, self.hp.vocab_size);
         let s = &mut self.s;
         // Gather the rows that want logits, normed, into xb.
-        super::dequantize_vector(output_norm, &mut s.norm_w);
+        super::dequantize_vector(output_norm, &mut s.norm_w[..dim]);
         let mut m = 0;
         for run in &self.runs {
             let first = match run.logits {
@@ -263,7 +290,7 @@ impl Backend for CpuForward {
             for i in first..run.len {
                 let src = (run.row + i) * dim..(run.row + i + 1) * dim;
                 let dst = m * dim..(m + 1) * dim;
-                super::rmsnorm(&mut s.xb[dst], &s.x[src], &s.norm_w, self.hp.rms_eps);
+                super::rmsnorm(&mut s.xb[dst], &s.x[src], &s.norm_w[..dim], self.hp.rms_eps);
                 m += 1;
             }
         }
@@ -276,15 +303,14 @@ impl Backend for CpuForward {
 }
 
 /// Precompute RoPE rotations: pair `i` of a head turns by
-/// `pos * base^(-2i / rope_dims)`. Computed in f64 so the table itself adds
-/// no error beyond the final rounding.
+/// `pos * hp.rope_frequency(i)`, in f64 so the table itself adds no error
+/// beyond the final rounding.
 fn rope_table(hp: &Hparams, n_ctx: usize) -> Vec<(f32, f32)> {
     let half = hp.rope_dims / 2;
     let mut table = Vec::with_capacity(n_ctx * half);
     for pos in 0..n_ctx {
         for i in 0..half {
-            let freq = (hp.rope_base as f64).powf(-2.0 * i as f64 / hp.rope_dims as f64);
-            let angle = pos as f64 * freq;
+            let angle = pos as f64 * hp.rope_frequency(i);
             table.push((angle.cos() as f32, angle.sin() as f32));
         }
     }

@@ -38,7 +38,10 @@ use std::cell::RefCell;
 
 pub use forward::{CpuForward, CpuForwardConfig};
 pub use isa::Isa;
-pub use ops::{add_in_place, attention, dequantize_vector, rmsnorm, rope, softmax, swiglu};
+pub use ops::{
+    add_bias, add_in_place, attention, dequantize_vector, rmsnorm, rmsnorm_heads, rope, rope_neox,
+    softmax, swiglu,
+};
 
 use matmul::{ActScratch, TileClaims};
 use pool::Pool;

@@ -40,6 +40,39 @@ pub fn rope(x: &mut [f32], head_dim: usize, cos_sin: &[(f32, f32)]) {
     }
 }
 
+/// Rotate the halves `(x[i], x[i + rot/2])` of every head by the angles
+/// for one position, `rot = 2 * cos_sin.len()` leading dimensions (GPT-NeoX
+/// layout: Qwen, Phi-3). `cos_sin` is as for [`rope`].
+pub fn rope_neox(x: &mut [f32], head_dim: usize, cos_sin: &[(f32, f32)]) {
+    let half = cos_sin.len();
+    for head in x.chunks_exact_mut(head_dim) {
+        let (lo, hi) = head[..2 * half].split_at_mut(half);
+        for ((a, b), &(c, s)) in lo.iter_mut().zip(hi.iter_mut()).zip(cos_sin) {
+            let (x0, x1) = (*a, *b);
+            *a = x0 * c - x1 * s;
+            *b = x0 * s + x1 * c;
+        }
+    }
+}
+
+/// RMSNorm of each `weight.len()`-wide head of `x`, in place (Qwen 3's
+/// q and k norms). `tmp` holds one head.
+pub fn rmsnorm_heads(x: &mut [f32], weight: &[f32], eps: f32, tmp: &mut [f32]) {
+    let width = weight.len();
+    let tmp = &mut tmp[..width];
+    for head in x.chunks_exact_mut(width) {
+        tmp.copy_from_slice(head);
+        rmsnorm(head, tmp, weight, eps);
+    }
+}
+
+/// `x[row] += bias` for every `bias.len()`-wide row of `x`.
+pub fn add_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        add_in_place(row, bias);
+    }
+}
+
 /// In-place softmax.
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -184,7 +217,8 @@ impl SharedMut {
 impl CpuBackend {
     /// Causal attention for `n` consecutive positions `start_pos..start_pos
     /// + n`, spread over the pool by (position, kv head). Position `p` sees
-    /// cache entries `0..=start_pos + p`.
+    /// cache entries `0..=start_pos + p`, or with a sliding `window` only
+    /// the last `window` of them.
     ///
     /// `q` and `out` are `n x (n_heads * head_dim)`; `k_cache` and `v_cache`
     /// hold at least `start_pos + n` positions of `n_kv_heads * head_dim`.
@@ -208,6 +242,7 @@ impl CpuBackend {
         n_heads: usize,
         n_kv_heads: usize,
         head_dim: usize,
+        window: Option<usize>,
         scores: &mut [f32],
     ) {
         let l = HeadLayout::new(n_heads, n_kv_heads, head_dim);
@@ -247,6 +282,12 @@ impl CpuBackend {
                 }
                 let (p, kv) = (item / n_kv, item % n_kv);
                 let n_seen = start_pos + p + 1;
+                // The window's first visible position: the scores of the
+                // positions it hides are not computed at all.
+                let first = window.map_or(0, |w| n_seen.saturating_sub(w));
+                let (k_cache, v_cache) =
+                    (&k_cache[first * l.kv_dim..], &v_cache[first * l.kv_dim..]);
+                let n_seen = n_seen - first;
                 for h0 in (kv * l.group..(kv + 1) * l.group).step_by(pass) {
                     let heads = pass.min((kv + 1) * l.group - h0);
                     let at = p * q_dim + h0 * head_dim;
@@ -357,10 +398,68 @@ mod tests {
                     n_heads,
                     n_kv,
                     hd,
+                    None,
                     &mut scores,
                 );
                 assert_eq!(got, want, "{threads} threads, {heads} heads, {isa}");
             }
         }
+    }
+
+    #[test]
+    fn sliding_window_hides_older_positions() {
+        // Position p with window w sees exactly what an unwindowed query
+        // sees over a cache that starts at p + 1 - w.
+        let (n_heads, n_kv, hd) = (4, 2, 8);
+        let (start, n, w) = (9, 3, 4);
+        let kv_dim = n_kv * hd;
+        let val = |i: usize| ((i * 7919 % 97) as f32 - 48.0) / 32.0;
+        let q: Vec<f32> = (0..n * n_heads * hd).map(val).collect();
+        let k: Vec<f32> = (0..(start + n) * kv_dim).map(|i| val(i + 5)).collect();
+        let v: Vec<f32> = (0..(start + n) * kv_dim).map(|i| val(i + 11)).collect();
+        let backend = CpuBackend::with_isa(2, Isa::best());
+        let mut scores = vec![0.0; 2 * 2 * (start + n)];
+        let mut got = vec![0.0; q.len()];
+        backend.attention_batch(
+            &mut got,
+            &q,
+            &k,
+            &v,
+            start,
+            n,
+            n_heads,
+            n_kv,
+            hd,
+            Some(w),
+            &mut scores,
+        );
+        let q_dim = n_heads * hd;
+        for p in 0..n {
+            let first = start + p + 1 - w;
+            let mut want = vec![0.0; q_dim];
+            attention(
+                &mut want,
+                &q[p * q_dim..(p + 1) * q_dim],
+                &k[first * kv_dim..],
+                &v[first * kv_dim..],
+                w,
+                n_heads,
+                n_kv,
+                hd,
+                &mut scores,
+            );
+            assert_eq!(&got[p * q_dim..(p + 1) * q_dim], &want[..], "position {p}");
+        }
+    }
+
+    #[test]
+    fn rope_neox_rotates_halves() {
+        // head_dim 6, 2 rotated pairs: (x0, x2) and (x1, x3); x4, x5 kept.
+        let mut x = vec![1.0, 2.0, 0.0, 0.0, 5.0, 6.0];
+        let angle = std::f32::consts::FRAC_PI_2;
+        rope_neox(&mut x, 6, &[(angle.cos(), angle.sin()), (1.0, 0.0)]);
+        assert!(x[0].abs() < 1e-6 && (x[2] - 1.0).abs() < 1e-6);
+        assert_eq!((x[1], x[3]), (2.0, 0.0));
+        assert_eq!(&x[4..], &[5.0, 6.0]);
     }
 }
