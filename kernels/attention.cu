@@ -1,7 +1,8 @@
 // Causal grouped-query attention against the per-sequence KV cache, for
 // decode and prefill alike: every row of q is one position of one sequence,
 // and sees its sequence's cached positions 0..=pos (its own key and value
-// were appended by kv_store before this runs).
+// were appended by kv_store before this runs), or with a sliding window > 0
+// only the last `window` of them.
 //
 //   q, out:   (n_rows, n_heads * head_dim)
 //   k_cache, v_cache: one layer, [seq][n_ctx][n_kv_heads * head_dim]
@@ -12,14 +13,14 @@
 
 // Thread layout: grid (n_heads, n_rows), block of FLEA_ATTENTION_WARPS warps. Lane l
 // holds elements l, l + 32, ... of the query and of an output accumulator.
-// Warp w walks cache positions t = w, w + FLEA_ATTENTION_WARPS, ... <= pos with an
+// Warp w walks cache positions t = first + w, first + w + FLEA_ATTENTION_WARPS, ... <= pos with an
 // online softmax (running max m, running sum s, accumulator rescaled when m
 // grows); a score is a warp-reduced dot product. The warps' (m, s, acc)
 // are merged through shared memory and warp 0 writes the head's output.
 extern "C" __global__ void __launch_bounds__(32 * FLEA_ATTENTION_WARPS)
     attention(float* out, const float* q, const float* k_cache, const float* v_cache,
               const int* row_seq, const int* row_pos, int n_heads, int n_kv_heads, int head_dim,
-              int n_ctx, float scale) {
+              int n_ctx, int window, float scale) {
     __shared__ float s_max[FLEA_ATTENTION_WARPS];
     __shared__ float s_sum[FLEA_ATTENTION_WARPS];
     __shared__ float s_acc[FLEA_ATTENTION_WARPS][32 * FLEA_ATTENTION_MAX_PER_LANE];
@@ -31,6 +32,7 @@ extern "C" __global__ void __launch_bounds__(32 * FLEA_ATTENTION_WARPS)
     const int kv_dim = n_kv_heads * head_dim;
     const int kv_head = h / (n_heads / n_kv_heads);
     const int pos = row_pos[row];
+    const int first = (window > 0 && pos + 1 > window) ? pos + 1 - window : 0;
     const size_t seq_base = (size_t)row_seq[row] * n_ctx * kv_dim + (size_t)kv_head * head_dim;
     const float* qh = q + (size_t)row * n_heads * head_dim + (size_t)h * head_dim;
 
@@ -43,7 +45,7 @@ extern "C" __global__ void __launch_bounds__(32 * FLEA_ATTENTION_WARPS)
     }
     float m = -INFINITY, s = 0.0f;
 
-    for (int t = warp; t <= pos; t += FLEA_ATTENTION_WARPS) {
+    for (int t = first + warp; t <= pos; t += FLEA_ATTENTION_WARPS) {
         const float* kt = k_cache + seq_base + (size_t)t * kv_dim;
         float d = 0.0f;
 #pragma unroll
@@ -74,7 +76,7 @@ extern "C" __global__ void __launch_bounds__(32 * FLEA_ATTENTION_WARPS)
     __syncthreads();
     if (warp != 0) return;
 
-    // Position 0 is always visible, so warp 0 saw at least one score and
+    // Position `first` is always visible, so warp 0 saw at least one score and
     // the global max is finite; warps that saw none contribute exp(-inf) = 0.
     float gm = s_max[0];
 #pragma unroll

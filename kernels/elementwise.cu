@@ -19,3 +19,13 @@ extern "C" __global__ void __launch_bounds__(FLEA_ELEMENTWISE_THREADS) add_in_pl
     if (i >= n) return;
     x[i] += y[i];
 }
+
+// x[i] += bias[i % width]: a bias added to every width-wide row (Qwen 2's
+// q, k, v projections).
+//
+// Thread layout: one thread per element; 1-D grid, 256 threads a block.
+extern "C" __global__ void __launch_bounds__(FLEA_ELEMENTWISE_THREADS) add_bias(float* x, const float* bias, int width, long long n) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    x[i] += bias[i % width];
+}

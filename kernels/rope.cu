@@ -1,16 +1,18 @@
 // RoPE and the key/value cache append.
 #include "common.cuh"
 
-// Rotate adjacent pairs (x[2i], x[2i+1]) of every head, i < half_rot, by the
-// angle for the row's position: table[pos * half_rot + i] = (cos, sin) of
-// pos * base^(-2i / rope_dims), computed on the host in f64 exactly as the
-// CPU path does. x is (n_rows, n_heads * head_dim), rotated in place.
+// Rotate pair i < half_rot of every head by the angle for the row's
+// position: table[pos * half_rot + i] = (cos, sin) of pos * frequency(i),
+// computed on the host in f64 exactly as the CPU path does. The pair is
+// (x[2i], x[2i+1]) (llama's interleaved layout) or, with neox != 0,
+// (x[i], x[i + half_rot]) (GPT-NeoX halves: Qwen, Phi-3). x is
+// (n_rows, n_heads * head_dim), rotated in place.
 //
 // Thread layout: one thread per rotated pair; 1-D grid over
 // n_rows * n_heads * half_rot pairs, 256 threads a block.
 extern "C" __global__ void __launch_bounds__(FLEA_ELEMENTWISE_THREADS)
     rope(float* x, const float2* table, const int* row_pos, int n_rows, int n_heads, int head_dim,
-         int half_rot) {
+         int half_rot, int neox) {
     const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const long long per_row = (long long)n_heads * half_rot;
     if (idx >= per_row * n_rows) return;
@@ -19,10 +21,12 @@ extern "C" __global__ void __launch_bounds__(FLEA_ELEMENTWISE_THREADS)
     const int head = rem / half_rot;
     const int i = rem % half_rot;
     const float2 cs = table[(size_t)row_pos[row] * half_rot + i];
-    float* p = x + (size_t)row * n_heads * head_dim + (size_t)head * head_dim + 2 * i;
-    const float a = p[0], b = p[1];
-    p[0] = a * cs.x - b * cs.y;
-    p[1] = a * cs.y + b * cs.x;
+    float* h = x + (size_t)row * n_heads * head_dim + (size_t)head * head_dim;
+    float* p0 = neox ? h + i : h + 2 * i;
+    float* p1 = neox ? h + i + half_rot : h + 2 * i + 1;
+    const float a = *p0, b = *p1;
+    *p0 = a * cs.x - b * cs.y;
+    *p1 = a * cs.y + b * cs.x;
 }
 
 // Append each row's key and value to its sequence in one layer's cache:

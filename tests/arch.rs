@@ -161,3 +161,99 @@ fn each_architecture_is_described_by_its_file() {
         assert_eq!(l.weight_bytes(), stored, "{name}: layer bytes");
     }
 }
+
+/// `flea inspect`, `plan`, `bench`, `run --batch` and `run --draft` on each
+/// architecture, as a user would run them.
+#[test]
+fn the_cli_runs_every_architecture() {
+    use std::process::{Command, Stdio};
+    let flea = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flea"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "flea {args:?}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for (name, arch) in [
+        ("synth-llama3", "llama"),
+        ("synth-qwen2", "qwen2"),
+        ("synth-qwen3", "qwen3"),
+        ("synth-phi3", "phi3"),
+    ] {
+        let path = common::fixture(&format!("arch/{name}.gguf"));
+        let m = path.to_str().unwrap();
+        let inspect = flea(&["inspect", "--model", m], "");
+        assert!(
+            inspect.contains(&format!("model: {arch},")),
+            "{name}: {inspect}"
+        );
+        assert!(
+            inspect.contains("architecture: rope on"),
+            "{name}: {inspect}"
+        );
+        flea(&["plan", "--model", m, "--ctx-size", "64"], "");
+        flea(
+            &[
+                "bench",
+                "--model",
+                m,
+                "--ctx-size",
+                "64",
+                "--prompt-tokens",
+                "8",
+                "--gen-tokens",
+                "4",
+            ],
+            "",
+        );
+        let lines = "Once upon a time\nThe robot said\nHello\n";
+        let batch = flea(
+            &[
+                "run",
+                "--model",
+                m,
+                "--ctx-size",
+                "64",
+                "--batch",
+                "2",
+                "-n",
+                "6",
+                "--temperature",
+                "0",
+            ],
+            lines,
+        );
+        let draft = flea(
+            &[
+                "run",
+                "--model",
+                m,
+                "--ctx-size",
+                "64",
+                "--draft",
+                m,
+                "-n",
+                "6",
+                "--temperature",
+                "0",
+            ],
+            lines,
+        );
+        // The same greedy completions, one line per prompt, however the
+        // tokens were decided.
+        assert_eq!(batch.lines().count(), 3, "{name}: {batch}");
+        assert_eq!(batch, draft, "{name}: --batch 2 and --draft agree");
+    }
+}

@@ -473,7 +473,7 @@ mod gpu {
     };
     use flea::engine::{Engine, EngineConfig, Logits, SeqChunk};
     use flea::gguf::GgufFile;
-    use flea::model::Model;
+    use flea::model::{Model, RopeStyle};
     use flea::quant::{dequantize_row, dot_row, GgmlType};
     use flea::ErrorKind;
     use serde_json::Value;
@@ -816,47 +816,85 @@ mod gpu {
     }
 
     #[test]
-    fn rope_matches_the_cpu_with_full_and_partial_rotation() {
+    fn rope_matches_the_cpu_with_full_and_partial_rotation_in_both_layouts() {
         let Some(gpu) = gpu("rope") else {
             return;
         };
         let mut rng = Rng(0x0203);
         let (n_heads, head_dim, n_ctx) = (4, 64, 50);
-        for rope_dims in [64, 32] {
-            let half = rope_dims / 2;
-            let table = rope_table(rope_dims, n_ctx, 10000.0);
-            let flat: Vec<f32> = table.iter().flat_map(|&(c, s)| [c, s]).collect();
-            let pos = [0i32, 1, 49, 7];
-            let x = rng.floats(pos.len() * n_heads * head_dim);
-            let (dt, dp) = (gpu.upload(&flat).unwrap(), gpu.upload(&pos).unwrap());
-            let mut dx = gpu.upload(&x).unwrap();
-            gpu.rope(
-                &mut dx.slice_mut(..),
-                &dt.slice(..),
-                &dp.slice(..),
-                pos.len(),
-                n_heads,
-                head_dim,
-                half,
-            )
-            .unwrap();
-            let got = gpu.download(&dx.slice(..)).unwrap();
-            let mut want = x.clone();
-            let row = n_heads * head_dim;
-            for (r, &p) in pos.iter().enumerate() {
-                let p = p as usize;
-                cpu::rope(
-                    &mut want[r * row..(r + 1) * row],
+        for (style, cpu_rope) in [
+            (
+                RopeStyle::Interleaved,
+                cpu::rope as fn(&mut [f32], usize, &[(f32, f32)]),
+            ),
+            (RopeStyle::Neox, cpu::rope_neox),
+        ] {
+            for rope_dims in [64, 32] {
+                let half = rope_dims / 2;
+                let table = rope_table(rope_dims, n_ctx, 10000.0);
+                let flat: Vec<f32> = table.iter().flat_map(|&(c, s)| [c, s]).collect();
+                let pos = [0i32, 1, 49, 7];
+                let x = rng.floats(pos.len() * n_heads * head_dim);
+                let (dt, dp) = (gpu.upload(&flat).unwrap(), gpu.upload(&pos).unwrap());
+                let mut dx = gpu.upload(&x).unwrap();
+                gpu.rope(
+                    &mut dx.slice_mut(..),
+                    &dt.slice(..),
+                    &dp.slice(..),
+                    pos.len(),
+                    n_heads,
                     head_dim,
-                    &table[p * half..(p + 1) * half],
-                );
+                    half,
+                    style,
+                )
+                .unwrap();
+                let got = gpu.download(&dx.slice(..)).unwrap();
+                let mut want = x.clone();
+                let row = n_heads * head_dim;
+                for (r, &p) in pos.iter().enumerate() {
+                    let p = p as usize;
+                    cpu_rope(
+                        &mut want[r * row..(r + 1) * row],
+                        head_dim,
+                        &table[p * half..(p + 1) * half],
+                    );
+                }
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-6,
+                        "rope {style:?} dims {rope_dims} element {i}: {g} vs {w}"
+                    );
+                }
             }
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (g - w).abs() <= 1e-6,
-                    "rope dims {rope_dims} element {i}: {g} vs {w}"
-                );
-            }
+        }
+    }
+
+    #[test]
+    fn bias_and_head_norms_match_the_cpu() {
+        let Some(gpu) = gpu("bias and head norms") else {
+            return;
+        };
+        let mut rng = Rng(0xb1a5);
+        let (rows, heads, head_dim) = (3, 4, 32);
+        let width = heads * head_dim;
+        let x = rng.floats(rows * width);
+        let bias = rng.floats(width);
+        let weight = rng.floats(head_dim);
+        let (db, dw) = (gpu.upload(&bias).unwrap(), gpu.upload(&weight).unwrap());
+        let mut dx = gpu.upload(&x).unwrap();
+        gpu.add_bias(&mut dx.slice_mut(..), &db.slice(..), rows * width)
+            .unwrap();
+        gpu.rmsnorm_heads(&mut dx.slice_mut(..), &dw.slice(..), rows * heads, 1e-6)
+            .unwrap();
+        let got = gpu.download(&dx.slice(..)).unwrap();
+        let mut want = x.clone();
+        cpu::add_bias(&mut want, &bias);
+        cpu::rmsnorm_heads(&mut want, &weight, 1e-6, &mut vec![0.0; head_dim]);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                "element {i}: {g} vs {w}"
+            );
         }
     }
 
@@ -906,44 +944,50 @@ mod gpu {
         let dq = gpu.upload(&q).unwrap();
         let q_dim = n_heads * head_dim;
         let mut dout = gpu.zeros::<f32>(n * q_dim).unwrap();
-        gpu.attention(
-            &mut dout.slice_mut(..),
-            &dq.slice(..),
-            &dk.slice(..),
-            &dv.slice(..),
-            &ds.slice(..),
-            &dp.slice(..),
-            n,
-            AttentionShape {
-                n_heads,
-                n_kv_heads: n_kv,
-                head_dim,
-                n_ctx,
-            },
-        )
-        .unwrap();
-        let got = gpu.download(&dout.slice(..)).unwrap();
-        let mut want = vec![0.0; q_dim];
-        let mut scores = vec![0.0; n_ctx];
-        for r in 0..n {
-            let base = seq[r] as usize * n_ctx * kv_dim;
-            let seen = pos[r] as usize + 1;
-            cpu::attention(
-                &mut want,
-                &q[r * q_dim..(r + 1) * q_dim],
-                &k[base..base + seen * kv_dim],
-                &v[base..base + seen * kv_dim],
-                seen,
-                n_heads,
-                n_kv,
-                head_dim,
-                &mut scores,
-            );
-            for (g, w) in got[r * q_dim..(r + 1) * q_dim].iter().zip(&want) {
-                assert!(
-                    (g - w).abs() <= 1e-5 * w.abs().max(1.0),
-                    "attention row {r}: {g} vs {w}"
+        // No window, and a sliding window shorter than some positions.
+        for window in [None, Some(5)] {
+            gpu.attention(
+                &mut dout.slice_mut(..),
+                &dq.slice(..),
+                &dk.slice(..),
+                &dv.slice(..),
+                &ds.slice(..),
+                &dp.slice(..),
+                n,
+                AttentionShape {
+                    n_heads,
+                    n_kv_heads: n_kv,
+                    head_dim,
+                    n_ctx,
+                    window,
+                },
+            )
+            .unwrap();
+            let got = gpu.download(&dout.slice(..)).unwrap();
+            let mut want = vec![0.0; q_dim];
+            let mut scores = vec![0.0; n_ctx];
+            for r in 0..n {
+                let end = pos[r] as usize + 1;
+                let first = window.map_or(0, |w| end.saturating_sub(w));
+                let base = seq[r] as usize * n_ctx * kv_dim;
+                let cache = base + first * kv_dim..base + end * kv_dim;
+                cpu::attention(
+                    &mut want,
+                    &q[r * q_dim..(r + 1) * q_dim],
+                    &k[cache.clone()],
+                    &v[cache],
+                    end - first,
+                    n_heads,
+                    n_kv,
+                    head_dim,
+                    &mut scores,
                 );
+                for (g, w) in got[r * q_dim..(r + 1) * q_dim].iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                        "attention row {r}, window {window:?}: {g} vs {w}"
+                    );
+                }
             }
         }
     }
@@ -1065,6 +1109,34 @@ mod gpu {
         let ours = gpu_logits(&file, &model, &sequence, 16, u64::MAX);
         let a = compare(&ours, &reference, model.hparams.vocab_size);
         assert!(a.max_abs <= 0.02, "{name}: max |diff| {}", a.max_abs);
+    }
+
+    /// The architectures (Llama 3.1 rope factors and tied output, Qwen 2
+    /// biases, Qwen 3 q/k norms, Phi-3 fused matrices and NEOX rope) on the
+    /// device against their reference top-40, within the issue's bounds.
+    #[test]
+    fn gpu_architectures_match_the_reference_top40() {
+        if gpu("architectures").is_none() {
+            return;
+        }
+        let mut failures = Vec::new();
+        for name in common::ARCH_MODELS {
+            if !shipped(&[format!("arch/{name}.gguf"), format!("arch/{name}.json")])
+                || !wanted(name)
+            {
+                continue;
+            }
+            let reference = common::Top40::read(&format!("arch/{name}.json"));
+            let file = GgufFile::open(common::fixture(&format!("arch/{name}.gguf"))).unwrap();
+            let model = Model::from_gguf(&file).unwrap();
+            let ours = gpu_logits(&file, &model, &reference.sequence, 16, u64::MAX);
+            let a = reference.compare(&ours, model.hparams.vocab_size);
+            say(&format!("GPU {name}: {a}\n"));
+            if let Some(why) = a.check(0.02, 0.15, 0.95) {
+                failures.push(format!("{name}: {why}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 
     #[test]
@@ -1449,6 +1521,14 @@ mod gpu {
                 ));
             }
         }
+        for name in common::ARCH_MODELS {
+            if shipped(&[format!("arch/{name}.gguf")]) {
+                models.push((
+                    name.to_string(),
+                    common::fixture(&format!("arch/{name}.gguf")),
+                ));
+            }
+        }
         // Stand-ins for fixtures a GPU machine was not shipped (made there
         // with `flea synth`, see scripts/gpu-check.sh).
         for path in std::env::var("FLEA_GPU_EXTRA_MODELS")
@@ -1481,15 +1561,25 @@ mod gpu {
             let one_layer = stream_config().plan(&model, u64::MAX).unwrap().layer_reads[0].len();
             let half = min + (all - min) / 2;
             let mut tried: Vec<Plan> = Vec::new();
-            for (label, budget) in [
+            let mut plans: Vec<(&str, Plan)> = [
                 ("minimum", min),
                 ("one resident", (min + one_layer).min(all)),
                 ("half", half),
-            ] {
+            ]
+            .into_iter()
+            .map(|(label, budget)| (label, stream_config().plan(&model, budget).unwrap()))
+            .collect();
+            // Two-layer files (arch/) keep both resident at every budget:
+            // stream them through the slots anyway.
+            if !plans.iter().any(|(_, p)| p.is_streaming()) {
+                let everything =
+                    common::stream_everything(stream_config().plan(&model, all).unwrap());
+                plans.push(("minimum", everything)); // two slots: what a streamed run needs at least
+            }
+            for (label, plan) in plans {
                 if !only("FLEA_GPU_STREAM_BUDGETS", label) {
                     continue;
                 }
-                let plan = stream_config().plan(&model, budget).unwrap();
                 // A budget whose plan is one already run (the planner may
                 // keep nothing more at the minimum plus one layer) would
                 // only repeat it.
@@ -1519,8 +1609,9 @@ mod gpu {
                     assert_eq!(
                         differ,
                         0,
-                        "{name}: budget {label} ({budget} bytes, {streamed} of {} layers \
+                        "{name}: budget {label} ({} bytes, {streamed} of {} layers \
                          streamed), {mode:?}: {differ} logits differ from resident",
+                        plan.budget,
                         model.layers.len()
                     );
                 }

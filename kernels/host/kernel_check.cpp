@@ -276,7 +276,7 @@ static void check_rope_and_cache(Rng& rng) {
         const int pairs = n * n_heads * half;
         simt::launch(rope, dim3{(unsigned)(pairs + FLEA_ELEMENTWISE_THREADS - 1) / FLEA_ELEMENTWISE_THREADS, 1, 1},
                      dim3{FLEA_ELEMENTWISE_THREADS, 1, 1}, x.data(),
-                     reinterpret_cast<const float2*>(table.data()), pos.data(), n, n_heads, head_dim, half);
+                     reinterpret_cast<const float2*>(table.data()), pos.data(), n, n_heads, head_dim, half, 0);
         for (int r = 0; r < n; r++)
             for (int h = 0; h < n_heads; h++)
                 for (int i = 0; i < head_dim / 2; i++) {
@@ -321,7 +321,7 @@ static void check_attention(Rng& rng) {
     std::vector<float> out((size_t)n * q_dim, NAN);
     const float scale = 1.0f / std::sqrt((float)head_dim);
     simt::launch(attention, dim3{(unsigned)n_heads, (unsigned)n, 1}, dim3{32 * FLEA_ATTENTION_WARPS, 1, 1}, out.data(), q.data(), kc.data(),
-                 vc.data(), seq.data(), pos.data(), n_heads, n_kv, head_dim, n_ctx, scale);
+                 vc.data(), seq.data(), pos.data(), n_heads, n_kv, head_dim, n_ctx, 0, scale);
     for (int r = 0; r < n; r++)
         for (int h = 0; h < n_heads; h++) {
             const int kvh = h / (n_heads / n_kv);

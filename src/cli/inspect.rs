@@ -2,7 +2,7 @@
 
 use clap::Args;
 use flea::gguf::GgufFile;
-use flea::model::Model;
+use flea::model::{Model, RopeStyle};
 use flea::{Error, Result};
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -55,11 +55,12 @@ pub fn inspect(args: InspectArgs) -> Result<u8> {
             let hp = &model.hparams;
             writeln!(
                 out,
-                "\nmodel: llama, {} layers, dim {}, {} heads ({} kv, head dim {}), ffn {}, vocab {}, context {}, rope base {} over {} dims, rms eps {}",
-                hp.n_layers, hp.dim, hp.n_heads, hp.n_kv_heads, hp.head_dim, hp.ffn_dim,
+                "\nmodel: {}, {} layers, dim {}, {} heads ({} kv, head dim {}), ffn {}, vocab {}, context {}, rope base {} over {} dims, rms eps {}",
+                hp.arch, hp.n_layers, hp.dim, hp.n_heads, hp.n_kv_heads, hp.head_dim, hp.ffn_dim,
                 hp.vocab_size, hp.context_length, hp.rope_base, hp.rope_dims, hp.rms_eps
             )
             .map_err(io)?;
+            writeln!(out, "architecture: {}", describe(&model)).map_err(io)?;
             writeln!(out, "bytes per layer:").map_err(io)?;
             for (i, layer) in model.layers.iter().enumerate() {
                 let span = layer.file_span();
@@ -95,4 +96,37 @@ pub fn inspect(args: InspectArgs) -> Result<u8> {
     out.flush().map_err(io)?;
     log::info!("inspected in {:.1} ms", start.elapsed().as_secs_f64() * 1e3);
     Ok(0)
+}
+
+/// What this file's architecture does beyond the plain llama block, in the
+/// words of its description ([`flea::model::Arch`]).
+fn describe(model: &Model) -> String {
+    let hp = &model.hparams;
+    let arch = hp.arch;
+    let mut parts = vec![match arch.rope {
+        RopeStyle::Interleaved => "rope on adjacent pairs".to_string(),
+        RopeStyle::Neox => "rope on halves (NEOX)".to_string(),
+    }];
+    if !hp.rope_factors.is_empty() {
+        parts.push(format!("rope_freqs factors ({})", hp.rope_factors.len()));
+    }
+    if arch.fused_qkv {
+        parts.push("fused attn_qkv".into());
+    }
+    if arch.fused_gate_up {
+        parts.push("fused gate/up in ffn_up".into());
+    }
+    if model.layers.first().is_some_and(|l| l.qkv_bias.is_some()) {
+        parts.push("q/k/v biases".into());
+    }
+    if arch.qk_norm {
+        parts.push("per-head q/k norms".into());
+    }
+    if let Some(w) = hp.sliding_window {
+        parts.push(format!("sliding window {w}"));
+    }
+    if model.output == model.token_embd {
+        parts.push("output tied to the embeddings".into());
+    }
+    parts.join(", ")
 }

@@ -93,6 +93,22 @@ impl Hparams {
         }
     }
 
+    /// f32 values of one layer's vectors (norms, and biases and per-head
+    /// norms where the architecture has them): what a backend that keeps
+    /// them as f32 holds per layer. An upper bound for optional biases.
+    pub fn layer_vector_floats(&self) -> usize {
+        let bias = match self.arch.qkv_bias {
+            Presence::Absent => 0,
+            Presence::Optional | Presence::Required => self.q_dim() + 2 * self.kv_dim(),
+        };
+        let qk_norm = if self.arch.qk_norm {
+            2 * self.head_dim
+        } else {
+            0
+        };
+        2 * self.dim + bias + qk_norm
+    }
+
     /// The first position that a query at `pos` sees.
     pub fn first_visible(&self, pos: usize) -> usize {
         match self.sliding_window {

@@ -18,6 +18,7 @@ use cudarc::nvrtc::Ptx;
 
 use super::geometry::{self, Dims, MatmulPlan, FORMAT_SUFFIXES, MATVEC_MAX_COLS};
 use crate::error::{Error, Result};
+use crate::model::RopeStyle;
 use crate::quant::GgmlType;
 
 /// The kernels, compiled by build.rs from kernels/*.cu.
@@ -170,11 +171,13 @@ struct Kernels {
     embed: Vec<CudaFunction>,
     rmsnorm: CudaFunction,
     rmsnorm_gather: CudaFunction,
+    rmsnorm_heads: CudaFunction,
     rope: CudaFunction,
     kv_store: CudaFunction,
     attention: CudaFunction,
     swiglu: CudaFunction,
     add_in_place: CudaFunction,
+    add_bias: CudaFunction,
     argmax_rows: CudaFunction,
 }
 
@@ -203,11 +206,13 @@ impl Kernels {
             embed,
             rmsnorm: f("rmsnorm")?,
             rmsnorm_gather: f("rmsnorm_gather")?,
+            rmsnorm_heads: f("rmsnorm_heads")?,
             rope: f("rope")?,
             kv_store: f("kv_store")?,
             attention: f("attention")?,
             swiglu: f("swiglu")?,
             add_in_place: f("add_in_place")?,
+            add_bias: f("add_bias")?,
             argmax_rows: f("argmax_rows")?,
         })
     }
@@ -622,8 +627,9 @@ impl Gpu {
     }
 
     /// RoPE in place on `x` = `(n_rows, n_heads * head_dim)`: the first
-    /// `half_rot` pairs of each head turn by `table[row_pos[r]]`.
-    /// `table` is `(n_ctx, half_rot)` pairs of (cos, sin) as 2 floats.
+    /// `half_rot` pairs of each head turn by `table[row_pos[r]]`, pairs
+    /// laid out as `style` says. `table` is `(n_ctx, half_rot)` pairs of
+    /// (cos, sin) as 2 floats.
     #[allow(clippy::too_many_arguments)]
     pub fn rope(
         &self,
@@ -634,6 +640,7 @@ impl Gpu {
         n_heads: usize,
         head_dim: usize,
         half_rot: usize,
+        style: RopeStyle,
     ) -> Result<()> {
         assert!(x.len() >= n_rows * n_heads * head_dim, "rope: x too short");
         assert!(
@@ -649,6 +656,7 @@ impl Gpu {
             i32_of(head_dim, "head_dim"),
             i32_of(half_rot, "half_rot"),
         );
+        let neox = i32::from(style == RopeStyle::Neox);
         let mut b = self.stream.launch_builder(&self.kernels.rope);
         b.arg(x)
             .arg(table)
@@ -656,7 +664,8 @@ impl Gpu {
             .arg(&r)
             .arg(&h)
             .arg(&hd)
-            .arg(&hr);
+            .arg(&hr)
+            .arg(&neox);
         // SAFETY: signature of kernels/rope.cu; positions are < n_ctx (the
         // engine validates them), the table holds n_ctx positions.
         unsafe { b.launch(config(geometry::rope(n_rows, n_heads, half_rot))) }
@@ -735,6 +744,7 @@ impl Gpu {
             n_kv_heads,
             head_dim,
             n_ctx,
+            window,
         } = heads;
         let q_dim = n_heads * head_dim;
         assert!(
@@ -769,6 +779,8 @@ impl Gpu {
             i32_of(head_dim, "head_dim"),
             i32_of(n_ctx, "n_ctx"),
         );
+        // 0: no window. A window past the context hides nothing.
+        let w = i32_of(window.unwrap_or(0).min(n_ctx), "window");
         let mut b = self.stream.launch_builder(&self.kernels.attention);
         b.arg(out)
             .arg(q)
@@ -780,6 +792,7 @@ impl Gpu {
             .arg(&kvh)
             .arg(&hd)
             .arg(&c)
+            .arg(&w)
             .arg(&scale);
         // SAFETY: signature of kernels/attention.cu; shapes checked above,
         // slots and positions validated by the engine.
@@ -822,6 +835,51 @@ impl Gpu {
             .map_err(cuda_err("launch add_in_place"))
     }
 
+    /// `x[i] += bias[i % bias.len()]` over the first `n` elements: the
+    /// bias added to every row.
+    pub fn add_bias(
+        &self,
+        x: &mut CudaViewMut<'_, f32>,
+        bias: &CudaView<'_, f32>,
+        n: usize,
+    ) -> Result<()> {
+        let width = bias.len();
+        assert!(
+            x.len() >= n && width > 0 && n.is_multiple_of(width),
+            "add_bias sizes"
+        );
+        let (w32, n64) = (i32_of(width, "bias width"), n as i64);
+        let mut b = self.stream.launch_builder(&self.kernels.add_bias);
+        b.arg(x).arg(bias).arg(&w32).arg(&n64);
+        // SAFETY: signature of kernels/elementwise.cu; sizes checked.
+        unsafe { b.launch(config(geometry::elementwise(n))) }
+            .map(drop)
+            .map_err(cuda_err("launch add_bias"))
+    }
+
+    /// RMSNorm of each of the `heads` `weight.len()`-wide heads at the
+    /// start of `x`, in place, all with `weight`.
+    pub fn rmsnorm_heads(
+        &self,
+        x: &mut CudaViewMut<'_, f32>,
+        weight: &CudaView<'_, f32>,
+        heads: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let head_dim = weight.len();
+        assert!(x.len() >= heads * head_dim, "rmsnorm_heads sizes");
+        if heads == 0 {
+            return Ok(());
+        }
+        let hd = i32_of(head_dim, "head_dim");
+        let mut b = self.stream.launch_builder(&self.kernels.rmsnorm_heads);
+        b.arg(x).arg(weight).arg(&hd).arg(&eps);
+        // SAFETY: signature of kernels/norm.cu; sizes checked.
+        unsafe { b.launch(config(geometry::per_row(heads))) }
+            .map(drop)
+            .map_err(cuda_err("launch rmsnorm_heads"))
+    }
+
     /// `out[r]` = index of the largest of logits row r (lowest index on
     /// ties); `logits` is `(rows, vocab)`.
     pub fn argmax_rows(
@@ -856,4 +914,6 @@ pub struct AttentionShape {
     pub head_dim: usize,
     /// Positions per sequence in the cache.
     pub n_ctx: usize,
+    /// A row sees only the last `window` positions (`None`: all of them).
+    pub window: Option<usize>,
 }

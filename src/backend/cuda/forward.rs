@@ -1,4 +1,4 @@
-//! The llama forward pass on a CUDA device: the [`Backend`] that keeps the
+//! The forward pass on a CUDA device: the [`Backend`] that keeps the
 //! activations, the KV cache and the resident weights in device memory, and
 //! feeds it streamed layers through a device double buffer or, on
 //! unified-memory boards, straight from the mapped host slots (see
@@ -164,7 +164,7 @@ struct Scratch {
 impl Scratch {
     /// Element counts, in field order.
     fn lengths(hp: &Hparams, chunk: usize) -> [usize; 9] {
-        let q_dim = hp.n_heads * hp.head_dim;
+        let q_dim = hp.q_dim();
         [
             chunk * hp.dim,
             chunk * hp.dim,
@@ -332,7 +332,7 @@ impl CudaForward {
 
     /// Device bytes this backend allocates for the given shape besides the
     /// weights: KV cache (f32, as on the CPU), activations, logits, RoPE
-    /// table, per-row indices and every layer's norm vectors (f32).
+    /// table, per-row indices and every layer's vectors (norms, biases; f32).
     /// Weights, the device slots and the staging buffer a resident layer
     /// past the cache budget is copied into are the planner's to charge
     /// ([`CudaForward::device_plan`]).
@@ -340,7 +340,7 @@ impl CudaForward {
         let f32s: usize = Scratch::lengths(hp, config.max_chunk).iter().sum();
         let rope = config.n_ctx * (hp.rope_dims / 2) * 2 * 4;
         let ints = (ROW_BUFFERS + 1) * config.max_chunk * 4;
-        let norms = hp.n_layers * 2 * hp.dim * 4;
+        let norms = hp.n_layers * hp.layer_vector_floats() * 4;
         KvCache::bytes_for(hp.n_layers, config.n_seq, config.n_ctx, hp.kv_dim())
             + (f32s * 4 + rope + ints + norms) as u64
     }
@@ -544,13 +544,7 @@ impl Backend for CudaForward {
         let (w, source) = self.weights.layer(&self.gpu, l, layer, bytes)?;
         let profile = self.profile.as_ref();
         let hp = &self.hp;
-        let (n, dim, q_dim, kv_dim, ffn) = (
-            self.n,
-            hp.dim,
-            hp.n_heads * hp.head_dim,
-            hp.kv_dim(),
-            hp.ffn_dim,
-        );
+        let (n, dim, q_dim, kv_dim, ffn) = (self.n, hp.dim, hp.q_dim(), hp.kv_dim(), hp.ffn_dim);
         let gpu = &self.gpu;
         let s = &mut self.s;
         let rows = &self.rows;
@@ -574,6 +568,27 @@ impl Backend for CudaForward {
             gpu.matmul(&w.wq, &xb, &mut s.q.slice_mut(..n * q_dim), n)?;
             gpu.matmul(&w.wk, &xb, &mut s.k.slice_mut(..n * kv_dim), n)?;
             gpu.matmul(&w.wv, &xb, &mut s.v.slice_mut(..n * kv_dim), n)?;
+            // Qwen 2: biases on the projections.
+            if let Some([bq, bk, bv]) = &w.qkv_bias {
+                gpu.add_bias(&mut s.q.slice_mut(..n * q_dim), bq, n * q_dim)?;
+                gpu.add_bias(&mut s.k.slice_mut(..n * kv_dim), bk, n * kv_dim)?;
+                gpu.add_bias(&mut s.v.slice_mut(..n * kv_dim), bv, n * kv_dim)?;
+            }
+            // Qwen 3: RMSNorm over each head of q and k, before RoPE.
+            if let Some([q_norm, k_norm]) = &w.qk_norm {
+                gpu.rmsnorm_heads(
+                    &mut s.q.slice_mut(..n * q_dim),
+                    q_norm,
+                    n * hp.n_heads,
+                    hp.rms_eps,
+                )?;
+                gpu.rmsnorm_heads(
+                    &mut s.k.slice_mut(..n * kv_dim),
+                    k_norm,
+                    n * hp.n_kv_heads,
+                    hp.rms_eps,
+                )?;
+            }
 
             // RoPE on q and k at each row's position, then append k, v to each
             // row's sequence in this layer's cache.
@@ -588,6 +603,7 @@ impl Backend for CudaForward {
                 hp.n_heads,
                 hp.head_dim,
                 half_rot,
+                hp.arch.rope,
             )?;
             gpu.rope(
                 &mut s.k.slice_mut(..n * kv_dim),
@@ -597,6 +613,7 @@ impl Backend for CudaForward {
                 hp.n_kv_heads,
                 hp.head_dim,
                 half_rot,
+                hp.arch.rope,
             )?;
             let per_layer = n_seq * n_ctx * kv_dim;
             let span = l * per_layer..(l + 1) * per_layer;
@@ -613,7 +630,8 @@ impl Backend for CudaForward {
                 kv_dim,
                 n_ctx,
             )?;
-            // Causal attention: row p sees its sequence's positions 0..=pos.
+            // Causal attention: row p sees its sequence's positions 0..=pos
+            // (the last `sliding_window` of them, if set).
             gpu.attention(
                 &mut s.att_out.slice_mut(..n * q_dim),
                 &s.q.slice(..n * q_dim),
@@ -627,6 +645,7 @@ impl Backend for CudaForward {
                     n_kv_heads: hp.n_kv_heads,
                     head_dim: hp.head_dim,
                     n_ctx,
+                    window: hp.sliding_window,
                 },
             )?;
 
@@ -725,15 +744,14 @@ impl Backend for CudaForward {
 }
 
 /// RoPE rotations as on the CPU (`cpu::forward::rope_table`): pair `i` of a
-/// head turns by `pos * base^(-2i / rope_dims)`, computed in f64, stored as
+/// head turns by `pos * hp.rope_frequency(i)`, computed in f64, stored as
 /// interleaved `(cos, sin)` f32 pairs.
 fn rope_table(hp: &Hparams, n_ctx: usize) -> Vec<f32> {
     let half = hp.rope_dims / 2;
     let mut table = Vec::with_capacity(n_ctx * half * 2);
     for pos in 0..n_ctx {
         for i in 0..half {
-            let freq = (hp.rope_base as f64).powf(-2.0 * i as f64 / hp.rope_dims as f64);
-            let angle = pos as f64 * freq;
+            let angle = pos as f64 * hp.rope_frequency(i);
             table.push(angle.cos() as f32);
             table.push(angle.sin() as f32);
         }

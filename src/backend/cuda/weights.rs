@@ -101,7 +101,7 @@ impl LayerSource {
     }
 }
 
-/// The seven matrices of one layer, ready for launches.
+/// The seven matrices and the vectors of one layer, ready for launches.
 pub struct LayerWeights<'a> {
     pub wq: DevWeight<'a>,
     pub wk: DevWeight<'a>,
@@ -112,6 +112,10 @@ pub struct LayerWeights<'a> {
     pub w_down: DevWeight<'a>,
     pub attn_norm: CudaView<'a, f32>,
     pub ffn_norm: CudaView<'a, f32>,
+    /// Biases of q, k, v (Qwen 2).
+    pub qkv_bias: Option<[CudaView<'a, f32>; 3]>,
+    /// Per-head norms of q and k (Qwen 3).
+    pub qk_norm: Option<[CudaView<'a, f32>; 2]>,
 }
 
 pub struct WeightCache {
@@ -133,10 +137,6 @@ pub struct WeightCache {
     /// Dequantization scratch for norm vectors (host).
     host_f32: Vec<f32>,
     times: LayerTimes,
-}
-
-fn matrices_of(t: &LayerTensors) -> [&TensorRef; 7] {
-    [&t.wq, &t.wk, &t.wv, &t.wo, &t.w_gate, &t.w_up, &t.w_down]
 }
 
 impl WeightCache {
@@ -295,10 +295,10 @@ impl WeightCache {
         t: &LayerTensors,
         bytes: FileBytes<'_>,
     ) -> Result<(LayerWeights<'_>, LayerSource)> {
-        for norm in [&t.attn_norm, &t.ffn_norm] {
-            self.vector_at(gpu, Key::File(norm.file_range.start), &bytes.weight(norm))?;
+        for v in t.vectors() {
+            self.vector_at(gpu, Key::File(v.file_range.start), &bytes.weight(v))?;
         }
-        let mats = matrices_of(t);
+        let mats = t.matrices();
         let span =
             layer_span(mats.iter().map(|m| m.file_range.clone())).expect("a layer has matrices");
         let host = host_range(&span, bytes.base, bytes.bytes.len()).ok_or_else(|| {
@@ -376,6 +376,7 @@ impl WeightCache {
                 )
             }
         };
+        let vector = |v: &TensorRef| self.vectors[&Key::File(v.file_range.start)].slice(..);
         let w = LayerWeights {
             wq: view(0),
             wk: view(1),
@@ -384,8 +385,10 @@ impl WeightCache {
             w_gate: view(4),
             w_up: view(5),
             w_down: view(6),
-            attn_norm: self.vectors[&Key::File(t.attn_norm.file_range.start)].slice(..),
-            ffn_norm: self.vectors[&Key::File(t.ffn_norm.file_range.start)].slice(..),
+            attn_norm: vector(&t.attn_norm),
+            ffn_norm: vector(&t.ffn_norm),
+            qkv_bias: t.qkv_bias.as_ref().map(|b| b.each_ref().map(vector)),
+            qk_norm: t.qk_norm.as_ref().map(|n| n.each_ref().map(vector)),
         };
         Ok((w, source))
     }
