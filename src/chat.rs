@@ -32,6 +32,15 @@ pub const KEY_CHAT_TEMPLATE: &str = "tokenizer.chat_template";
 /// The template's name inside its environment (it shows in error messages).
 const NAME: &str = "chat_template";
 
+/// The most work one render may do, in MiniJinja's fuel: one unit per
+/// instruction or per 64 bytes of data made (see `Environment::set_fuel`).
+/// A template comes from the model file: one that loops without end or
+/// builds huge strings stops here (in a fraction of a second, having made
+/// at most 256 MiB of data, so no single allocation reaches 128 MiB)
+/// instead of hanging the run. Qwen's template uses about 310k on one
+/// 4 MiB message (the longest request line) and 580k on 10,000 messages.
+pub const RENDER_FUEL: u64 = 4_000_000;
+
 /// Marks the detail of an error that the template raised itself
 /// (`raise_exception`), so that its message can be shown as it is.
 const RAISED: &str = "\u{0}raised\u{0}";
@@ -130,6 +139,7 @@ impl ChatTemplate {
         // into it is an error.
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Lenient);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_fuel(Some(RENDER_FUEL));
         env.add_function("raise_exception", raise_exception);
         env.add_filter("tojson", tojson);
         env.add_template_owned(NAME, source.to_owned())
@@ -179,6 +189,11 @@ impl ChatTemplate {
         template.render(ctx).map_err(|e| match raised(&e) {
             Some(msg) => Error::usage(format!(
                 "{}: the chat template refused the conversation: {msg}",
+                self.origin
+            )),
+            None if e.kind() == minijinja::ErrorKind::OutOfFuel => Error::usage(format!(
+                "{}: the chat template did more work than a render may ({RENDER_FUEL} fuel): \
+                 a runaway template, or a conversation far too long",
                 self.origin
             )),
             None => Error::usage(format!(
@@ -495,6 +510,24 @@ mod tests {
             out,
             "[{\"role\": \"user\", \"content\": \"<x> & 'y' é\"}]|{\n  \"role\": \"user\",\n  \"content\": \"<x> & 'y' é\"\n}|{\"\\u00e9\": [], \"b\": {}}|{\"a\": [1, 2.5, null, true], \"b\": 1}"
         );
+    }
+
+    #[test]
+    fn runaway_templates_run_out_of_fuel() {
+        let msgs = [Message::user("hi")];
+        let forever =
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
+        let e = render(forever, &msgs).unwrap_err();
+        assert!(e.message.contains("fuel"), "{}", e.message);
+        let doubling = "{% set ns = namespace(s='xxxxxxxx') %}{% for i in range(60) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s | length }}";
+        let e = render(doubling, &msgs).unwrap_err();
+        assert!(e.message.contains("fuel"), "{}", e.message);
+        // A long conversation of long messages fits.
+        let long = vec![Message::user("word ".repeat(800_000)); 1];
+        let source = "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content.strip() + '<|im_end|>' + '\\n' }}{% endfor %}";
+        assert!(render(source, &long).is_ok());
+        let many = vec![Message::user("hello there"); 10_000];
+        assert!(render(source, &many).is_ok());
     }
 
     #[test]
