@@ -5,35 +5,52 @@
 //! bounded mutation run in `tests/fuzz_smoke.rs`, so both exercise the same
 //! code.
 
+use crate::chat::{ChatTemplate, Message};
 use crate::config::Config;
 use crate::engine::EngineConfig;
-use crate::generate::pipeline::{check_line, Format, RunOptions};
+use crate::generate::pipeline::{check_line, ChatOptions, Format, RunOptions};
 use crate::generate::sampler::SamplerConfig;
 use crate::gguf::GgufFile;
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 
 /// A GGUF image: header, metadata, tensor table, then (when those parse)
-/// the model description, the tokenizer and a plan at a small budget, as
-/// `flea inspect` and `flea run` would.
+/// the model description, the tokenizer, a plan at a small budget and the
+/// chat template (compiled, and rendered once), as `flea inspect` and
+/// `flea run` would.
 pub fn gguf(bytes: &[u8]) {
     let Ok(file) = GgufFile::from_bytes("fuzz.gguf", bytes) else {
         return;
     };
     let model = Model::from_gguf(&file);
     let tokenizer = Tokenizer::from_gguf(&file);
-    if let (Ok(model), Ok(tokenizer)) = (model, tokenizer) {
+    if let (Ok(model), Ok(tokenizer)) = (&model, &tokenizer) {
         let engine = EngineConfig {
             n_ctx: model.hparams.context_length.min(256),
             max_chunk: 16,
             n_seq: 1,
             threads: 1,
         };
-        let _ = engine.plan(&model, 64 << 20);
+        let _ = engine.plan(model, 64 << 20);
         let ids = tokenizer.encode("Once upon a time, ünïcödé 🦀", true);
         let _ = tokenizer.decode(&ids);
     }
+    // The template needs only the tokenizer (a vocab-only file has one).
+    if let Ok(tokenizer) = &tokenizer {
+        if let Ok(Some(template)) = ChatTemplate::from_gguf(&file, tokenizer) {
+            if let Ok(text) = template.render(&[Message::user("Hello!")], true) {
+                let _ = crate::chat::prompt_tokens(tokenizer, &text);
+            }
+        }
+    }
 }
+
+/// A ChatML template with the constructs real ones use (a refusal,
+/// Python string methods, slices, `tojson`), for the request path.
+const FUZZ_TEMPLATE: &str = "{% if messages[0].role == 'bad' %}{{ raise_exception('bad role') }}{% endif %}\
+{% for m in messages[::-1] %}{% if m.content.startswith('<') %}{{ m | tojson }}{% endif %}{% endfor %}\
+{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content.strip() }}<|im_end|>\n{% endfor %}\
+{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
 /// A TOML config file.
 pub fn config(bytes: &[u8]) {
@@ -51,6 +68,12 @@ pub fn request(tokenizer: &Tokenizer, bytes: &[u8]) {
         format: Format::Jsonl,
         max_tokens: 16,
         sampling: SamplerConfig::default(),
+        chat: ChatOptions {
+            template: ChatTemplate::new(FUZZ_TEMPLATE, Some("<s>"), Some("</s>"), "fuzz")
+                .map(std::sync::Arc::new)
+                .map_err(|e| e.message),
+            wrap_prompts: false,
+        },
     };
     let _ = check_line(line, &options, tokenizer, 64);
 }

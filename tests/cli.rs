@@ -422,3 +422,158 @@ fn cuda_requested_without_a_gpu_is_a_clear_error() {
     let _ = std::fs::remove_file(&cfg);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// `run --jsonl` records, one per output line.
+fn records(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad record {l:?}: {e}")))
+        .collect()
+}
+
+/// A small random llama with the Llama 3 vocabulary and its chat template.
+fn chat_model() -> String {
+    common::fixture("arch/synth-llama3.gguf")
+        .display()
+        .to_string()
+}
+
+// <|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHello!<|eot_id|>
+// <|start_header_id|>assistant<|end_header_id|>\n\n: 12 tokens; the plain
+// prompt "Hello!" is 3 (BOS, "Hello", "!").
+const CHAT_HELLO_TOKENS: u64 = 12;
+const PLAIN_HELLO_TOKENS: u64 = 3;
+
+#[test]
+fn chat_flag_wraps_each_line_as_a_user_message() {
+    let model = chat_model();
+    let args = [
+        "run",
+        "--model",
+        &model,
+        "--chat",
+        "-n",
+        "3",
+        "--temperature",
+        "0",
+        "-t",
+        "2",
+    ];
+    let out = flea(&args, "Hello!\nName a color.\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8(out.stdout.clone())
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+    // The template made the prompt: 12 tokens, not the 3 of the bare line.
+    let log = stderr(&out);
+    assert!(
+        log.contains(&format!("prompt 1: {CHAT_HELLO_TOKENS} prompt tokens")),
+        "{log}"
+    );
+
+    // -p too.
+    let mut with_p = args.to_vec();
+    with_p.extend(["-p", "Hello!"]);
+    let out = flea(&with_p, "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("prompt 1: {CHAT_HELLO_TOKENS} prompt tokens")));
+}
+
+#[test]
+fn jsonl_messages_requests() {
+    let model = chat_model();
+    let input = concat!(
+        r#"{"id": "m", "messages": [{"role": "user", "content": "Hello!"}]}"#,
+        "\n",
+        r#"{"id": "p", "prompt": "Hello!"}"#,
+        "\n",
+        r#"{"id": "both", "prompt": "Hello!", "messages": [{"role": "user", "content": "Hello!"}]}"#,
+        "\n",
+        r#"{"id": "neither", "max_tokens": 2}"#,
+        "\n",
+        r#"{"id": "badmsg", "messages": [{"role": "user", "text": "Hello!"}]}"#,
+        "\n",
+    );
+    let prompt_tokens = |r: &serde_json::Value| r["timing"]["prompt_tokens"].as_u64();
+    for chat in [false, true] {
+        let mut args = vec!["run", "--model", &model, "--jsonl", "-n", "2", "-t", "2"];
+        if chat {
+            args.push("--chat");
+        }
+        let out = flea(&args, input);
+        // Three malformed requests: exit 1, every request has its record.
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let recs = records(&out);
+        assert_eq!(recs.len(), 5, "{recs:?}");
+        let by_id = |id: &str| recs.iter().find(|r| r["id"] == id).unwrap().clone();
+        let m = by_id("m");
+        assert_eq!(m["finish_reason"], "length", "{m}");
+        assert_eq!(m["tokens"], 2);
+        assert_eq!(prompt_tokens(&m), Some(CHAT_HELLO_TOKENS));
+        // A prompt is a user message only with --chat.
+        let p = by_id("p");
+        let want = if chat {
+            CHAT_HELLO_TOKENS
+        } else {
+            PLAIN_HELLO_TOKENS
+        };
+        assert_eq!(prompt_tokens(&p), Some(want), "chat {chat}: {p}");
+        for (id, says) in [
+            ("both", "`prompt` and `messages` both given"),
+            ("neither", "missing field `prompt` (or `messages`)"),
+            ("badmsg", "unknown field `text`"),
+        ] {
+            let r = by_id(id);
+            assert_eq!(r["finish_reason"], "error", "{r}");
+            let error = r["error"].as_str().unwrap();
+            assert!(error.contains(says), "{id}: {error}");
+        }
+    }
+}
+
+#[test]
+fn chat_on_a_model_without_a_template_is_an_error() {
+    let model = model_arg("synth-256-Q8_0.gguf");
+    // --chat fails at startup: a model error (4), naming the file and key.
+    let out = flea(&["run", "--model", &model, "--chat", "-n", "2"], "Hello!\n");
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    let log = stderr(&out);
+    assert!(
+        log.contains(&model) && log.contains("tokenizer.chat_template"),
+        "{log}"
+    );
+
+    // Without --chat, a `messages` request gets an error record and a
+    // plain prompt still runs.
+    let input = concat!(
+        r#"{"id": 1, "messages": [{"role": "user", "content": "Hello!"}]}"#,
+        "\n",
+        r#"{"id": 2, "prompt": "Hello!"}"#,
+        "\n",
+    );
+    let out = flea(&["run", "--model", &model, "--jsonl", "-n", "2"], input);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let recs = records(&out);
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    let error = recs[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains(&model) && error.contains("tokenizer.chat_template"),
+        "{error}"
+    );
+    assert_eq!(recs[1]["finish_reason"], "length", "{}", recs[1]);
+}
+
+#[test]
+fn run_help_documents_chat() {
+    let out = flea(&["run", "--help"], "");
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(help.contains("--chat"), "{help}");
+    assert!(help.contains("\"messages\""), "{help}");
+    assert!(help.contains("tokenizer.chat_template"), "{help}");
+}

@@ -190,25 +190,25 @@ fn peak_rss_mib() -> f64 {
 #[test]
 fn gguf_mutants_never_panic_or_overallocate() {
     quiet_panics();
+    // (seed, share of the mutants). Each mutant maps a copy of the whole
+    // file: the 14 MB seed gets a quarter so the default run stays near
+    // 30 s. Phi-3's vocabulary carries a chat template, so its mutants
+    // reach the Jinja compiler and renderer; its tokenizer costs as much
+    // as the SPM one's, so it gets a quarter too.
     let seeds = [
-        "models/llama-2-tiny-random.gguf",
-        "models/synth-256-Q4_K_M.gguf",
-        "real/stories260K-F32.gguf",
-        "tokenizer/ggml-vocab-llama-spm.gguf",
+        ("models/llama-2-tiny-random.gguf", 1),
+        ("models/synth-256-Q4_K_M.gguf", 4),
+        ("real/stories260K-F32.gguf", 1),
+        ("tokenizer/ggml-vocab-llama-spm.gguf", 1),
+        ("tokenizer/ggml-vocab-phi-3.gguf", 4),
     ];
     let mut total = 0;
-    for name in seeds {
+    for (name, share) in seeds {
         let bytes = std::fs::read(common::fixture(name)).unwrap();
         let file = flea::gguf::GgufFile::from_bytes(name, &bytes).unwrap();
         let hot = file.data_offset as usize;
         drop(file);
-        // Each mutant maps a copy of the whole file: the 14 MB seed gets a
-        // quarter of the mutants so the default run stays near 30 s.
-        let count = if bytes.len() > 4 << 20 {
-            mutants_per_seed() / 4
-        } else {
-            mutants_per_seed()
-        };
+        let count = mutants_per_seed() / share;
         total += campaign(name, &bytes, hot, count, &flea::fuzz::gguf);
     }
     eprintln!(
@@ -242,10 +242,11 @@ fn config_mutants_never_panic() {
 fn request_and_tokenizer_mutants_never_panic() {
     quiet_panics();
     let tok = spm_tokenizer();
-    let requests: [&[u8]; 3] = [
+    let requests: [&[u8]; 4] = [
         br#"{"id": 7, "prompt": "Once upon a time", "max_tokens": 8, "temperature": 0.5, "top_k": 4, "top_p": 0.9, "min_p": 0.1, "repeat_penalty": 1.1, "seed": 3, "stop": ["\n", "END"]}"#,
         br#"{"prompt": "hi", "stop": "x"}"#,
         b"{\"prompt\": \"\\u00e9\\ud83e\\udd80 <s> </s>\", \"max_tokens\": 18446744073709551615}",
+        br#"{"id": 1, "messages": [{"role": "system", "content": " <s>Be terse. "}, {"role": "user", "content": "Hi"}]}"#,
     ];
     let mut total = 0;
     for r in requests {

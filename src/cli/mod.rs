@@ -43,7 +43,11 @@ enum Command {
         long_about = "Read prompts from stdin, one per line, and write each completion \
 to stdout as one line, in input order. Inside a completion, a newline is written as \\n, \
 a carriage return as \\r and a backslash as \\\\, so every completion stays on one line. \
-Output is flushed after each line. Logs and timings go to stderr."
+Output is flushed after each line. Logs and timings go to stderr.\n\n\
+Chat: with --chat each prompt is one user message, formatted with the model's chat template \
+(tokenizer.chat_template) and its assistant turn opened; with --jsonl a request may give \
+\"messages\": [{\"role\": \"user\", \"content\": \"...\"}, ...] instead of \"prompt\". \
+Generation stops at the end of the model's turn."
     )]
     Run(run::RunArgs),
     /// Write teacher-forced logits for every position of a prompt to a file.

@@ -3,8 +3,9 @@
 
 use super::session::{open_session, CommonArgs};
 use clap::Args;
+use flea::chat::{self, ChatTemplate};
 use flea::engine::Engine;
-use flea::generate::pipeline::{self, Format, Interrupt, RunOptions};
+use flea::generate::pipeline::{self, ChatOptions, Format, Interrupt, RunOptions};
 use flea::generate::sampler::{Sampler, SamplerConfig};
 use flea::generate::speculative::Speculative;
 use flea::{Error, Result};
@@ -49,14 +50,22 @@ pub struct RunArgs {
     /// Tokens the draft proposes per verification pass.
     #[arg(long, default_value_t = 4)]
     draft_tokens: usize,
-    /// Read JSON requests, one per line ({"id", "prompt", "max_tokens", "temperature",
-    /// "seed", "stop", ...}), and write one JSON record per request.
+    /// Read JSON requests, one per line ({"id", "prompt" or "messages", "max_tokens",
+    /// "temperature", "seed", "stop", ...}), and write one JSON record per request.
+    /// "messages": [{"role": "user", "content": "..."}, ...] is a conversation, formatted
+    /// with the model's chat template.
     #[arg(long)]
     jsonl: bool,
+    /// Chat: each prompt (a line of stdin, -p, or a JSONL "prompt") is one user message,
+    /// formatted with the model's chat template (tokenizer.chat_template); a model
+    /// without one is an error.
+    #[arg(long)]
+    chat: bool,
 }
 
 pub fn run(args: RunArgs) -> Result<u8> {
     let mut session = open_session(&args.common)?;
+    let chat = chat_options(&session, args.chat)?;
     let g = &session.config.generation;
     let sampling = SamplerConfig {
         temperature: args.temperature.unwrap_or(g.temperature),
@@ -79,6 +88,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         },
         max_tokens: args.max_tokens.unwrap_or(g.max_tokens),
         sampling: sampling.clone(),
+        chat,
     };
     let interrupt = Arc::new(Interrupt::default());
     install_signal_handler(interrupt.clone())?;
@@ -93,7 +103,11 @@ pub fn run(args: RunArgs) -> Result<u8> {
             if std::io::stdin().is_terminal() {
                 eprintln!(
                     "reading prompts from stdin, one per line ({}); end with Ctrl-D (or use -p TEXT)",
-                    if args.jsonl { "JSON requests" } else { "plain text" }
+                    match (args.jsonl, args.chat) {
+                        (true, _) => "JSON requests",
+                        (false, true) => "each line one user message",
+                        (false, false) => "plain text",
+                    }
                 );
             }
             pipeline::spawn_line_reader(|| std::io::stdin().lock(), 2 * session.engine.n_seq)
@@ -146,6 +160,30 @@ pub fn run(args: RunArgs) -> Result<u8> {
         return Ok(1);
     }
     Ok(0)
+}
+
+/// The model's chat template, compiled once. With `--chat` a model without
+/// one (or with one that does not compile) fails here, before any input is
+/// read; otherwise only `messages` requests need it, and each gets the error.
+fn chat_options(session: &super::session::Session, wrap_prompts: bool) -> Result<ChatOptions> {
+    let path = session.path.display().to_string();
+    let template = match ChatTemplate::from_gguf(&session.file, &session.tokenizer) {
+        Ok(Some(t)) => {
+            log::debug!("chat template: {}", t.origin());
+            Ok(Arc::new(t))
+        }
+        Ok(None) if wrap_prompts => return Err(chat::missing_template(&path)),
+        Ok(None) => Err(chat::missing_template(&path).message),
+        Err(e) if wrap_prompts => return Err(e),
+        Err(e) => {
+            log::warn!("{e}; \"messages\" requests will fail");
+            Err(e.message)
+        }
+    };
+    Ok(ChatOptions {
+        template,
+        wrap_prompts,
+    })
 }
 
 /// SIGINT/SIGTERM: between completions, exit at once (everything finished

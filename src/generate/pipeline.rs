@@ -2,11 +2,17 @@
 //! line (plain text, or JSON objects with `--jsonl`), completions out on a
 //! writer, one line each, flushed as soon as each is done.
 //!
+//! A request is a prompt or, in JSONL, a conversation (`messages`), which
+//! the model's chat template turns into the prompt (see [`crate::chat`]);
+//! with [`ChatOptions::wrap_prompts`] (`--chat`) every prompt is one user
+//! message of a conversation.
+//!
 //! A malformed request or a prompt that cannot run produces an error record
 //! (JSONL) or an empty line (text) and the run goes on. A signal stops the
 //! current completion at the next token, emits it as `interrupted`, and ends
 //! the run; everything completed before was already flushed.
 
+use crate::chat::{self, ChatTemplate, Message};
 use crate::engine::{Engine, Logits, WeightSource};
 use crate::error::{Error, Result};
 use crate::generate::sampler::{Sampler, SamplerConfig};
@@ -39,6 +45,28 @@ pub struct RunOptions {
     /// Defaults for every request. Each request restarts from its seed, so
     /// its output does not depend on the requests before it.
     pub sampling: SamplerConfig,
+    pub chat: ChatOptions,
+}
+
+/// How conversations become prompts.
+#[derive(Debug, Clone)]
+pub struct ChatOptions {
+    /// The model's chat template, compiled once; or, when it has none (or
+    /// it does not compile), the error a request that needs one gets.
+    pub template: std::result::Result<Arc<ChatTemplate>, String>,
+    /// Every prompt (a text line, a JSONL `prompt`) is one user message,
+    /// rendered with the template (`--chat`).
+    pub wrap_prompts: bool,
+}
+
+impl Default for ChatOptions {
+    /// Prompts as they are; `messages` requests fail (no template).
+    fn default() -> Self {
+        ChatOptions {
+            template: Err("no chat template was loaded".into()),
+            wrap_prompts: false,
+        }
+    }
 }
 
 /// Shared between the pipeline and a signal handler.
@@ -61,13 +89,15 @@ pub struct RunSummary {
 }
 
 /// One JSONL request. Unknown fields are errors, so a typo is reported
-/// instead of silently ignored.
+/// instead of silently ignored. Exactly one of `prompt` and `messages`
+/// (checked by [`parse_request`]).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Request {
     #[serde(default)]
     id: serde_json::Value,
-    prompt: String,
+    prompt: Option<String>,
+    messages: Option<Vec<Message>>,
     max_tokens: Option<usize>,
     temperature: Option<f32>,
     top_k: Option<usize>,
@@ -77,6 +107,54 @@ struct Request {
     seed: Option<u64>,
     #[serde(default)]
     stop: StopStrings,
+}
+
+/// What a request asks to complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Input {
+    /// A prompt (a text line, or a JSONL `prompt`).
+    Prompt(String),
+    /// A conversation (JSONL `messages`).
+    Messages(Vec<Message>),
+}
+
+/// Parse one JSONL line into a request and what it asks to complete; the
+/// error names what is wrong (an unknown or mistyped field, `prompt` and
+/// `messages` both or neither given).
+fn parse_request(line: &str) -> std::result::Result<(Request, Input), String> {
+    let mut r = serde_json::from_str::<Request>(line).map_err(|e| e.to_string())?;
+    let input = match (r.prompt.take(), r.messages.take()) {
+        (Some(prompt), None) => Input::Prompt(prompt),
+        (None, Some(messages)) if messages.is_empty() => {
+            return Err("field `messages` is empty: give at least one message".into())
+        }
+        (None, Some(messages)) => Input::Messages(messages),
+        (Some(_), Some(_)) => {
+            return Err("fields `prompt` and `messages` both given: give exactly one".into())
+        }
+        (None, None) => return Err("missing field `prompt` (or `messages`)".into()),
+    };
+    Ok((r, input))
+}
+
+/// The prompt tokens of `input`: a prompt as it is (BOS as the model
+/// asks), unless the options wrap it as a user message; a conversation
+/// rendered with the chat template and tokenized with control tokens.
+fn input_tokens(
+    input: Input,
+    options: &ChatOptions,
+    tokenizer: &Tokenizer,
+) -> std::result::Result<Vec<u32>, String> {
+    let messages = match input {
+        Input::Prompt(text) if !options.wrap_prompts => {
+            return Ok(tokenizer.encode(&text, tokenizer.add_bos_default()))
+        }
+        Input::Prompt(text) => vec![Message::user(text)],
+        Input::Messages(messages) => messages,
+    };
+    let template = options.template.as_ref().map_err(Clone::clone)?;
+    let text = template.render(&messages, true).map_err(|e| e.message)?;
+    Ok(chat::prompt_tokens(tokenizer, &text))
 }
 
 /// `"stop": "text"` or `"stop": ["a", "b"]`.
@@ -636,16 +714,16 @@ fn admit(
     n_ctx: usize,
     vocab: usize,
 ) -> std::result::Result<Active, (serde_json::Value, String)> {
-    let (id, prompt, max_tokens, sampling, stops) = match options.format {
+    let (id, input, max_tokens, sampling, stops) = match options.format {
         Format::Text => (
             serde_json::Value::Null,
-            line.to_string(),
+            Input::Prompt(line.to_string()),
             options.max_tokens,
             options.sampling.clone(),
             Vec::new(),
         ),
-        Format::Jsonl => match serde_json::from_str::<Request>(line) {
-            Ok(r) => {
+        Format::Jsonl => match parse_request(line) {
+            Ok((r, input)) => {
                 let d = &options.sampling;
                 let sampling = SamplerConfig {
                     temperature: r.temperature.unwrap_or(d.temperature),
@@ -657,7 +735,7 @@ fn admit(
                     ..d.clone()
                 };
                 let max = r.max_tokens.unwrap_or(options.max_tokens);
-                (r.id, r.prompt, max, sampling, r.stop.into_vec())
+                (r.id, input, max, sampling, r.stop.into_vec())
             }
             Err(e) => {
                 // Keep the id if the line is JSON with one, so the caller
@@ -673,7 +751,10 @@ fn admit(
     if let Err(e) = sampling.validate() {
         return Err((id, format!("stdin: line {n}: {e}")));
     }
-    let tokens = tokenizer.encode(&prompt, tokenizer.add_bos_default());
+    let tokens = match input_tokens(input, &options.chat, tokenizer) {
+        Ok(tokens) => tokens,
+        Err(why) => return Err((id, format!("prompt {n}: {why}"))),
+    };
     let limits = Limits { max_tokens, stops };
     let seq = match Sequence::new(&tokens, limits, n_ctx, Sampler::new(sampling, vocab)) {
         Ok(seq) => seq,
@@ -741,14 +822,94 @@ mod tests {
 
     #[test]
     fn requests_parse_and_reject_unknown_fields() {
-        let r: Request = serde_json::from_str(r#"{"id": 7, "prompt": "hi", "stop": "x"}"#).unwrap();
+        let (r, input) = parse_request(r#"{"id": 7, "prompt": "hi", "stop": "x"}"#).unwrap();
         assert_eq!(r.id, serde_json::json!(7));
         assert_eq!(r.stop.into_vec(), vec!["x"]);
-        let r: Request =
-            serde_json::from_str(r#"{"prompt": "hi", "stop": ["a", "b"], "seed": 3}"#).unwrap();
+        assert_eq!(input, Input::Prompt("hi".into()));
+        let (r, _) = parse_request(r#"{"prompt": "hi", "stop": ["a", "b"], "seed": 3}"#).unwrap();
         assert_eq!(r.stop.into_vec().len(), 2);
-        let e = serde_json::from_str::<Request>(r#"{"prompt": "hi", "maxtokens": 3}"#).unwrap_err();
-        assert!(e.to_string().contains("maxtokens"));
-        assert!(serde_json::from_str::<Request>(r#"{"id": 1}"#).is_err());
+        let e = parse_request(r#"{"prompt": "hi", "maxtokens": 3}"#).unwrap_err();
+        assert!(e.contains("maxtokens"), "{e}");
+    }
+
+    #[test]
+    fn requests_give_a_prompt_or_messages() {
+        let (_, input) =
+            parse_request(r#"{"messages": [{"role": "user", "content": "hi"}]}"#).unwrap();
+        assert_eq!(input, Input::Messages(vec![Message::user("hi")]));
+        let both = r#"{"prompt": "x", "messages": [{"role": "user", "content": "hi"}]}"#;
+        for (line, field) in [
+            (r#"{"id": 1}"#, "`prompt` (or `messages`)"),
+            (both, "`prompt` and `messages` both given"),
+            (r#"{"messages": []}"#, "`messages` is empty"),
+            (r#"{"messages": [{"role": "user"}]}"#, "content"),
+            (
+                r#"{"messages": [{"role": "user", "content": "a", "x": 1}]}"#,
+                "`x`",
+            ),
+            (r#"{"messages": "hi"}"#, "invalid type"),
+        ] {
+            let e = parse_request(line).unwrap_err();
+            assert!(e.contains(field), "{line}: {e}");
+        }
+    }
+
+    /// Byte-level BPE over "h" and "i", with BOS `<s>` (asked for) and a
+    /// control token `<|u|>`.
+    fn tiny_tokenizer() -> Tokenizer {
+        let parts = crate::tokenizer::TokenizerParts {
+            model: "gpt2".into(),
+            tokens: ["h", "i", "<s>", "<|u|>"].map(String::from).to_vec(),
+            token_types: Some(vec![1, 1, 3, 3]),
+            merges: Some(Vec::new()),
+            bos: Some(2),
+            add_bos: Some(true),
+            ..Default::default()
+        };
+        Tokenizer::from_parts(parts, "tiny").unwrap()
+    }
+
+    fn chat(source: &str, wrap_prompts: bool) -> ChatOptions {
+        let template = ChatTemplate::new(source, Some("<s>"), None, "tiny").unwrap();
+        ChatOptions {
+            template: Ok(Arc::new(template)),
+            wrap_prompts,
+        }
+    }
+
+    #[test]
+    fn prompts_become_chat_turns_only_when_asked() {
+        let tok = tiny_tokenizer();
+        let prompt = || Input::Prompt("hi".into());
+        let plain = ChatOptions::default();
+        assert_eq!(input_tokens(prompt(), &plain, &tok), Ok(vec![2, 0, 1]));
+        let e = input_tokens(Input::Messages(vec![Message::user("hi")]), &plain, &tok);
+        assert_eq!(e, Err("no chat template was loaded".into()));
+
+        // The template writes BOS: it is not added again.
+        let with_bos = "{{ bos_token }}{% for m in messages %}<|u|>{{ m.content }}{% endfor %}";
+        assert_eq!(
+            input_tokens(prompt(), &chat(with_bos, false), &tok),
+            Ok(vec![2, 0, 1])
+        );
+        assert_eq!(
+            input_tokens(prompt(), &chat(with_bos, true), &tok),
+            Ok(vec![2, 3, 0, 1])
+        );
+        // It does not: the model asks for BOS, so it goes first.
+        let without = "{% for m in messages %}<|u|>{{ m.content }}{% endfor %}";
+        assert_eq!(
+            input_tokens(prompt(), &chat(without, true), &tok),
+            Ok(vec![2, 3, 0, 1])
+        );
+        let two = Input::Messages(vec![Message::user("h"), Message::new("assistant", "i")]);
+        assert_eq!(
+            input_tokens(two, &chat(without, false), &tok),
+            Ok(vec![2, 3, 0, 3, 1])
+        );
+
+        let refuses = "{{ raise_exception('no ' + messages[0].role) }}";
+        let e = input_tokens(prompt(), &chat(refuses, true), &tok).unwrap_err();
+        assert!(e.ends_with("refused the conversation: no user"), "{e}");
     }
 }
