@@ -204,6 +204,7 @@ mod bench {
             max_chunk: chunk,
             n_seq: 1,
             threads: 1,
+            ..Default::default()
         };
         let mut engine = Engine::with_backend(&model, &file, backend, &engine_cfg)?;
         let vocab = hp.vocab_size as u64;
@@ -682,6 +683,7 @@ mod bench {
             max_chunk: args.prompt.min(512),
             n_seq: 1,
             threads: 1,
+            ..Default::default()
         };
         let plan = engine.plan(&model, budget.resolve(file_bytes))?;
         let gpu = cuda::open(args.device)?;

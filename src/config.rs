@@ -4,6 +4,7 @@
 
 use crate::backend::Feed;
 use crate::error::{Error, Result};
+use crate::kv_cache::KvType;
 use crate::limits;
 use serde::Deserialize;
 use std::fmt;
@@ -127,12 +128,15 @@ pub enum Backend {
 pub struct MemoryConfig {
     /// Everything the run may allocate for weights, KV cache and scratch.
     pub budget: Budget,
+    /// Element type of the KV cache: "f16" (half the bytes) or "f32".
+    pub kv_type: KvType,
 }
 
 impl Default for MemoryConfig {
     fn default() -> Self {
         MemoryConfig {
             budget: Budget::Bytes(6 << 30),
+            kv_type: KvType::default(),
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::backend::{Batch, BatchEntry};
 use crate::backend::cpu::{CpuForward, CpuForwardConfig};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::kv_cache::KvType;
 use crate::model::{Hparams, Model};
 use crate::residency::plan::Plan;
 
@@ -28,6 +29,8 @@ pub struct EngineConfig {
     /// Sequences decoded together (KV cache slots).
     pub n_seq: usize,
     pub threads: usize,
+    /// Element type of the KV cache (`[memory] kv_type`).
+    pub kv_type: KvType,
 }
 
 impl Default for EngineConfig {
@@ -37,6 +40,7 @@ impl Default for EngineConfig {
             max_chunk: 64,
             n_seq: 1,
             threads: 1,
+            kv_type: KvType::default(),
         }
     }
 }
@@ -74,6 +78,7 @@ impl EngineConfig {
             max_chunk: self.max_chunk,
             n_seq: self.n_seq,
             threads: self.threads,
+            kv_type: self.kv_type,
         }
     }
 }

@@ -30,6 +30,7 @@ pub fn gguf(bytes: &[u8]) {
             max_chunk: 16,
             n_seq: 1,
             threads: 1,
+            ..Default::default()
         };
         let _ = engine.plan(model, 64 << 20);
         let ids = tokenizer.encode("Once upon a time, ünïcödé 🦀", true);

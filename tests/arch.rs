@@ -28,6 +28,7 @@ fn config(n_ctx: usize) -> EngineConfig {
         max_chunk: 8,
         n_seq: 1,
         threads: 2,
+        ..Default::default()
     }
 }
 

@@ -26,6 +26,7 @@ fn engine_for(config: &Config, model_ctx: usize) -> EngineConfig {
         max_chunk: config.pipeline.prefill_chunk.max(config.pipeline.batch),
         n_seq: config.pipeline.batch,
         threads: 1,
+        kv_type: config.memory.kv_type,
     }
 }
 

@@ -14,6 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 use flea::backend::cpu::{CpuBackend, Isa};
 use flea::backend::Weight;
 use flea::gguf::GgufFile;
+use flea::kv_cache::KvRows;
 use flea::model::{Model, TensorRef};
 use flea::quant::{self, GgmlType};
 
@@ -452,8 +453,11 @@ fn a_warm_backend_allocates_nothing_per_call() {
     let x = rng.floats(8 * cols);
     let mut out = vec![0.0; 8 * rows];
     let (n_heads, n_kv, hd, n_ctx) = (8, 2, 64, 64);
-    let k = rng.floats(n_ctx * n_kv * hd);
-    let v = rng.floats(n_ctx * n_kv * hd);
+    // An f16 cache, as runs use by default: widening its rows must not
+    // allocate either.
+    let f16s = |x: Vec<f32>| -> Vec<half::f16> { x.into_iter().map(half::f16::from_f32).collect() };
+    let k = f16s(rng.floats(n_ctx * n_kv * hd));
+    let v = f16s(rng.floats(n_ctx * n_kv * hd));
     let q = rng.floats(4 * n_heads * hd);
     let mut att = vec![0.0; 4 * n_heads * hd];
     let backend = CpuBackend::new(2);
@@ -483,8 +487,8 @@ fn a_warm_backend_allocates_nothing_per_call() {
         backend.attention_batch(
             att,
             &q,
-            &k,
-            &v,
+            KvRows::F16(&k),
+            KvRows::F16(&v),
             n_ctx - 4,
             4,
             n_heads,

@@ -242,6 +242,7 @@ mod emulated {
             max_chunk: 8,
             n_seq: 1,
             threads: 1,
+            ..Default::default()
         };
         let plan = engine.plan(&model, u64::MAX).unwrap();
         let cfg = CudaForwardConfig::for_plan(&engine, &plan, Feed::Device);

@@ -339,6 +339,7 @@ fn residency_slots_are_fixed_regions_that_hold_every_streamed_layer() {
         max_chunk: 8,
         n_seq: 1,
         threads: 1,
+        ..Default::default()
     };
     let mut streamed_somewhere = false;
     for name in common::SYNTH_MODELS
@@ -1023,6 +1024,7 @@ mod gpu {
             max_chunk,
             n_seq,
             threads: 1,
+            ..Default::default()
         }
     }
 

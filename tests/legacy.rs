@@ -31,6 +31,7 @@ fn our_logits(name: &str, tokens: &[u32]) -> (Vec<f32>, usize) {
         max_chunk: 16,
         n_seq: 1,
         threads: 2,
+        ..Default::default()
     };
     let mut engine = Engine::new(&model, &file, &cfg).unwrap();
     let mut out = Vec::new();

@@ -47,6 +47,7 @@ fn decode_allocations(threads: usize, sampling: SamplerConfig) -> Vec<usize> {
         max_chunk: chunk,
         n_seq: 1,
         threads,
+        ..Default::default()
     };
     let plan = config.plan(&model, config.minimum_budget(&model)).unwrap();
     assert!(plan.is_streaming());

@@ -49,6 +49,7 @@ fn config(n_ctx: usize) -> EngineConfig {
         max_chunk: 16,
         n_seq: 1,
         threads: 2,
+        ..Default::default()
     }
 }
 
@@ -138,6 +139,7 @@ fn chunking_and_threads_do_not_change_logits() {
             max_chunk,
             n_seq: 1,
             threads,
+            ..Default::default()
         };
         let mut engine = Engine::new(&model, &file, &cfg).unwrap();
         let mut out = Vec::new();

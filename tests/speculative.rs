@@ -27,6 +27,7 @@ fn config() -> EngineConfig {
         max_chunk: 16,
         n_seq: 1,
         threads: 2,
+        ..Default::default()
     }
 }
 

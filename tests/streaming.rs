@@ -23,6 +23,7 @@ fn config() -> EngineConfig {
         max_chunk: CHUNK,
         n_seq: 1,
         threads: 2,
+        ..Default::default()
     }
 }
 

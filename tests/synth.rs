@@ -49,6 +49,7 @@ fn logits(model: &Model, file: &GgufFile, tokens: &[u32]) -> Vec<f32> {
         max_chunk: 32,
         n_seq: 1,
         threads: 2,
+        ..Default::default()
     };
     let mut engine = Engine::new(model, file, &config).unwrap();
     engine.forward(tokens, 0, Logits::All).unwrap().to_vec()

@@ -101,6 +101,7 @@ pub fn demo(
         chunk: NonZeroUsize::new(16),
         batch: NonZeroUsize::new(1),
         verify: false,
+        kv_type: None,
     };
     let mut session = open_session(&args)?;
     let file_len = session.file.file_len();

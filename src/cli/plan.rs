@@ -5,6 +5,8 @@ use super::session::{open_session, CommonArgs};
 use clap::Args;
 use flea::bench;
 use flea::config::ByteSize;
+use flea::engine::EngineConfig;
+use flea::kv_cache::{KvCache, KvType};
 use flea::{Error, Result};
 use std::io::Write;
 
@@ -45,6 +47,38 @@ pub fn plan(args: PlanArgs) -> Result<u8> {
         })
         .collect();
     writeln!(out, "{}", trade.join("; ")).map_err(io)?;
+    // What the f16 cache buys over f32 under the same budget.
+    let kv_line = [KvType::F16, KvType::F32]
+        .iter()
+        .map(|&kv_type| {
+            let e = EngineConfig {
+                kv_type,
+                ..session.engine.clone()
+            };
+            let kv = KvCache::bytes_for(
+                session.model.hparams.n_layers,
+                e.n_seq,
+                e.n_ctx,
+                session.model.hparams.kv_dim(),
+                KvCache::effective_type(kv_type, session.model.hparams.head_dim),
+            );
+            match e.plan(&session.model, session.plan.budget) {
+                Ok(p) => format!(
+                    "kv {kv_type}: {} cache, {} resident layers",
+                    ByteSize(kv),
+                    p.placement.len() - p.streamed_layers().count()
+                ),
+                Err(_) => format!("kv {kv_type}: {} cache, does not fit", ByteSize(kv)),
+            }
+        })
+        .collect::<Vec<_>>();
+    writeln!(
+        out,
+        "{} (this run: kv {})",
+        kv_line.join("; "),
+        session.engine.kv_type
+    )
+    .map_err(io)?;
     if args.no_measure {
         return Ok(0);
     }

@@ -6,6 +6,7 @@ use clap::Args;
 use flea::config::{Budget, ByteSize, Config};
 use flea::engine::{Engine, EngineConfig};
 use flea::gguf::GgufFile;
+use flea::kv_cache::KvType;
 use flea::limits::{self, check_count};
 use flea::model::Model;
 use flea::residency::loader::RetryPolicy;
@@ -44,6 +45,14 @@ pub struct CommonArgs {
     /// Check every layer read against MODEL.sums (see `flea checksum`) [config: io.verify].
     #[arg(long)]
     pub verify: bool,
+    /// KV cache element type: f16 (half the memory, llama.cpp's default) or
+    /// f32 [default: f16] [config: memory.kv_type].
+    #[arg(long, value_parser = parse_kv_type)]
+    pub kv_type: Option<KvType>,
+}
+
+fn parse_kv_type(s: &str) -> std::result::Result<KvType, String> {
+    s.parse()
 }
 
 fn parse_budget(s: &str) -> std::result::Result<Budget, String> {
@@ -149,6 +158,9 @@ pub fn open_session(args: &CommonArgs) -> Result<Session> {
     if let Some(b) = args.budget {
         config.memory.budget = b;
     }
+    if let Some(t) = args.kv_type {
+        config.memory.kv_type = t;
+    }
     if args.verify {
         config.io.verify = true;
     }
@@ -209,6 +221,7 @@ pub fn open_session(args: &CommonArgs) -> Result<Session> {
         max_chunk: config.pipeline.prefill_chunk,
         n_seq: 1,
         threads,
+        kv_type: config.memory.kv_type,
     }
     .with_batch(config.pipeline.batch);
     let budget = config.memory.budget.resolve(file.file_len());

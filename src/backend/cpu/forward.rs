@@ -5,7 +5,7 @@
 use super::CpuBackend;
 use crate::backend::{Backend, Batch, FileBytes, Logits, Weight};
 use crate::error::Result;
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvType};
 use crate::model::{Hparams, LayerTensors, RopeStyle};
 use crate::quant;
 
@@ -87,6 +87,7 @@ pub struct CpuForwardConfig {
     /// Sequences the KV cache holds (batched decoding).
     pub n_seq: usize,
     pub threads: usize,
+    pub kv_type: KvType,
 }
 
 pub struct CpuForward {
@@ -108,7 +109,14 @@ impl CpuForward {
         kernels.reserve(config.max_chunk, widest);
         CpuForward {
             hp: hp.clone(),
-            kv: KvCache::new(hp.n_layers, config.n_seq, config.n_ctx, hp.kv_dim()),
+            kv: KvCache::new(
+                hp.n_layers,
+                config.n_seq,
+                config.n_ctx,
+                hp.kv_dim(),
+                hp.head_dim,
+                config.kv_type,
+            ),
             s: Scratch::new(hp, config.n_ctx, config.max_chunk, kernels.threads()),
             rope_table: rope_table(hp, config.n_ctx),
             runs: Vec::with_capacity(config.max_chunk),
@@ -131,8 +139,15 @@ impl CpuForward {
         let widest = hp.dim.max(hp.ffn_dim).max(hp.q_dim());
         // The kernels quantize a matmul input to at most 1.25 bytes a value.
         let act_quant = config.max_chunk * widest * 5 / 4;
-        KvCache::bytes_for(hp.n_layers, config.n_seq, config.n_ctx, hp.kv_dim())
-            .saturating_add((f32s * std::mem::size_of::<f32>() + rope + act_quant) as u64)
+        let kv_type = KvCache::effective_type(config.kv_type, hp.head_dim);
+        KvCache::bytes_for(
+            hp.n_layers,
+            config.n_seq,
+            config.n_ctx,
+            hp.kv_dim(),
+            kv_type,
+        )
+        .saturating_add((f32s * std::mem::size_of::<f32>() + rope + act_quant) as u64)
     }
 }
 

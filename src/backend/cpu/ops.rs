@@ -10,6 +10,7 @@ use super::isa::Isa;
 use super::kernels::FloatOps;
 use super::CpuBackend;
 use crate::backend::Weight;
+use crate::kv_cache::{KvRows, F16_MAX_HEAD_DIM};
 use crate::quant;
 
 /// Dequantize a single-row weight (a norm vector) into `out`.
@@ -129,16 +130,19 @@ fn attend_group(
     heads: usize,
     out: &mut [f32],
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: KvRows<'_>,
+    v_cache: KvRows<'_>,
     n_seen: usize,
     scores: &mut [f32],
 ) {
     let hd = l.head_dim;
     let kv_off = kv * hd;
     let scores = &mut scores[..heads * n_seen];
+    // One widened row of an f16 cache (unused with an f32 cache, whose rows
+    // are read in place).
+    let mut row = [0.0f32; F16_MAX_HEAD_DIM];
     for t in 0..n_seen {
-        let k = &k_cache[t * l.kv_dim + kv_off..t * l.kv_dim + kv_off + hd];
+        let k = k_cache.values(t * l.kv_dim + kv_off, hd, &mut row);
         for (h, qh) in q.chunks_exact(hd).enumerate() {
             scores[h * n_seen + t] = ops.dot(qh, k) * l.scale;
         }
@@ -148,7 +152,7 @@ fn attend_group(
     }
     out.fill(0.0);
     for t in 0..n_seen {
-        let v = &v_cache[t * l.kv_dim + kv_off..t * l.kv_dim + kv_off + hd];
+        let v = v_cache.values(t * l.kv_dim + kv_off, hd, &mut row);
         for (h, oh) in out.chunks_exact_mut(hd).enumerate() {
             ops.axpy(oh, scores[h * n_seen + t], v);
         }
@@ -190,8 +194,8 @@ pub fn attention(
             1,
             oh,
             qh,
-            k_cache,
-            v_cache,
+            KvRows::F32(k_cache),
+            KvRows::F32(v_cache),
             n_ctx,
             scores,
         );
@@ -235,8 +239,8 @@ impl CpuBackend {
         &self,
         out: &mut [f32],
         q: &[f32],
-        k_cache: &[f32],
-        v_cache: &[f32],
+        k_cache: KvRows<'_>,
+        v_cache: KvRows<'_>,
         start_pos: usize,
         n: usize,
         n_heads: usize,
@@ -285,8 +289,10 @@ impl CpuBackend {
                 // The window's first visible position: the scores of the
                 // positions it hides are not computed at all.
                 let first = window.map_or(0, |w| n_seen.saturating_sub(w));
-                let (k_cache, v_cache) =
-                    (&k_cache[first * l.kv_dim..], &v_cache[first * l.kv_dim..]);
+                let (k_cache, v_cache) = (
+                    k_cache.from_position(first, l.kv_dim),
+                    v_cache.from_position(first, l.kv_dim),
+                );
                 let n_seen = n_seen - first;
                 for h0 in (kv * l.group..(kv + 1) * l.group).step_by(pass) {
                     let heads = pass.min((kv + 1) * l.group - h0);
@@ -391,8 +397,8 @@ mod tests {
                 backend.attention_batch(
                     &mut got,
                     &q,
-                    &k,
-                    &v,
+                    KvRows::F32(&k),
+                    KvRows::F32(&v),
                     start,
                     n,
                     n_heads,
@@ -423,8 +429,8 @@ mod tests {
         backend.attention_batch(
             &mut got,
             &q,
-            &k,
-            &v,
+            KvRows::F32(&k),
+            KvRows::F32(&v),
             start,
             n,
             n_heads,

@@ -17,7 +17,7 @@ use super::slots::{device_slot_bytes, DevicePlan, HostRegion, LayerTimes};
 use super::weights::{LayerSource, WeightCache};
 use crate::backend::{Backend, Batch, Feed, FileBytes, HostSlots, Logits, Weight};
 use crate::error::{Error, Result};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvType};
 use crate::model::{Hparams, LayerTensors};
 
 /// Shape of a CUDA forward pass, fixed at start.
@@ -341,8 +341,13 @@ impl CudaForward {
         let rope = config.n_ctx * (hp.rope_dims / 2) * 2 * 4;
         let ints = (ROW_BUFFERS + 1) * config.max_chunk * 4;
         let norms = hp.n_layers * hp.layer_vector_floats() * 4;
-        KvCache::bytes_for(hp.n_layers, config.n_seq, config.n_ctx, hp.kv_dim())
-            + (f32s * 4 + rope + ints + norms) as u64
+        KvCache::bytes_for(
+            hp.n_layers,
+            config.n_seq,
+            config.n_ctx,
+            hp.kv_dim(),
+            KvType::F32,
+        ) + (f32s * 4 + rope + ints + norms) as u64
     }
 
     /// Device memory a run allocates: this backend's own, the embeddings
