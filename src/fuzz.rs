@@ -51,6 +51,7 @@ pub fn request(tokenizer: &Tokenizer, bytes: &[u8]) {
         format: Format::Jsonl,
         max_tokens: 16,
         sampling: SamplerConfig::default(),
+        special: true,
     };
     let _ = check_line(line, &options, tokenizer, 64);
 }

@@ -39,6 +39,10 @@ pub struct RunOptions {
     /// Defaults for every request. Each request restarts from its seed, so
     /// its output does not depend on the requests before it.
     pub sampling: SamplerConfig,
+    /// Control tokens written in a prompt (`<|im_start|>`, `<s>`) become
+    /// those tokens, as in `flea tokenize --special`; otherwise they stay
+    /// text.
+    pub special: bool,
 }
 
 /// Shared between the pipeline and a signal handler.
@@ -673,7 +677,11 @@ fn admit(
     if let Err(e) = sampling.validate() {
         return Err((id, format!("stdin: line {n}: {e}")));
     }
-    let tokens = tokenizer.encode(&prompt, tokenizer.add_bos_default());
+    let tokens = if options.special {
+        tokenizer.encode_with_special(&prompt, tokenizer.add_bos_default())
+    } else {
+        tokenizer.encode(&prompt, tokenizer.add_bos_default())
+    };
     let limits = Limits { max_tokens, stops };
     let seq = match Sequence::new(&tokens, limits, n_ctx, Sampler::new(sampling, vocab)) {
         Ok(seq) => seq,
