@@ -396,6 +396,10 @@ fn bench_json_has_documented_fields() {
         "overlap_efficiency",
         "budget_bytes",
         "resident_over_streamed_decode",
+        "memory_bandwidth_bytes_per_s",
+        "weight_bytes_per_s",
+        "memory_bound_fraction",
+        "memory_bound_decode_tokens_per_s",
     ] {
         assert!(
             v.get(field).is_some_and(|f| !f.is_null()),
@@ -407,6 +411,12 @@ fn bench_json_has_documented_fields() {
         "streams: {v}"
     );
     assert!(v["streamed"]["stall_ms_per_token"].is_number());
+    let ratio = v["weight_bytes_per_s"].as_f64().unwrap()
+        / v["memory_bandwidth_bytes_per_s"].as_f64().unwrap();
+    assert!(
+        (v["memory_bound_fraction"].as_f64().unwrap() - ratio).abs() <= 1e-9 * ratio.max(1.0),
+        "{v}"
+    );
 }
 
 #[test]
