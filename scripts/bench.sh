@@ -39,9 +39,9 @@ echo "inspect synth-256-Q8_0: $(python3 -c "print(f'{($(date +%s.%N) - $start) *
 
 log "SmolLM2-135M-Instruct Q4_1 resident, 2 threads: decode 128 after a short prompt; prefill 512"
 smollm2="$(scripts/fetch-smollm2.sh)"
-"$flea" bench --model "$smollm2" --budget 100% --threads 2 --prompt-tokens 8 --gen-tokens 128 \
+"$flea" bench --model "$smollm2" --budget 1GiB --threads 2 --prompt-tokens 8 --gen-tokens 128 \
     --ctx-size 1024 --log-level warn --json > "$out/smollm2-decode.json"
-"$flea" bench --model "$smollm2" --budget 100% --threads 2 --prompt-tokens 512 --gen-tokens 1 \
+"$flea" bench --model "$smollm2" --budget 1GiB --threads 2 --prompt-tokens 512 --gen-tokens 1 \
     --chunk 512 --ctx-size 1024 --log-level warn --json > "$out/smollm2-prefill.json"
 python3 - "$out" <<'PY' | tee -a "$out/summary.txt"
 import json, sys
