@@ -51,6 +51,11 @@ elif [ -n "${HOME:-}" ]; then
 else
     fail "neither FLEA_MODEL_CACHE nor HOME is set: no cache folder"
 fi
+# An absolute path, so the printed path works from any folder.
+case "$CACHE" in
+/*) ;;
+*) CACHE="$PWD/$CACHE" ;;
+esac
 MODEL="$CACHE/$NAME"
 
 current="find python"
