@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The benchmarks the closing notes report, in one run on one machine:
 #   - fixture model: decode and prefill tok/s at 1 and 2 threads; inspect time
+#   - SmolLM2-135M-Instruct Q4_1 (a real model, scripts/fetch-smollm2.sh),
+#     2 threads: decode and prefill tok/s next to the RAM bandwidth measured
+#     by the same bench (the memory bound)
 #   - 1B Q4_K_M: fully resident decode (128 tokens) and prefill (512 tokens)
 #     next to the RAM bandwidth measured by the same bench
 #   - 1B Q4_K_M at 40% of the file: streamed vs resident, vs the O_DIRECT
@@ -33,6 +36,22 @@ log "inspect on the largest fixture"
 start=$(date +%s.%N)
 "$flea" inspect --model "$fixtures/models/synth-256-Q8_0.gguf" > /dev/null 2>&1
 echo "inspect synth-256-Q8_0: $(python3 -c "print(f'{($(date +%s.%N) - $start) * 1000:.1f} ms')")" | tee -a "$out/summary.txt"
+
+log "SmolLM2-135M-Instruct Q4_1 resident, 2 threads: decode 128 after a short prompt; prefill 512"
+smollm2="$(scripts/fetch-smollm2.sh)"
+"$flea" bench --model "$smollm2" --budget 1GiB --threads 2 --prompt-tokens 8 --gen-tokens 128 \
+    --ctx-size 1024 --log-level warn --json > "$out/smollm2-decode.json"
+"$flea" bench --model "$smollm2" --budget 1GiB --threads 2 --prompt-tokens 512 --gen-tokens 1 \
+    --chunk 512 --ctx-size 1024 --log-level warn --json > "$out/smollm2-prefill.json"
+python3 - "$out" <<'PY' | tee -a "$out/summary.txt"
+import json, sys
+d = json.load(open(sys.argv[1] + "/smollm2-decode.json"))
+p = json.load(open(sys.argv[1] + "/smollm2-prefill.json"))
+print(f"decode {d['decode_tokens_per_s']:.2f} tok/s = {d['weight_bytes_per_s']/1e9:.2f} GB/s of weights "
+      f"({d['model_bytes']/2**20:.1f} MiB x tok/s); RAM read {d['memory_bandwidth_bytes_per_s']/1e9:.2f} GB/s: "
+      f"{d['memory_bound_fraction']*100:.0f}% of the memory bound ({d['memory_bound_decode_tokens_per_s']:.1f} tok/s); "
+      f"prefill {p['prefill_tokens_per_s']:.2f} tok/s")
+PY
 
 model="$out/1b-q4_k_m.gguf"
 [ -f "$model" ] || "$flea" synth --preset 1b --quant q4_k_m --out "$model" --log-level warn

@@ -447,6 +447,13 @@ pub struct Report {
     /// Model file bytes x decode tokens/s per sequence: how close decode is
     /// to the memory bound.
     pub weight_bytes_per_s: f64,
+    /// `weight_bytes_per_s` over `memory_bandwidth_bytes_per_s`: the share
+    /// of the memory bound decode reaches (1.0 = every token reads the whole
+    /// file at the measured RAM bandwidth).
+    pub memory_bound_fraction: f64,
+    /// The memory bound itself: RAM bandwidth over the model file's bytes,
+    /// the decode tokens/s of one sequence that only reads its weights.
+    pub memory_bound_decode_tokens_per_s: f64,
     pub overlap_efficiency: f64,
     pub verify: bool,
     pub unverified: Option<BenchRun>,
@@ -499,6 +506,7 @@ impl Report {
             Some((a, s)) => (Some(a), Some(s)),
             None => (None, None),
         };
+        let weight_bytes_per_s = m.model_bytes as f64 * s.decode_tokens_per_s / s.batch as f64;
         Report {
             model: m.model,
             model_bytes: m.model_bytes,
@@ -515,7 +523,9 @@ impl Report {
             disk_direct: m.disk_before.direct,
             disk_bound_ms_per_token: disk_bound_s * 1e3,
             memory_bandwidth_bytes_per_s: m.memory_bandwidth,
-            weight_bytes_per_s: m.model_bytes as f64 * s.decode_tokens_per_s / s.batch as f64,
+            weight_bytes_per_s,
+            memory_bound_fraction: weight_bytes_per_s / m.memory_bandwidth.max(1.0),
+            memory_bound_decode_tokens_per_s: m.memory_bandwidth / (m.model_bytes.max(1) as f64),
             overlap_efficiency: s.overlap_efficiency,
             verify: m.unverified.is_some(),
             verify_cost: m
@@ -625,9 +635,11 @@ impl std::fmt::Display for Report {
         }
         writeln!(
             f,
-            "memory: {:.2} GB/s sequential read; decode touches {:.2} GB/s of model file (file bytes x tok/s)",
+            "memory: {:.2} GB/s sequential read; decode touches {:.2} GB/s of model file (file bytes x tok/s) = {:.0}% of it (memory bound: {:.1} tok/s)",
             self.memory_bandwidth_bytes_per_s / 1e9,
-            self.weight_bytes_per_s / 1e9
+            self.weight_bytes_per_s / 1e9,
+            self.memory_bound_fraction * 100.0,
+            self.memory_bound_decode_tokens_per_s
         )?;
         if !self.batch_sweep.is_empty() {
             writeln!(f, "\nbatch sweep (aggregate decode tokens/s, same budget):")?;

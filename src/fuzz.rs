@@ -75,6 +75,7 @@ pub fn request(tokenizer: &Tokenizer, bytes: &[u8]) {
                 .map_err(|e| e.message),
             wrap_prompts: false,
         },
+        special: true,
     };
     let _ = check_line(line, &options, tokenizer, 64);
 }

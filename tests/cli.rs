@@ -207,6 +207,27 @@ fn tokenize_prints_ids_and_pieces() {
 }
 
 #[test]
+fn run_special_turns_control_tokens_in_the_prompt_into_tokens() {
+    // synth-llama3 has the Llama 3 vocabulary: "hi<|eot_id|>" is BOS, "hi"
+    // and 7 pieces of text, or with --special BOS, "hi" and <|eot_id|>.
+    let model = common::fixture("arch/synth-llama3.gguf")
+        .display()
+        .to_string();
+    let prompt_tokens = |special: bool| {
+        let mut args = vec!["run", "-m", &model, "--jsonl", "-n", "1", "-t", "2"];
+        if special {
+            args.push("--special");
+        }
+        let out = flea(&args, "{\"prompt\": \"hi<|eot_id|>\"}\n");
+        assert!(out.status.success(), "{}", stderr(&out));
+        let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        record["timing"]["prompt_tokens"].as_u64().unwrap()
+    };
+    assert_eq!(prompt_tokens(false), 9);
+    assert_eq!(prompt_tokens(true), 3);
+}
+
+#[test]
 fn every_subcommand_has_help() {
     for sub in ["run", "logits", "inspect", "tokenize"] {
         let out = flea(&[sub, "--help"], "");
@@ -375,6 +396,10 @@ fn bench_json_has_documented_fields() {
         "overlap_efficiency",
         "budget_bytes",
         "resident_over_streamed_decode",
+        "memory_bandwidth_bytes_per_s",
+        "weight_bytes_per_s",
+        "memory_bound_fraction",
+        "memory_bound_decode_tokens_per_s",
     ] {
         assert!(
             v.get(field).is_some_and(|f| !f.is_null()),
@@ -386,6 +411,12 @@ fn bench_json_has_documented_fields() {
         "streams: {v}"
     );
     assert!(v["streamed"]["stall_ms_per_token"].is_number());
+    let ratio = v["weight_bytes_per_s"].as_f64().unwrap()
+        / v["memory_bandwidth_bytes_per_s"].as_f64().unwrap();
+    assert!(
+        (v["memory_bound_fraction"].as_f64().unwrap() - ratio).abs() <= 1e-9 * ratio.max(1.0),
+        "{v}"
+    );
 }
 
 #[test]

@@ -61,6 +61,11 @@ pub struct RunArgs {
     /// without one is an error.
     #[arg(long)]
     chat: bool,
+    /// Turn control tokens written in a prompt (<|im_start|>, <|im_end|>) into those
+    /// tokens, as `flea tokenize --special` does; without it they stay text. For a chat
+    /// model's prompt rendered by hand.
+    #[arg(long)]
+    special: bool,
 }
 
 pub fn run(args: RunArgs) -> Result<u8> {
@@ -89,6 +94,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         max_tokens: args.max_tokens.unwrap_or(g.max_tokens),
         sampling: sampling.clone(),
         chat,
+        special: args.special,
     };
     let interrupt = Arc::new(Interrupt::default());
     install_signal_handler(interrupt.clone())?;

@@ -45,6 +45,10 @@ pub struct RunOptions {
     /// Defaults for every request. Each request restarts from its seed, so
     /// its output does not depend on the requests before it.
     pub sampling: SamplerConfig,
+    /// Control tokens written in a prompt (`<|im_start|>`, `<s>`) become
+    /// those tokens, as in `flea tokenize --special`; otherwise they stay
+    /// text.
+    pub special: bool,
     pub chat: ChatOptions,
 }
 
@@ -138,16 +142,23 @@ fn parse_request(line: &str) -> std::result::Result<(Request, Input), String> {
 }
 
 /// The prompt tokens of `input`: a prompt as it is (BOS as the model
-/// asks), unless the options wrap it as a user message; a conversation
-/// rendered with the chat template and tokenized with control tokens.
+/// asks; control tokens parsed only with `special`), unless the options
+/// wrap it as a user message; a conversation rendered with the chat
+/// template and tokenized with control tokens.
 fn input_tokens(
     input: Input,
     options: &ChatOptions,
+    special: bool,
     tokenizer: &Tokenizer,
 ) -> std::result::Result<Vec<u32>, String> {
+    let bos = tokenizer.add_bos_default();
     let messages = match input {
         Input::Prompt(text) if !options.wrap_prompts => {
-            return Ok(tokenizer.encode(&text, tokenizer.add_bos_default()))
+            return Ok(if special {
+                tokenizer.encode_with_special(&text, bos)
+            } else {
+                tokenizer.encode(&text, bos)
+            });
         }
         Input::Prompt(text) => vec![Message::user(text)],
         Input::Messages(messages) => messages,
@@ -751,7 +762,7 @@ fn admit(
     if let Err(e) = sampling.validate() {
         return Err((id, format!("stdin: line {n}: {e}")));
     }
-    let tokens = match input_tokens(input, &options.chat, tokenizer) {
+    let tokens = match input_tokens(input, &options.chat, options.special, tokenizer) {
         Ok(tokens) => tokens,
         Err(why) => return Err((id, format!("prompt {n}: {why}"))),
     };
@@ -882,34 +893,42 @@ mod tests {
         let tok = tiny_tokenizer();
         let prompt = || Input::Prompt("hi".into());
         let plain = ChatOptions::default();
-        assert_eq!(input_tokens(prompt(), &plain, &tok), Ok(vec![2, 0, 1]));
-        let e = input_tokens(Input::Messages(vec![Message::user("hi")]), &plain, &tok);
+        assert_eq!(
+            input_tokens(prompt(), &plain, false, &tok),
+            Ok(vec![2, 0, 1])
+        );
+        let e = input_tokens(
+            Input::Messages(vec![Message::user("hi")]),
+            &plain,
+            false,
+            &tok,
+        );
         assert_eq!(e, Err("no chat template was loaded".into()));
 
         // The template writes BOS: it is not added again.
         let with_bos = "{{ bos_token }}{% for m in messages %}<|u|>{{ m.content }}{% endfor %}";
         assert_eq!(
-            input_tokens(prompt(), &chat(with_bos, false), &tok),
+            input_tokens(prompt(), &chat(with_bos, false), false, &tok),
             Ok(vec![2, 0, 1])
         );
         assert_eq!(
-            input_tokens(prompt(), &chat(with_bos, true), &tok),
+            input_tokens(prompt(), &chat(with_bos, true), false, &tok),
             Ok(vec![2, 3, 0, 1])
         );
         // It does not: the model asks for BOS, so it goes first.
         let without = "{% for m in messages %}<|u|>{{ m.content }}{% endfor %}";
         assert_eq!(
-            input_tokens(prompt(), &chat(without, true), &tok),
+            input_tokens(prompt(), &chat(without, true), false, &tok),
             Ok(vec![2, 3, 0, 1])
         );
         let two = Input::Messages(vec![Message::user("h"), Message::new("assistant", "i")]);
         assert_eq!(
-            input_tokens(two, &chat(without, false), &tok),
+            input_tokens(two, &chat(without, false), false, &tok),
             Ok(vec![2, 3, 0, 3, 1])
         );
 
         let refuses = "{{ raise_exception('no ' + messages[0].role) }}";
-        let e = input_tokens(prompt(), &chat(refuses, true), &tok).unwrap_err();
+        let e = input_tokens(prompt(), &chat(refuses, true), false, &tok).unwrap_err();
         assert!(e.ends_with("refused the conversation: no user"), "{e}");
     }
 }
