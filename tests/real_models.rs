@@ -371,6 +371,54 @@ fn smollm2_flea_run_special_answers_paris_and_stops() {
     assert!(!text.contains("<|im_end|>"), "{text:?}");
 }
 
+/// `flea run --chat`: a plain line becomes one user message in SmolLM2's
+/// own template (which adds its default system message), greedy. The
+/// question asks for English: without that, the 8-bit rounding near-tie at
+/// the first answer token (see the top of this file) sends the model into
+/// French. It answers and ends its turn at `<|im_end|>`, unprinted.
+#[test]
+fn smollm2_flea_run_chat_answers_in_english_and_stops_at_end_of_turn() {
+    let Some(path) = common::smollm2() else {
+        return;
+    };
+    let model = path.to_str().unwrap();
+    let args = [
+        "run",
+        "--model",
+        model,
+        "--chat",
+        "--temperature",
+        "0",
+        "-n",
+        "48",
+    ];
+    let question = "What is the capital of France? Answer in English.";
+    // Text mode: the completion alone, one line.
+    let out = spawn_flea(&args, &format!("{question}\n"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    eprintln!("flea run --chat: {text:?}");
+    assert!(text.contains("Paris"), "answer: {text:?}");
+    assert!(
+        !text.contains("<|im_end|>") && !text.contains("<|im_start|>"),
+        "{text:?}"
+    );
+    // JSONL: the same request, and the record says the turn ended.
+    let mut jsonl = args.to_vec();
+    jsonl.push("--jsonl");
+    let request = serde_json::json!({"prompt": question});
+    let out = spawn_flea(&jsonl, &format!("{request}\n"));
+    let record: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["finish_reason"], "stop", "{record}");
+    assert!(record["tokens"].as_u64().unwrap() < 48, "{record}");
+    assert_eq!(
+        format!("{}\n", record["text"].as_str().unwrap()),
+        text,
+        "text and JSONL modes agree"
+    );
+}
+
 fn spawn_flea(args: &[&str], stdin: &str) -> std::process::Output {
     use std::io::Write;
     use std::process::Stdio;
