@@ -17,10 +17,14 @@
 // online softmax (running max m, running sum s, accumulator rescaled when m
 // grows); a score is a warp-reduced dot product. The warps' (m, s, acc)
 // are merged through shared memory and warp 0 writes the head's output.
-extern "C" __global__ void __launch_bounds__(32 * FLEA_ATTENTION_WARPS)
-    attention(float* out, const float* q, const float* k_cache, const float* v_cache,
-              const int* row_seq, const int* row_pos, int n_heads, int n_kv_heads, int head_dim,
-              int n_ctx, int window, float scale) {
+//
+// The cache is f32 (`attention`) or f16 bits (`attention_f16`, widened
+// exactly as read); both run this body.
+template <typename KV>
+__device__ __forceinline__ void attention_body(float* out, const float* q, const KV* k_cache,
+                                               const KV* v_cache, const int* row_seq,
+                                               const int* row_pos, int n_heads, int n_kv_heads,
+                                               int head_dim, int n_ctx, int window, float scale) {
     __shared__ float s_max[FLEA_ATTENTION_WARPS];
     __shared__ float s_sum[FLEA_ATTENTION_WARPS];
     __shared__ float s_acc[FLEA_ATTENTION_WARPS][32 * FLEA_ATTENTION_MAX_PER_LANE];
@@ -46,23 +50,23 @@ extern "C" __global__ void __launch_bounds__(32 * FLEA_ATTENTION_WARPS)
     float m = -INFINITY, s = 0.0f;
 
     for (int t = first + warp; t <= pos; t += FLEA_ATTENTION_WARPS) {
-        const float* kt = k_cache + seq_base + (size_t)t * kv_dim;
+        const KV* kt = k_cache + seq_base + (size_t)t * kv_dim;
         float d = 0.0f;
 #pragma unroll
         for (int j = 0; j < FLEA_ATTENTION_MAX_PER_LANE; j++) {
             const int e = lane + 32 * j;
-            if (e < head_dim) d += qv[j] * kt[e];
+            if (e < head_dim) d += qv[j] * kv_load(kt, e);
         }
         const float score = warp_sum(d) * scale;
         const float m_new = fmaxf(m, score);
         const float corr = expf(m - m_new);  // 0 on the first step (m = -inf)
         const float p = expf(score - m_new);
         s = s * corr + p;
-        const float* vt = v_cache + seq_base + (size_t)t * kv_dim;
+        const KV* vt = v_cache + seq_base + (size_t)t * kv_dim;
 #pragma unroll
         for (int j = 0; j < FLEA_ATTENTION_MAX_PER_LANE; j++) {
             const int e = lane + 32 * j;
-            if (e < head_dim) acc[j] = acc[j] * corr + p * vt[e];
+            if (e < head_dim) acc[j] = acc[j] * corr + p * kv_load(vt, e);
         }
         m = m_new;
     }
@@ -99,4 +103,20 @@ extern "C" __global__ void __launch_bounds__(32 * FLEA_ATTENTION_WARPS)
         for (int w = 0; w < FLEA_ATTENTION_WARPS; w++) o += s_acc[w][e] * f[w];
         oh[e] = o * inv;
     }
+}
+
+extern "C" __global__ void __launch_bounds__(32 * FLEA_ATTENTION_WARPS)
+    attention(float* out, const float* q, const float* k_cache, const float* v_cache,
+              const int* row_seq, const int* row_pos, int n_heads, int n_kv_heads, int head_dim,
+              int n_ctx, int window, float scale) {
+    attention_body(out, q, k_cache, v_cache, row_seq, row_pos, n_heads, n_kv_heads, head_dim,
+                   n_ctx, window, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(32 * FLEA_ATTENTION_WARPS)
+    attention_f16(float* out, const float* q, const unsigned short* k_cache,
+                  const unsigned short* v_cache, const int* row_seq, const int* row_pos,
+                  int n_heads, int n_kv_heads, int head_dim, int n_ctx, int window, float scale) {
+    attention_body(out, q, k_cache, v_cache, row_seq, row_pos, n_heads, n_kv_heads, head_dim,
+                   n_ctx, window, scale);
 }

@@ -65,3 +65,13 @@ __device__ __forceinline__ float bf16_at(const uint8_t* p) {
     const unsigned int bits = ((unsigned int)p[0] | ((unsigned int)p[1] << 8)) << 16;
     return __uint_as_float(bits);
 }
+
+// The f16 KV cache holds raw IEEE half bits: stored rounded to nearest even
+// (as the CPU cache rounds), read back exactly.
+__device__ __forceinline__ unsigned short kv_pack(float x) {
+    return __half_as_ushort(__float2half_rn(x));
+}
+__device__ __forceinline__ float kv_load(const float* p, size_t i) { return p[i]; }
+__device__ __forceinline__ float kv_load(const unsigned short* p, size_t i) {
+    return __half2float(__ushort_as_half(p[i]));
+}

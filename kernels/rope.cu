@@ -31,17 +31,33 @@ extern "C" __global__ void __launch_bounds__(FLEA_ELEMENTWISE_THREADS)
 
 // Append each row's key and value to its sequence in one layer's cache:
 // cache layout [seq][n_ctx][kv_dim]; row r goes to (row_seq[r], row_pos[r]).
+// kv_store keeps f32, kv_store_f16 rounds to half (kv_pack).
 //
 // Thread layout: one thread per element; 1-D grid over n_rows * kv_dim, 256
 // threads a block.
+__device__ __forceinline__ size_t kv_slot(const int* row_seq, const int* row_pos, int kv_dim,
+                                          int n_ctx, long long idx) {
+    const int row = (int)(idx / kv_dim);
+    const int e = (int)(idx % kv_dim);
+    return ((size_t)row_seq[row] * n_ctx + row_pos[row]) * kv_dim + e;
+}
+
 extern "C" __global__ void __launch_bounds__(FLEA_ELEMENTWISE_THREADS)
     kv_store(float* k_cache, float* v_cache, const float* k, const float* v, const int* row_seq,
              const int* row_pos, int n_rows, int kv_dim, int n_ctx) {
     const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long long)n_rows * kv_dim) return;
-    const int row = (int)(idx / kv_dim);
-    const int e = (int)(idx % kv_dim);
-    const size_t dst = ((size_t)row_seq[row] * n_ctx + row_pos[row]) * kv_dim + e;
+    const size_t dst = kv_slot(row_seq, row_pos, kv_dim, n_ctx, idx);
     k_cache[dst] = k[idx];
     v_cache[dst] = v[idx];
+}
+
+extern "C" __global__ void __launch_bounds__(FLEA_ELEMENTWISE_THREADS)
+    kv_store_f16(unsigned short* k_cache, unsigned short* v_cache, const float* k, const float* v,
+                 const int* row_seq, const int* row_pos, int n_rows, int kv_dim, int n_ctx) {
+    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long long)n_rows * kv_dim) return;
+    const size_t dst = kv_slot(row_seq, row_pos, kv_dim, n_ctx, idx);
+    k_cache[dst] = kv_pack(k[idx]);
+    v_cache[dst] = kv_pack(v[idx]);
 }

@@ -308,7 +308,11 @@ mod cuda_assembly {
         /// The CUDA backend's shape for this engine and `plan`'s slots and
         /// resident layers, fed as `feed` says.
         pub fn cuda_forward(&self, plan: &Plan, feed: Feed) -> CudaForwardConfig {
-            CudaForwardConfig::new(self.n_ctx, self.max_chunk, self.n_seq).with_slots(
+            let config = CudaForwardConfig {
+                kv_type: self.kv_type,
+                ..CudaForwardConfig::new(self.n_ctx, self.max_chunk, self.n_seq)
+            };
+            config.with_slots(
                 plan.slot_bytes,
                 plan.resident_layer_bytes,
                 plan.global_bytes,

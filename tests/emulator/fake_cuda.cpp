@@ -317,8 +317,9 @@ static void register_kernels() {
     if (g_funcs) return;
     g_funcs = new std::unordered_map<std::string, Func>;
     FLEA_FOR_EACH_FORMAT(REG_FMT)
-    REG(rmsnorm) REG(rmsnorm_gather) REG(rmsnorm_heads) REG(rope) REG(kv_store) REG(attention)
-    REG(swiglu) REG(add_in_place) REG(add_bias) REG(argmax_rows)
+    REG(rmsnorm) REG(rmsnorm_gather) REG(rmsnorm_heads) REG(rope) REG(kv_store)
+    REG(kv_store_f16) REG(attention) REG(attention_f16) REG(swiglu) REG(add_in_place)
+    REG(add_bias) REG(argmax_rows)
 }
 
 // ------------------------------------------------------------ the API

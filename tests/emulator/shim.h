@@ -64,6 +64,34 @@ inline float __half2float(__half h) {
     return sign ? -v : v;
 }
 inline __half __ushort_as_half(unsigned short b) { return __half{b}; }
+
+// Float to IEEE half, rounded to nearest even (the device's
+// __float2half_rn): overflow goes to infinity, NaN stays NaN.
+inline __half __float2half_rn(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, sizeof x);
+    const uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    const uint32_t mag = x & 0x7fffffffu;
+    if (mag > 0x7f800000u) return __half{(uint16_t)(sign | 0x7e00u)};
+    // 65520 and up is past the halfway point between 65504 and 2^16.
+    if (mag >= 0x477ff000u) return __half{(uint16_t)(sign | 0x7c00u)};
+    if (mag < 0x38800000u) {
+        // Below 2^-14: a subnormal half counts units of 2^-24. Scaling by
+        // 2^24 is exact; nearbyint rounds to nearest even.
+        float a;
+        std::memcpy(&a, &mag, sizeof a);
+        return __half{(uint16_t)(sign | (uint16_t)std::nearbyint(a * 16777216.0f))};
+    }
+    // Normal: rebias the exponent (127 -> 15), drop 13 mantissa bits
+    // rounding to nearest even (a carry into the exponent is correct).
+    uint32_t h = mag - 0x38000000u;
+    const uint32_t rest = h & 0x1fffu;
+    h >>= 13;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h++;
+    return __half{(uint16_t)(sign | h)};
+}
+
+inline unsigned short __half_as_ushort(__half h) { return h.bits; }
 inline float __uint_as_float(unsigned int u) {
     float f;
     std::memcpy(&f, &u, sizeof f);

@@ -174,7 +174,9 @@ struct Kernels {
     rmsnorm_heads: CudaFunction,
     rope: CudaFunction,
     kv_store: CudaFunction,
+    kv_store_f16: CudaFunction,
     attention: CudaFunction,
+    attention_f16: CudaFunction,
     swiglu: CudaFunction,
     add_in_place: CudaFunction,
     add_bias: CudaFunction,
@@ -209,13 +211,29 @@ impl Kernels {
             rmsnorm_heads: f("rmsnorm_heads")?,
             rope: f("rope")?,
             kv_store: f("kv_store")?,
+            kv_store_f16: f("kv_store_f16")?,
             attention: f("attention")?,
+            attention_f16: f("attention_f16")?,
             swiglu: f("swiglu")?,
             add_in_place: f("add_in_place")?,
             add_bias: f("add_bias")?,
             argmax_rows: f("argmax_rows")?,
         })
     }
+}
+
+/// An element type of the device KV cache: f32, or f16 held as its raw
+/// bits (`u16`), which `kv_store_f16` rounds to and `attention_f16` widens.
+pub trait KvElem: DeviceRepr + ValidAsZeroBits + Copy + Unpin + 'static {
+    const F16: bool;
+}
+
+impl KvElem for f32 {
+    const F16: bool = false;
+}
+
+impl KvElem for u16 {
+    const F16: bool = true;
 }
 
 /// What the device is, for logs and the benchmark.
@@ -676,10 +694,10 @@ impl Gpu {
     /// Append rows of `k`, `v` (`(n_rows, kv_dim)`) to one layer's cache
     /// (`[seq][n_ctx][kv_dim]`) at `(row_seq[r], row_pos[r])`.
     #[allow(clippy::too_many_arguments)]
-    pub fn kv_store(
+    pub fn kv_store<T: KvElem>(
         &self,
-        k_cache: &mut CudaViewMut<'_, f32>,
-        v_cache: &mut CudaViewMut<'_, f32>,
+        k_cache: &mut CudaViewMut<'_, T>,
+        v_cache: &mut CudaViewMut<'_, T>,
         k: &CudaView<'_, f32>,
         v: &CudaView<'_, f32>,
         row_seq: &CudaView<'_, i32>,
@@ -708,7 +726,11 @@ impl Gpu {
             i32_of(kv_dim, "kv_dim"),
             i32_of(n_ctx, "n_ctx"),
         );
-        let mut b = self.stream.launch_builder(&self.kernels.kv_store);
+        let kernel = match T::F16 {
+            true => &self.kernels.kv_store_f16,
+            false => &self.kernels.kv_store,
+        };
+        let mut b = self.stream.launch_builder(kernel);
         b.arg(k_cache)
             .arg(v_cache)
             .arg(k)
@@ -718,7 +740,7 @@ impl Gpu {
             .arg(&r)
             .arg(&d)
             .arg(&c);
-        // SAFETY: signature of kernels/rope.cu; sequence slots and positions
+        // SAFETY: signature of kernels/rope.cu (kv_store or kv_store_f16 by T); sequence slots and positions
         // are validated by the engine against the cache's n_seq and n_ctx.
         unsafe { b.launch(config(geometry::elementwise(n_rows * kv_dim))) }
             .map(drop)
@@ -728,12 +750,12 @@ impl Gpu {
     /// Causal GQA attention of `n_rows` query rows against one layer's
     /// cache; row r sees positions `0..=row_pos[r]` of sequence `row_seq[r]`.
     #[allow(clippy::too_many_arguments)]
-    pub fn attention(
+    pub fn attention<T: KvElem>(
         &self,
         out: &mut CudaViewMut<'_, f32>,
         q: &CudaView<'_, f32>,
-        k_cache: &CudaView<'_, f32>,
-        v_cache: &CudaView<'_, f32>,
+        k_cache: &CudaView<'_, T>,
+        v_cache: &CudaView<'_, T>,
         row_seq: &CudaView<'_, i32>,
         row_pos: &CudaView<'_, i32>,
         n_rows: usize,
@@ -781,7 +803,11 @@ impl Gpu {
         );
         // 0: no window. A window past the context hides nothing.
         let w = i32_of(window.unwrap_or(0).min(n_ctx), "window");
-        let mut b = self.stream.launch_builder(&self.kernels.attention);
+        let kernel = match T::F16 {
+            true => &self.kernels.attention_f16,
+            false => &self.kernels.attention,
+        };
+        let mut b = self.stream.launch_builder(kernel);
         b.arg(out)
             .arg(q)
             .arg(k_cache)
@@ -794,7 +820,7 @@ impl Gpu {
             .arg(&c)
             .arg(&w)
             .arg(&scale);
-        // SAFETY: signature of kernels/attention.cu; shapes checked above,
+        // SAFETY: signature of kernels/attention.cu (attention or attention_f16 by T); shapes checked above,
         // slots and positions validated by the engine.
         unsafe { b.launch(config(geometry::attention(n_heads, n_rows))) }
             .map(drop)

@@ -9,9 +9,9 @@
 //! streamed logits equal resident logits exactly.
 
 use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{CudaEvent, CudaSlice};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaView, CudaViewMut};
 
-use super::device::{cuda_err, AttentionShape, Gpu};
+use super::device::{cuda_err, AttentionShape, Gpu, KvElem};
 use super::pinned;
 use super::slots::{device_slot_bytes, DevicePlan, HostRegion, LayerTimes};
 use super::weights::{LayerSource, WeightCache};
@@ -54,6 +54,8 @@ pub struct CudaForwardConfig {
     /// ([`CudaForward::layer_times`]). Off, only the host's waits and the
     /// bytes copied are counted.
     pub profile: bool,
+    /// Element type of the KV cache.
+    pub kv_type: KvType,
 }
 
 impl CudaForwardConfig {
@@ -70,6 +72,7 @@ impl CudaForwardConfig {
             resident_bytes: 0,
             global_bytes: 0,
             profile: false,
+            kv_type: KvType::default(),
         }
     }
 
@@ -210,6 +213,69 @@ struct Rows {
 /// Int32 buffers of `Rows`, each `max_chunk` long.
 const ROW_BUFFERS: usize = 4;
 
+/// The KV cache on the device, `[layer][seq][position][kv_dim]` as
+/// `KvCache` on the host, in the element type the run chose.
+enum DeviceKv {
+    F32 {
+        k: CudaSlice<f32>,
+        v: CudaSlice<f32>,
+    },
+    /// f16 as raw bits: rounded by `kv_store_f16`, widened by
+    /// `attention_f16`.
+    F16 {
+        k: CudaSlice<u16>,
+        v: CudaSlice<u16>,
+    },
+}
+
+/// One pass's new keys, values and queries, and where each row goes.
+struct StepRows<'a> {
+    k: CudaView<'a, f32>,
+    v: CudaView<'a, f32>,
+    q: CudaView<'a, f32>,
+    seq: CudaView<'a, i32>,
+    pos: CudaView<'a, i32>,
+    n: usize,
+}
+
+/// Append the pass's keys and values to layer `span` of the cache, then
+/// causal attention of its queries over it: row p sees its sequence's
+/// positions 0..=pos (the last `window` of them, if set).
+fn store_and_attend<T: KvElem>(
+    gpu: &Gpu,
+    k_all: &mut CudaSlice<T>,
+    v_all: &mut CudaSlice<T>,
+    span: std::ops::Range<usize>,
+    rows: &StepRows<'_>,
+    shape: AttentionShape,
+    out: &mut CudaViewMut<'_, f32>,
+) -> Result<()> {
+    let mut k_cache = k_all.slice_mut(span.clone());
+    let mut v_cache = v_all.slice_mut(span);
+    let kv_dim = shape.n_kv_heads * shape.head_dim;
+    gpu.kv_store(
+        &mut k_cache,
+        &mut v_cache,
+        &rows.k,
+        &rows.v,
+        &rows.seq,
+        &rows.pos,
+        rows.n,
+        kv_dim,
+        shape.n_ctx,
+    )?;
+    gpu.attention(
+        out,
+        &rows.q,
+        &k_cache.as_view(),
+        &v_cache.as_view(),
+        &rows.seq,
+        &rows.pos,
+        rows.n,
+        shape,
+    )
+}
+
 pub struct CudaForward {
     gpu: Gpu,
     hp: Hparams,
@@ -222,8 +288,7 @@ pub struct CudaForward {
     profile: Option<Profile>,
     s: Scratch,
     /// `[layer][seq][position][kv_dim]`, as `KvCache` on the host.
-    k_cache: CudaSlice<f32>,
-    v_cache: CudaSlice<f32>,
+    kv: DeviceKv,
     /// `(cos, sin)` per position and rotated pair: `[n_ctx][rope_dims / 2][2]`.
     rope_table: CudaSlice<f32>,
     rows: Rows,
@@ -300,8 +365,16 @@ impl CudaForward {
         };
         Ok(CudaForward {
             s: Scratch::new(&gpu, hp, chunk)?,
-            k_cache: gpu.zeros(cache_len)?,
-            v_cache: gpu.zeros(cache_len)?,
+            kv: match KvCache::effective_type(config.kv_type, hp.head_dim) {
+                KvType::F32 => DeviceKv::F32 {
+                    k: gpu.zeros(cache_len)?,
+                    v: gpu.zeros(cache_len)?,
+                },
+                KvType::F16 => DeviceKv::F16 {
+                    k: gpu.zeros(cache_len)?,
+                    v: gpu.zeros(cache_len)?,
+                },
+            },
             rope_table: gpu.upload(&rope_table(hp, config.n_ctx))?,
             rows: Rows {
                 tokens: Vec::with_capacity(chunk),
@@ -331,7 +404,7 @@ impl CudaForward {
     }
 
     /// Device bytes this backend allocates for the given shape besides the
-    /// weights: KV cache (f32, as on the CPU), activations, logits, RoPE
+    /// weights: KV cache (of `config.kv_type`, as on the CPU), activations, logits, RoPE
     /// table, per-row indices and every layer's vectors (norms, biases; f32).
     /// Weights, the device slots and the staging buffer a resident layer
     /// past the cache budget is copied into are the planner's to charge
@@ -553,7 +626,7 @@ impl Backend for CudaForward {
         let gpu = &self.gpu;
         let s = &mut self.s;
         let rows = &self.rows;
-        let (k_all, v_all, rope_table) = (&mut self.k_cache, &mut self.v_cache, &self.rope_table);
+        let (kv, rope_table) = (&mut self.kv, &self.rope_table);
         let (n_seq, n_ctx) = (self.n_seq, self.n_ctx);
         let launched = (|| -> Result<()> {
             if let Some(p) = profile {
@@ -622,37 +695,30 @@ impl Backend for CudaForward {
             )?;
             let per_layer = n_seq * n_ctx * kv_dim;
             let span = l * per_layer..(l + 1) * per_layer;
-            let mut k_cache = k_all.slice_mut(span.clone());
-            let mut v_cache = v_all.slice_mut(span);
-            gpu.kv_store(
-                &mut k_cache,
-                &mut v_cache,
-                &s.k.slice(..n * kv_dim),
-                &s.v.slice(..n * kv_dim),
-                &seq,
-                &pos,
+            let rows = StepRows {
+                k: s.k.slice(..n * kv_dim),
+                v: s.v.slice(..n * kv_dim),
+                q: s.q.slice(..n * q_dim),
+                seq,
+                pos,
                 n,
-                kv_dim,
+            };
+            let shape = AttentionShape {
+                n_heads: hp.n_heads,
+                n_kv_heads: hp.n_kv_heads,
+                head_dim: hp.head_dim,
                 n_ctx,
-            )?;
-            // Causal attention: row p sees its sequence's positions 0..=pos
-            // (the last `sliding_window` of them, if set).
-            gpu.attention(
-                &mut s.att_out.slice_mut(..n * q_dim),
-                &s.q.slice(..n * q_dim),
-                &k_cache.as_view(),
-                &v_cache.as_view(),
-                &seq,
-                &pos,
-                n,
-                AttentionShape {
-                    n_heads: hp.n_heads,
-                    n_kv_heads: hp.n_kv_heads,
-                    head_dim: hp.head_dim,
-                    n_ctx,
-                    window: hp.sliding_window,
-                },
-            )?;
+                window: hp.sliding_window,
+            };
+            let mut att_out = s.att_out.slice_mut(..n * q_dim);
+            match kv {
+                DeviceKv::F32 { k, v } => {
+                    store_and_attend(gpu, k, v, span, &rows, shape, &mut att_out)?
+                }
+                DeviceKv::F16 { k, v } => {
+                    store_and_attend(gpu, k, v, span, &rows, shape, &mut att_out)?
+                }
+            }
 
             // Output projection and residual: x += att_out Wo.
             gpu.matmul(
