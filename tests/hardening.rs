@@ -326,11 +326,14 @@ fn verify_catches_a_file_corrupted_mid_run() {
     let path = corruptible_copy(&dir);
     let p = path.to_str().unwrap().to_string();
     // A budget that fits a single layer per slot: every layer streams, so
-    // every token re-reads (and re-checks) every layer.
+    // every token re-reads (and re-checks) every layer. (Sized with an f32
+    // KV cache: the f16 default would leave room for a resident layer.)
     let args = [
         "run",
         "-m",
         &p,
+        "--kv-type",
+        "f32",
         "--budget",
         "21MiB",
         "-c",

@@ -176,41 +176,25 @@ fn stories260k_teacher_forced_logits_match_llama_cpp() {
     assert_eq!(agree, sequence.len(), "top-1 must agree everywhere");
 }
 
-/// The SmolLM2 chat reference: prompt tokens, generated tokens, sequence
-/// and, per position, the 40 largest logits as `(id, logit)`.
+/// The SmolLM2 chat reference (prompt tokens, greedy tokens, sequence and
+/// per-position top-40, in the arch/ layout) and the rendered prompt text.
 struct Chat {
     prompt: String,
-    prompt_tokens: Vec<u32>,
-    generated: Vec<u32>,
-    sequence: Vec<u32>,
-    top40: Vec<Vec<(usize, f32)>>,
+    reference: common::Top40,
+}
+
+impl std::ops::Deref for Chat {
+    type Target = common::Top40;
+    fn deref(&self) -> &common::Top40 {
+        &self.reference
+    }
 }
 
 fn smollm2_reference() -> Chat {
-    let r = json("real/smollm2-135m-instruct-france.json");
-    let top40 = r["teacher_forced_top40"]
-        .as_array()
-        .expect("teacher_forced_top40")
-        .iter()
-        .map(|row| {
-            row.as_array()
-                .unwrap()
-                .iter()
-                .map(|p| {
-                    (
-                        p[0].as_u64().unwrap() as usize,
-                        p[1].as_f64().unwrap() as f32,
-                    )
-                })
-                .collect()
-        })
-        .collect();
+    const FILE: &str = "real/smollm2-135m-instruct-france.json";
     Chat {
-        prompt: r["prompt"].as_str().unwrap().to_owned(),
-        prompt_tokens: ids(&r, "prompt_tokens"),
-        generated: ids(&r, "generated"),
-        sequence: ids(&r, "sequence"),
-        top40,
+        prompt: json(FILE)["prompt"].as_str().unwrap().to_owned(),
+        reference: common::Top40::read(FILE),
     }
 }
 
@@ -220,34 +204,12 @@ fn smollm2_teacher_forced_logits_match_exact_math() {
         return;
     };
     let r = smollm2_reference();
-    assert_eq!(r.top40.len(), r.sequence.len(), "one top-40 per position");
     let (ours, n_vocab) = our_logits(&path, &r.sequence);
-    assert_eq!(ours.len(), r.sequence.len() * n_vocab);
-    let (mut sum, mut count, mut max_abs, mut agree) = (0.0f64, 0usize, 0.0f32, 0usize);
-    for (row, want) in ours.chunks_exact(n_vocab).zip(&r.top40) {
-        for &(id, logit) in want {
-            let d = (row[id] - logit).abs();
-            sum += f64::from(d);
-            max_abs = max_abs.max(d);
-            count += 1;
-        }
-        agree += usize::from(argmax(row) as usize == want[0].0);
+    let a = r.compare(&ours, n_vocab);
+    eprintln!("SmolLM2 Q4_1 against exact math, over the top-40: {a}");
+    if let Some(why) = a.check(SMOLLM2_MEAN_ABS, f32::INFINITY, SMOLLM2_TOP1) {
+        panic!("SmolLM2: {why}");
     }
-    let mean_abs = (sum / count as f64) as f32;
-    let top1 = agree as f32 / r.sequence.len() as f32;
-    eprintln!(
-        "SmolLM2 Q4_1: mean |diff| {mean_abs:.4}, max |diff| {max_abs:.4} over the top-40, top-1 agreement {:.1}% ({agree}/{} positions)",
-        top1 * 100.0,
-        r.sequence.len()
-    );
-    assert!(
-        mean_abs <= SMOLLM2_MEAN_ABS,
-        "mean |diff| {mean_abs} > {SMOLLM2_MEAN_ABS}"
-    );
-    assert!(
-        top1 >= SMOLLM2_TOP1,
-        "top-1 agreement {top1} < {SMOLLM2_TOP1}"
-    );
 }
 
 /// "The": the exact-math first answer token, at a near-tie that 8-bit
@@ -273,7 +235,7 @@ fn smollm2_answers_paris_and_stops_at_im_end() {
     // "The", "L" and "La", lie within 0.4; ours are the same three, in
     // another order.
     let at = r.prompt_tokens.len() - 1;
-    let want = &r.top40[at];
+    let want = &r.top[at];
     assert_eq!(
         [want[0].0, want[1].0, want[2].0],
         [THE as usize, L as usize, LA as usize]
