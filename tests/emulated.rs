@@ -270,4 +270,96 @@ mod emulated {
             text(&out)
         );
     }
+
+    /// Issue 13: host waits block instead of spinning a core. The primary
+    /// context carries CU_CTX_SCHED_BLOCKING_SYNC, and the emulated driver
+    /// aborts any host wait that would spin (every other test here runs
+    /// with that check); the check itself works: a wait on an event made
+    /// without CU_EVENT_BLOCKING_SYNC, with work queued, aborts.
+    #[test]
+    fn host_waits_block_instead_of_spinning() {
+        const TEST: &str = "emulated::host_waits_block_instead_of_spinning";
+        if !emulated("blocking waits") {
+            return;
+        }
+        let gpu = cuda::open(0).unwrap();
+        if is_child(TEST) {
+            use cuda::cudarc::driver::sys::CUevent_flags;
+            let mut x = gpu.zeros::<f32>(1024).unwrap();
+            let y = gpu.zeros::<f32>(1024).unwrap();
+            gpu.add_in_place(&mut x.slice_mut(..), &y.slice(..), 1024)
+                .unwrap();
+            let spin = gpu
+                .context()
+                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .unwrap();
+            spin.record(gpu.stream()).unwrap();
+            let _ = spin.synchronize();
+            say("the spinning wait was not caught\n");
+            return;
+        }
+        let flags = gpu.context_flags().unwrap();
+        assert_eq!(
+            flags & 0x7,
+            0x4,
+            "flags {flags:#x}: not CU_CTX_SCHED_BLOCKING_SYNC"
+        );
+        // Our own waits pass the check (lazy policy: work is still queued).
+        let mut x = gpu.zeros::<f32>(1024).unwrap();
+        let y = gpu.zeros::<f32>(1024).unwrap();
+        gpu.add_in_place(&mut x.slice_mut(..), &y.slice(..), 1024)
+            .unwrap();
+        gpu.synchronize().unwrap();
+        drop(gpu);
+        let out = child(TEST, &[("FAKE_CUDA_POLICY", "lazy".into())]);
+        assert!(!out.status.success(), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("busy-spinning"),
+            "{}",
+            text(&out)
+        );
+    }
+
+    /// Issue 13: a launch the hardware cannot take (here: more query rows
+    /// than the grid's y limit, which `--chunk` is capped below) is an
+    /// error naming the limit, not a panic, and nothing is launched.
+    #[test]
+    fn a_launch_past_the_grid_limit_is_an_error() {
+        if !emulated("grid limit") {
+            return;
+        }
+        let gpu = cuda::open(0).unwrap();
+        let n = cuda::geometry::MAX_GRID_Y + 1;
+        let head_dim = 32;
+        let mut out = gpu.zeros::<f32>(n * head_dim).unwrap();
+        let q = gpu.zeros::<f32>(n * head_dim).unwrap();
+        let cache = gpu.zeros::<f32>(head_dim).unwrap();
+        let rows = gpu.zeros::<i32>(n).unwrap();
+        let shape = cuda::AttentionShape {
+            n_heads: 1,
+            n_kv_heads: 1,
+            head_dim,
+            n_ctx: 1,
+        };
+        let e = gpu
+            .attention(
+                &mut out.slice_mut(..),
+                &q.slice(..),
+                &cache.slice(..),
+                &cache.slice(..),
+                &rows.slice(..),
+                &rows.slice(..),
+                n,
+                shape,
+            )
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert!(e.to_string().contains("65535"), "{e}");
+        // And a buffer too short is an error too, not a panic.
+        let e = gpu
+            .add_in_place(&mut out.slice_mut(..4), &q.slice(..), 8)
+            .unwrap_err();
+        assert!(e.to_string().contains("add_in_place"), "{e}");
+        gpu.synchronize().unwrap();
+    }
 }
