@@ -48,6 +48,8 @@ cargo build --locked --features cuda --tests --bins
 # path, and a GPU required (no silent skips).
 export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export FLEA_REQUIRE_GPU=1 FLEA_EMULATED_GPU=1
+# The emulated NVRTC, off the loader's path: the tests that want it add it.
+export FLEA_EMU_NVRTC_DIR="$lib/../nvrtc"
 
 failed=()
 runs=0

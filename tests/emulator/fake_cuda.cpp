@@ -31,6 +31,10 @@
 //                              an image too new for the driver);
 //     FAKE_CUDA_NO_IMAGE=1     refuses it as CUDA_ERROR_NO_BINARY_FOR_GPU (no
 //                              code for this GPU: an image too old for it);
+//     FAKE_CUDA_REFUSE_NVRTC=1 refuses the image the fake NVRTC
+//                              (fake_nvrtc.cpp) makes, which otherwise loads
+//                              whatever the two knobs above say, if it was
+//                              compiled for this device's architecture;
 //     FAKE_CUDA_NO_POOLS, FAKE_CUDA_NO_REGISTER, FAKE_CUDA_INTEGRATED,
 //     FAKE_CUDA_MEM_MB         device attributes and memory size.
 // - Host waits must block, not spin (issue 13): a host wait that would
@@ -703,9 +707,23 @@ CUresult cuEventElapsedTime(float* ms, Event* a, Event* b) {
 CUresult cuModuleLoadData(void** m, const void* image) {
     API(cuModuleLoadData);
     NEED_CTX();
-    (void)image;  // the kernels are the host-compiled ones, whatever the image
-    if (env_on("FAKE_CUDA_OLD_DRIVER")) return E_UNSUPPORTED_PTX_VERSION;
-    if (env_on("FAKE_CUDA_NO_IMAGE")) return E_NO_BINARY_FOR_GPU;
+    // The kernels are the host-compiled ones, whatever the image; the image
+    // only says which knobs refuse it: the placeholder fatbin of
+    // fake-nvcc, or what fake_nvrtc.cpp made ("... sm_XY\n", for one arch).
+    const char* img = static_cast<const char*>(image);
+    static const char fatbin[] = "FLEA-EMULATED-FATBIN";
+    static const char nvrtc[] = "FLEA-EMULATED-NVRTC sm_";
+    if (!strncmp(img, fatbin, sizeof fatbin - 1)) {
+        if (env_on("FAKE_CUDA_OLD_DRIVER")) return E_UNSUPPORTED_PTX_VERSION;
+        if (env_on("FAKE_CUDA_NO_IMAGE")) return E_NO_BINARY_FOR_GPU;
+    } else if (!strncmp(img, nvrtc, sizeof nvrtc - 1)) {
+        if (env_on("FAKE_CUDA_REFUSE_NVRTC")) return E_INVALID_IMAGE;
+        const long arch = atol(img + sizeof nvrtc - 1);
+        if (arch != env_num("FAKE_CUDA_CC_MAJOR", 8) * 10 + env_num("FAKE_CUDA_CC_MINOR", 7))
+            return E_NO_BINARY_FOR_GPU;  // a cubin for another GPU
+    } else {
+        return E_INVALID_IMAGE;
+    }
     register_kernels();
     *m = g_funcs;
     return OK;

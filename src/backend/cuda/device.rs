@@ -27,6 +27,8 @@ use crate::quant::GgmlType;
 static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flea_kernels.fatbin"));
 /// The compute capabilities the fatbin has SASS for (PTX for the lowest).
 pub const FATBIN_ARCHS: &str = env!("FLEA_CUDA_ARCHS");
+/// The compute capability of the fatbin's PTX (the lowest of the archs).
+pub const FATBIN_PTX_ARCH: &str = env!("FLEA_CUDA_PTX_ARCH");
 /// The CUDA release of the nvcc that built the kernels ("unknown" if it did
 /// not say): the oldest driver that can load them.
 pub const NVCC_RELEASE: &str = env!("FLEA_NVCC_RELEASE");
@@ -207,7 +209,7 @@ impl Kernels {
     fn load(module: &Arc<CudaModule>) -> Result<Kernels> {
         let f = |name: &str| {
             module.load_function(name).map_err(cuda_err(format_args!(
-                "kernel {name} missing from the fatbin"
+                "kernel {name} missing from the loaded image"
             )))
         };
         let mut matvec = Vec::new();
@@ -303,6 +305,81 @@ fn set_blocking_sync(ordinal: usize) {
     }
 }
 
+/// `FLEA_NVRTC`: `off` never compiles the carried sources, `force` skips the
+/// embedded fatbin (to exercise the NVRTC path on a GPU that could load
+/// it); anything else (or unset): NVRTC only when the fatbin does not load.
+fn nvrtc_mode() -> &'static str {
+    match std::env::var("FLEA_NVRTC").as_deref() {
+        Ok("off") => "off",
+        Ok("force") => "force",
+        _ => "auto",
+    }
+}
+
+/// What the binary carries, for load errors.
+pub fn carried() -> String {
+    format!(
+        "The binary carries SASS for sm_{{{FATBIN_ARCHS}}} and PTX for compute_{FATBIN_PTX_ARCH}, \
+         built by CUDA {NVCC_RELEASE} (a driver older than that CUDA release cannot load them), \
+         and the kernel sources for NVRTC"
+    )
+}
+
+/// The kernel module: the embedded fatbin, or where the driver cannot load
+/// it, the carried sources compiled with NVRTC for this device (cached on
+/// disk; see `kernel_cache.rs`). An error names the device and driver
+/// version, what the binary carries, and what NVRTC did.
+fn load_kernels(ctx: &Arc<CudaContext>, info: &DeviceInfo) -> Result<Arc<CudaModule>> {
+    let mode = nvrtc_mode();
+    let fatbin_error = if mode == "force" {
+        "skipped (FLEA_NVRTC=force)".to_string()
+    } else {
+        match ctx.load_module(Ptx::from_binary(FATBIN.to_vec())) {
+            Ok(m) => return Ok(m),
+            Err(e) => e.to_string(),
+        }
+    };
+    let fail = |nvrtc: &str| {
+        Error::config(format!(
+            "CUDA: cannot load the kernels on {info}: {fatbin_error}. {}. NVRTC: {nvrtc}. \
+             Update the driver, install NVRTC, or rebuild with a toolkit no newer than the \
+             driver and FLEA_CUDA_ARCHS including this GPU",
+            carried()
+        ))
+    };
+    if mode == "off" {
+        return Err(fail("not tried (FLEA_NVRTC=off)"));
+    }
+    let arch = info.compute_capability;
+    let mut compiled = super::nvrtc::kernels_for(arch, false).map_err(|e| fail(&e))?;
+    let mut loaded = ctx.load_module(Ptx::from_binary(compiled.image.clone()));
+    if loaded.is_err() && compiled.from_cache {
+        // A cached image the driver refuses (a driver changed under it):
+        // compile afresh, over it.
+        compiled = super::nvrtc::kernels_for(arch, true).map_err(|e| fail(&e))?;
+        loaded = ctx.load_module(Ptx::from_binary(compiled.image.clone()));
+    }
+    match loaded {
+        Ok(m) => {
+            let line = format!(
+                "CUDA: the embedded kernels do not load on {info} ({fatbin_error}); using the \
+                 carried sources compiled with {}",
+                compiled.how
+            );
+            if compiled.from_cache || mode == "force" {
+                log::info!("{line}");
+            } else {
+                log::warn!("{line}");
+            }
+            Ok(m)
+        }
+        Err(e) => Err(fail(&format!(
+            "compiled them ({}), but the driver refused that image too: {e}",
+            compiled.how
+        ))),
+    }
+}
+
 /// One device, one stream, the loaded kernels.
 pub struct Gpu {
     ctx: Arc<CudaContext>,
@@ -350,17 +427,7 @@ impl Gpu {
             total_bytes: ctx.total_mem().map_err(cuda_err("device memory size"))?,
             driver_version,
         };
-        let module = ctx
-            .load_module(Ptx::from_binary(FATBIN.to_vec()))
-            .map_err(|e| {
-                Error::config(format!(
-                    "CUDA: cannot load the kernels on {info}: {e}. The binary carries SASS for \
-                 sm_{{{FATBIN_ARCHS}}} and PTX for the lowest, built by CUDA {NVCC_RELEASE}; \
-                 a driver older than that CUDA release cannot load them (update the driver, \
-                 or rebuild with a toolkit no newer than the driver and FLEA_CUDA_ARCHS \
-                 including this GPU)"
-                ))
-            })?;
+        let module = load_kernels(&ctx, &info)?;
         let kernels = Kernels::load(&module)?;
         let idle = ctx
             .new_event(Some(sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC))
