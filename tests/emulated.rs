@@ -683,4 +683,122 @@ mod emulated {
         assert!(e.to_string().contains("add_in_place"), "{e}");
         gpu.synchronize().unwrap();
     }
+
+    /// Issue 13, bug 3 (unified memory): on an integrated GPU the resident
+    /// weights (layers, embeddings, output head) live once, in the weight
+    /// source's host copy, which the kernels read in place; nothing of them
+    /// is uploaded, so the device memory the run allocates leaves them out
+    /// and the up-front check passes on a device with room for everything
+    /// else only. The logits equal, bit for bit, those of the same plan on
+    /// a discrete GPU (uploaded weights). One layer resident, the others
+    /// streamed through the mapped slots, as the Orin configs run.
+    #[test]
+    fn integrated_gpu_holds_resident_weights_once() {
+        const TEST: &str = "emulated::integrated_gpu_holds_resident_weights_once";
+        if !emulated("integrated") {
+            return;
+        }
+        let path = common::model("synth-256-Q4_K_M.gguf");
+        let file = GgufFile::open(&path).unwrap();
+        let model = Model::from_gguf(&file).unwrap();
+        let engine = EngineConfig {
+            n_ctx: 64,
+            max_chunk: 8,
+            n_seq: 1,
+            threads: 1,
+        };
+        // Room for the two slots and one resident layer.
+        let all = engine.plan(&model, u64::MAX).unwrap();
+        let slot = all.layer_reads.iter().map(|r| r.len()).max().unwrap();
+        let budget = all.global_bytes + all.engine_bytes + 3 * slot;
+        let plan = engine.plan(&model, budget).unwrap();
+        assert!(
+            plan.is_streaming() && plan.resident_layer_bytes > 0,
+            "{plan}"
+        );
+        let cfg = CudaForwardConfig::for_plan(&engine, &plan, Feed::Mapped);
+        let vocab = model.hparams.vocab_size as u64;
+        let tokens: Vec<u32> = (0..12u64)
+            .map(|i| (1 + (i * 7919) % (vocab - 1)) as u32)
+            .collect();
+        if is_child(TEST) {
+            let out = std::env::var("FLEA_EMU_OUT").unwrap();
+            let probe = cuda::open(0).unwrap();
+            let (free0, _) = probe.mem_info().unwrap();
+            let source = flea::residency::Residency::open(
+                &path,
+                &model,
+                &plan,
+                flea::residency::ResidencyOptions::default(),
+            )
+            .unwrap();
+            let mut e = flea::engine::streaming_engine(&model, source, cfg, &engine).unwrap();
+            let mut logits = Vec::new();
+            flea::generate::teacher_forced(&mut e, &tokens, |row| {
+                logits.extend_from_slice(row);
+                Ok(())
+            })
+            .unwrap();
+            let (free1, _) = probe.mem_info().unwrap();
+            drop(e);
+            let mut bytes = (free0 - free1).to_le_bytes().to_vec();
+            for x in &logits {
+                bytes.extend_from_slice(&x.to_le_bytes());
+            }
+            std::fs::write(out, bytes).unwrap();
+            return;
+        }
+        let run = |integrated: &str, mem_mb: Option<u64>| {
+            let out = std::env::temp_dir()
+                .join(format!("flea-emu-int-{}-{integrated}", std::process::id()));
+            let mut env = vec![
+                ("FAKE_CUDA_INTEGRATED", integrated.to_string()),
+                ("FLEA_EMU_OUT", out.display().to_string()),
+            ];
+            if let Some(mb) = mem_mb {
+                env.push(("FAKE_CUDA_MEM_MB", mb.to_string()));
+            }
+            let o = child(TEST, &env);
+            assert!(o.status.success(), "integrated={integrated}: {}", text(&o));
+            let bytes = std::fs::read(&out).unwrap();
+            let _ = std::fs::remove_file(&out);
+            let used = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+            let logits: Vec<u32> = bytes[8..]
+                .chunks(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            (used, logits)
+        };
+        // Room for the KV cache, activations and norms, not the weights.
+        let own = CudaForward::memory_bytes(&model.hparams, cfg);
+        let weights = plan.resident_layer_bytes + plan.global_bytes;
+        let mib = (own + weights / 4).div_ceil(1 << 20) + 1;
+        assert!(
+            (mib << 20) < own + weights,
+            "fixture too small: {mib} MiB would hold the weights"
+        );
+        let (used_int, logits_int) = run("1", Some(mib));
+        let (used_dis, logits_dis) = run("0", None);
+        assert!(!logits_int.is_empty());
+        assert!(
+            logits_int == logits_dis,
+            "integrated and discrete logits differ"
+        );
+        say(&format!(
+            "integrated: device memory {used_int} bytes, discrete {used_dis}; resident \
+             weights {weights}\n"
+        ));
+        // Everything the discrete run uploaded (the arena of resident
+        // layers, the embedding table and the output head) is missing from
+        // the integrated run.
+        let mut uploaded = plan.resident_layer_bytes + model.token_embd.bytes();
+        if model.output != model.token_embd {
+            uploaded += model.output.bytes();
+        }
+        assert!(
+            used_dis >= used_int + uploaded,
+            "integrated {used_int}, discrete {used_dis}, uploaded weights {uploaded}"
+        );
+        assert!(used_int < plan.resident_layer_bytes + model.token_embd.bytes());
+    }
 }

@@ -254,18 +254,25 @@ pub struct DeviceInfo {
     pub total_bytes: usize,
     /// The driver's CUDA version, e.g. 12060 for 12.6.
     pub driver_version: i32,
+    /// An integrated GPU (Jetson): device memory is the host's RAM.
+    pub integrated: bool,
 }
 
 impl std::fmt::Display for DeviceInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "CUDA device {}: {} (sm_{}{}, {:.1} GiB, driver CUDA {}.{})",
+            "CUDA device {}: {} (sm_{}{}, {:.1} GiB{}, driver CUDA {}.{})",
             self.ordinal,
             self.name,
             self.compute_capability.0,
             self.compute_capability.1,
             self.total_bytes as f64 / (1u64 << 30) as f64,
+            if self.integrated {
+                " shared with the host"
+            } else {
+                ""
+            },
             self.driver_version / 1000,
             self.driver_version % 1000 / 10
         )
@@ -426,6 +433,10 @@ impl Gpu {
                 .map_err(cuda_err("compute capability"))?,
             total_bytes: ctx.total_mem().map_err(cuda_err("device memory size"))?,
             driver_version,
+            integrated: ctx
+                .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_INTEGRATED)
+                .map_err(cuda_err("device attribute INTEGRATED"))?
+                != 0,
         };
         let module = load_kernels(&ctx, &info)?;
         let kernels = Kernels::load(&module)?;
