@@ -292,8 +292,8 @@ impl std::fmt::Display for DeviceInfo {
 /// calls `cuCtxSetFlags`, which drivers before CUDA 12.1 do not have); if
 /// another user already made it active with other flags, the driver keeps
 /// theirs, so a failure here is only logged. The events the host waits on
-/// carry `CU_EVENT_BLOCKING_SYNC` as well (`double_buffer.rs`,
-/// `weights.rs`), which blocks whatever the context's flags.
+/// carry `CU_EVENT_BLOCKING_SYNC` as well ([`Gpu::synchronize`],
+/// `double_buffer.rs`), which blocks whatever the context's flags.
 fn set_blocking_sync(ordinal: usize) {
     let set = (|| -> std::result::Result<(), DriverError> {
         cudarc::driver::result::init()?;
