@@ -1,10 +1,13 @@
 //! Build script. Always: turns `kernels/geometry.h` (the launch geometry
 //! the kernels are written for) into Rust constants for
 //! `src/backend/cuda/geometry.rs` (`OUT_DIR/geometry.rs`), so the numbers
-//! are written once. With the `cuda` feature it also compiles every
-//! `kernels/*.cu` with nvcc into one fatbin in `OUT_DIR`
-//! (`flea_kernels.fatbin`), which `src/backend/cuda` embeds with
-//! `include_bytes!`.
+//! are written once; and writes every `kernels/*.cu` as one self-contained
+//! source for NVRTC (`OUT_DIR/flea_kernels_nvrtc.cu`, see
+//! [`write_nvrtc_source`]), which the binary carries so that a driver that
+//! cannot load the fatbin can still get kernels compiled for it at start.
+//! With the `cuda` feature it also compiles every `kernels/*.cu` with nvcc
+//! into one fatbin in `OUT_DIR` (`flea_kernels.fatbin`), which
+//! `src/backend/cuda` embeds with `include_bytes!`.
 //!
 //! The fatbin carries SASS for each architecture in `FLEA_CUDA_ARCHS`
 //! plus PTX for the lowest one, so newer GPUs can JIT it. The default covers
@@ -24,23 +27,12 @@ const DEFAULT_ARCHS: &str = "75;80;86;87;89;90";
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    write_geometry_constants();
-    if env::var_os("CARGO_FEATURE_CUDA").is_none() {
-        return;
-    }
-    for var in ["NVCC", "CUDA_HOME", "FLEA_CUDA_ARCHS", "FLEA_NVCC_FLAGS"] {
-        println!("cargo:rerun-if-env-changed={var}");
-    }
     println!("cargo:rerun-if-changed=kernels");
+    write_geometry_constants();
 
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let kernels = manifest.join("kernels");
-
-    let archs = match parse_archs(&env::var("FLEA_CUDA_ARCHS").unwrap_or_default()) {
-        Ok(a) => a,
-        Err(e) => fail(&format!("FLEA_CUDA_ARCHS: {e}")),
-    };
     let sources = kernel_sources(&kernels);
     if sources.is_empty() {
         fail(&format!("no kernels/*.cu files in {}", kernels.display()));
@@ -48,6 +40,18 @@ fn main() {
     for s in &sources {
         println!("cargo:rerun-if-changed={}", s.display());
     }
+    write_nvrtc_source(&kernels, &sources, &out_dir.join("flea_kernels_nvrtc.cu"));
+
+    if env::var_os("CARGO_FEATURE_CUDA").is_none() {
+        return;
+    }
+    for var in ["NVCC", "CUDA_HOME", "FLEA_CUDA_ARCHS", "FLEA_NVCC_FLAGS"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    let archs = match parse_archs(&env::var("FLEA_CUDA_ARCHS").unwrap_or_default()) {
+        Ok(a) => a,
+        Err(e) => fail(&format!("FLEA_CUDA_ARCHS: {e}")),
+    };
     let nvcc = find_nvcc().unwrap_or_else(|| fail(NO_NVCC));
 
     // One translation unit that includes every kernel file, so nvcc emits a
@@ -108,6 +112,19 @@ fn main() {
     }
     let arch_list: Vec<String> = archs.iter().map(u32::to_string).collect();
     println!("cargo:rustc-env=FLEA_CUDA_ARCHS={}", arch_list.join(";"));
+    println!("cargo:rustc-env=FLEA_CUDA_PTX_ARCH={lowest}");
+    // Whether the archs are build.rs's default (a test checks the default
+    // covers every GPU the README promises, when the build used it).
+    let source = if env::var("FLEA_CUDA_ARCHS")
+        .unwrap_or_default()
+        .trim()
+        .is_empty()
+    {
+        "default"
+    } else {
+        "FLEA_CUDA_ARCHS"
+    };
+    println!("cargo:rustc-env=FLEA_CUDA_ARCHS_SOURCE={source}");
     // The CUDA release that built the image: a driver older than it cannot
     // load it (a CUDA 13.0 image needs an R580+ driver), so the load error
     // names it next to the driver's version.
@@ -210,6 +227,132 @@ fn find_nvcc() -> Option<PathBuf> {
     }
     let jetpack = PathBuf::from("/usr/local/cuda/bin/nvcc");
     jetpack.is_file().then_some(jetpack)
+}
+
+/// Every `kernels/*.cu` (in `sources`, sorted) as one translation unit
+/// NVRTC can compile with no files and no CUDA headers around it, written
+/// to `out`:
+/// - each `#include "x"` is replaced by the text of `x` (relative to the
+///   including file), once per file (`#pragma once` semantics, which every
+///   header here asks for; `#pragma once` lines are dropped);
+/// - `#include <stdint.h>` becomes the fixed-width typedefs under NVRTC
+///   (`__CUDACC_RTC__`), which has no C library headers;
+/// - `#include <cuda_fp16.h>` becomes, under NVRTC, the two conversions the
+///   kernels use (`__ushort_as_half`, `__half2float`: one exact `cvt`), so
+///   the toolkit's headers need not be installed where NVRTC is;
+/// - any other `#include <...>` stays (inside `#else` branches for the host
+///   build, which NVRTC never takes);
+/// - under NVRTC, `INFINITY` and `NAN` are defined (nvcc's implicit math
+///   headers give them).
+///
+/// Under nvcc (no `__CUDACC_RTC__`) the same text includes the real headers,
+/// so it compiles either way.
+fn write_nvrtc_source(kernels: &Path, sources: &[PathBuf], out: &Path) {
+    let mut text = String::from(
+        "// Generated by build.rs: every kernels/*.cu as one self-contained translation unit\n\
+         // for NVRTC (see write_nvrtc_source in build.rs). Do not edit.\n",
+    );
+    text.push_str(NVRTC_PRELUDE);
+    let mut seen = Vec::new();
+    for s in sources {
+        inline_source(kernels, s, &mut text, &mut seen);
+    }
+    std::fs::write(out, text)
+        .unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", out.display())));
+}
+
+/// What nvcc's implicit includes (the C math library) give the kernels
+/// and NVRTC, which has no C library, does not.
+const NVRTC_PRELUDE: &str = "\
+#if defined(__CUDACC_RTC__)
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+#ifndef NAN
+#define NAN __int_as_float(0x7fffffff)
+#endif
+#endif
+";
+
+const NVRTC_STDINT: &str = "\
+#if defined(__CUDACC_RTC__)
+typedef signed char int8_t;
+typedef unsigned char uint8_t;
+typedef short int16_t;
+typedef unsigned short uint16_t;
+typedef int int32_t;
+typedef unsigned int uint32_t;
+typedef long long int64_t;
+typedef unsigned long long uint64_t;
+#else
+#include <stdint.h>
+#endif
+";
+
+const NVRTC_FP16: &str = "\
+#if defined(__CUDACC_RTC__)
+struct __half {
+    unsigned short __x;
+};
+__device__ __forceinline__ __half __ushort_as_half(unsigned short v) {
+    __half h;
+    h.__x = v;
+    return h;
+}
+__device__ __forceinline__ float __half2float(__half h) {
+    float f;
+    asm(\"{ cvt.f32.f16 %0, %1; }\" : \"=f\"(f) : \"h\"(h.__x));
+    return f;
+}
+#else
+#include <cuda_fp16.h>
+#endif
+";
+
+fn inline_source(kernels: &Path, path: &Path, out: &mut String, seen: &mut Vec<PathBuf>) {
+    let canonical = path
+        .canonicalize()
+        .unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())));
+    if seen.contains(&canonical) {
+        return;
+    }
+    seen.push(canonical);
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", path.display())));
+    let shown = path.strip_prefix(kernels).unwrap_or(path);
+    let _ = writeln!(out, "// ---- kernels/{}", shown.display());
+    for line in text.lines() {
+        let t = line.trim_start();
+        if t.starts_with("#pragma once") {
+            continue;
+        }
+        let Some(rest) = t.strip_prefix("#include") else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        let rest = rest.trim();
+        if let Some(name) = rest.strip_prefix('"').and_then(|r| r.split('"').next()) {
+            let dir = path.parent().unwrap_or(kernels);
+            let included = dir.join(name);
+            if !included.is_file() {
+                fail(&format!(
+                    "{}: #include \"{name}\": no such file {}",
+                    path.display(),
+                    included.display()
+                ));
+            }
+            inline_source(kernels, &included, out, seen);
+            let _ = writeln!(out, "// ---- (back in kernels/{})", shown.display());
+        } else if rest.starts_with("<stdint.h>") {
+            out.push_str(NVRTC_STDINT);
+        } else if rest.starts_with("<cuda_fp16.h>") {
+            out.push_str(NVRTC_FP16);
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
 }
 
 /// `#define FLEA_NAME 123` lines of kernels/geometry.h as

@@ -7,7 +7,15 @@
 #   artifacts/tests/gpu       the tests/gpu.rs executable, stripped
 #   artifacts/tests/*         every other test executable, with --all-tests
 #   artifacts/fixtures/...    the fixtures the GPU tests read (see FIXTURES)
-#   artifacts/MANIFEST        what was built, from which commit, for which archs
+#   artifacts/MANIFEST        what was built, from which commit, for which archs,
+#                             with which CUDA release ("cuda release: 13.0")
+#
+# gpu-check.sh picks, of the sets it is given, the one the driver can load;
+# to ship several (e.g. for drivers older than R580, which cannot load a CUDA
+# 13 build), build each into its own subfolder with that release's nvcc:
+#   NVCC=/usr/local/cuda-12.6/bin/nvcc scripts/gpu-artifacts.sh artifacts/cuda-12.6
+#   scripts/gpu-artifacts.sh artifacts/cuda-13.0
+# and run `artifacts/cuda-13.0/gpu-check.sh artifacts`.
 #
 # Usage: scripts/gpu-artifacts.sh [DEST] [--all-tests]
 #
@@ -112,11 +120,16 @@ esac
 chmod -R u+w "$DEST"
 cp scripts/gpu-check.sh "$DEST/gpu-check.sh"
 
+nvcc_version="$("${NVCC:-nvcc}" --version 2>/dev/null | tail -n 2 | head -n 1 || echo unknown)"
 {
     echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (dirty)')"
     echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -m)"
-    echo "cuda archs: ${FLEA_CUDA_ARCHS:-87;90} (SASS; PTX for the lowest)"
-    echo "nvcc: $("${NVCC:-nvcc}" --version 2>/dev/null | tail -n 2 | head -n 1 || echo unknown)"
+    # The default is build.rs's DEFAULT_ARCHS.
+    echo "cuda archs: ${FLEA_CUDA_ARCHS:-75;80;86;87;89;90} (SASS; PTX for the lowest; kernel sources for NVRTC)"
+    echo "nvcc: $nvcc_version"
+    # What gpu-check.sh compares with the driver's CUDA version: a driver
+    # older than this release cannot load the kernels.
+    echo "cuda release: $(sed -n 's/.*release \([0-9][0-9.]*\).*/\1/p' <<<"$nvcc_version" | head -n 1)"
     echo "fixtures: $FIXTURES"
 } >"$DEST/MANIFEST"
 du -sh "$DEST" >&2

@@ -76,8 +76,16 @@ pub trait HostSlots {
     /// `(address, bytes)` of each slot; empty when nothing streams.
     fn slot_regions(&self) -> Vec<(usize, usize)>;
     /// Keep `guard` (e.g. an unregistration) until the source is dropped,
-    /// and drop it before the slots are freed.
+    /// and drop it before the slots (and the resident bytes) are freed.
     fn hold_until_slots_freed(&mut self, guard: Box<dyn Send + Sync>);
+    /// `(address, bytes)` of the host memory holding the resident weights
+    /// (embeddings, output head, resident layers) for the whole run, which
+    /// an accelerator sharing the host's memory may map and read in place
+    /// rather than copy (an integrated GPU). Empty when there is none to
+    /// offer (the default).
+    fn resident_regions(&self) -> Vec<(usize, usize)> {
+        Vec::new()
+    }
 }
 
 /// Which positions of a chunk need logits.

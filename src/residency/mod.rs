@@ -418,8 +418,22 @@ impl Residency {
             .map_or_else(Vec::new, |s| s.regions.clone())
     }
 
+    /// The host memory of the resident weights: one region per buffer of
+    /// the embeddings and output head, and per resident layer. Allocated
+    /// at open and never moved, like the slots. Valid until this source is
+    /// dropped.
+    pub fn resident_regions(&self) -> Vec<SlotRegion> {
+        self.globals
+            .iter()
+            .map(|g| &g.buf)
+            .chain(self.resident.iter().flatten())
+            .map(SlotRegion::of)
+            .collect()
+    }
+
     /// Keep `guard` until this source is dropped, and drop it before the
-    /// slots are freed: for a registration of [`Residency::slot_regions`]
+    /// slots and the resident buffers are freed: for a registration of
+    /// [`Residency::slot_regions`] or [`Residency::resident_regions`]
     /// (page-locking) that must be undone while the memory still exists.
     pub fn hold_until_slots_freed(&mut self, guard: Box<dyn Send + Sync>) {
         self.slot_guards.push(guard);
@@ -436,11 +450,17 @@ impl crate::backend::HostSlots for Residency {
     fn hold_until_slots_freed(&mut self, guard: Box<dyn Send + Sync>) {
         Residency::hold_until_slots_freed(self, guard);
     }
+    fn resident_regions(&self) -> Vec<(usize, usize)> {
+        Residency::resident_regions(self)
+            .iter()
+            .map(|r| (r.addr, r.len))
+            .collect()
+    }
 }
 
 impl Drop for Residency {
     fn drop(&mut self) {
-        // Before `stream` (and with it the slots) goes.
+        // Before `stream` (and with it the slots) and the resident buffers go.
         self.slot_guards.clear();
     }
 }

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Builds the emulated CUDA driver: tests/emulator/fake_cuda.cpp with the
 # project's own kernels/*.cu, into <out>/libcuda.so (default
-# target/emulator/lib). Needs only a C++20 compiler ($CXX, else g++).
+# target/emulator/lib), and the emulated NVRTC (tests/emulator/
+# fake_nvrtc.cpp) into <out>/../nvrtc/libnvrtc.so.12: a folder of its own,
+# so that NVRTC is absent unless a test puts that folder on
+# LD_LIBRARY_PATH. Needs only a C++20 compiler ($CXX, else g++).
 # kernels/ is copied into the build folder with tests/emulator/shim.h as
 # host/shim.h: the kernels include "host/shim.h" relative to themselves, so
 # a copy is the way to give them the emulator's shim instead of
@@ -35,4 +38,9 @@ cp "$root/tests/emulator/fake_cuda.cpp" "$work/"
     -fvisibility=hidden -mtls-dialect=gnu2 -w ${FAKE_CUDA_CXXFLAGS:-} -I "$work" \
     "$work/fake_cuda.cpp" -o "$out/libcuda.so.tmp"
 mv "$out/libcuda.so.tmp" "$out/libcuda.so"
+nvrtc="$out/../nvrtc"
+mkdir -p "$nvrtc"
+"$cxx" -std=c++20 -O1 -g0 -fPIC -shared -fvisibility=hidden -w \
+    -Wl,-soname,libnvrtc.so.12 "$root/tests/emulator/fake_nvrtc.cpp" -o "$nvrtc/libnvrtc.so.12.tmp"
+mv "$nvrtc/libnvrtc.so.12.tmp" "$nvrtc/libnvrtc.so.12"
 echo "$out"

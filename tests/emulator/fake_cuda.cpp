@@ -27,20 +27,33 @@
 //     FAKE_CUDA_FAIL_ALLOC=N   the Nth device allocation fails (OOM);
 //     FAKE_CUDA_FAIL_LAUNCH=N  the Nth kernel launch fails;
 //     FAKE_CUDA_OLD_DRIVER=1   reports driver 11.4 and refuses to load the
-//                              image (CUDA_ERROR_UNSUPPORTED_PTX_VERSION);
+//                              embedded image (CUDA_ERROR_UNSUPPORTED_PTX_VERSION:
+//                              an image too new for the driver);
+//     FAKE_CUDA_NO_IMAGE=1     refuses it as CUDA_ERROR_NO_BINARY_FOR_GPU (no
+//                              code for this GPU: an image too old for it);
+//     FAKE_CUDA_REFUSE_NVRTC=1 refuses the image the fake NVRTC
+//                              (fake_nvrtc.cpp) makes, which otherwise loads
+//                              whatever the two knobs above say, if it was
+//                              compiled for this device's architecture;
 //     FAKE_CUDA_NO_POOLS, FAKE_CUDA_NO_REGISTER, FAKE_CUDA_INTEGRATED,
 //     FAKE_CUDA_MEM_MB         device attributes and memory size.
+// - Host waits must block, not spin (issue 13): a host wait that would
+//   have to wait (work still queued) on an event made without
+//   CU_EVENT_BLOCKING_SYNC, or a stream, context or pageable-copy sync in a
+//   primary context whose flags lack CU_CTX_SCHED_BLOCKING_SYNC, aborts
+//   with a message. FAKE_CUDA_ALLOW_SPIN=1 allows them.
 // - Mutation knob for the tier's own test (FAKE_CUDA_DROP_WAIT): drop one
 //   of the waits the streaming code relies on, to prove the suite notices.
 //     copy_reader   a copy-only stream's wait for a kernel stream's event;
 //     compute_copy  a kernel stream's wait for a copy-only stream's event;
-//     mapped_sync   a stream sync while kernels reading mapped host memory
-//                   are queued.
+//     mapped_sync   a stream or event sync while kernels reading mapped host
+//                   memory are queued on that stream.
 // It cannot see: performance, device numerics (FMA, expf), fatbin or
 // driver-version problems, the hardware memory model.
 #include <algorithm>
 #include <cstdarg>
 #include <cstdio>
+#include <cstring>
 #include <deque>
 #include <functional>
 #include <map>
@@ -98,7 +111,8 @@ typedef unsigned long long CUdeviceptr;
 enum {
     OK = 0, E_INVALID_VALUE = 1, E_OUT_OF_MEMORY = 2, E_NOT_INITIALIZED = 3, E_INVALID_DEVICE = 101,
     E_NO_BINARY_FOR_GPU = 209, E_INVALID_CONTEXT = 201, E_UNSUPPORTED_PTX_VERSION = 222,
-    E_INVALID_HANDLE = 400, E_NOT_FOUND = 500, E_NOT_READY = 600, E_HOST_MEMORY_ALREADY_REGISTERED = 712,
+    E_INVALID_IMAGE = 200, E_INVALID_HANDLE = 400, E_NOT_FOUND = 500, E_NOT_READY = 600,
+    E_HOST_MEMORY_ALREADY_REGISTERED = 712,
     E_HOST_MEMORY_NOT_REGISTERED = 713, E_LAUNCH_FAILED = 719, E_NOT_SUPPORTED = 801,
 };
 
@@ -159,6 +173,7 @@ struct Ctx {
 };
 static Ctx g_ctx;
 static int g_ctx_refs = 0;
+static unsigned g_ctx_flags = 0;  // cuDevicePrimaryCtxSetFlags; 4 = CU_CTX_SCHED_BLOCKING_SYNC
 static bool g_init = false;
 static thread_local Ctx* t_current = nullptr;
 #define NEED_CTX()                               \
@@ -247,6 +262,28 @@ static void check_no_pending_host(uintptr_t lo, uintptr_t hi, const char* what) 
 static bool has_mapped_work(Stream* s) {
     for (auto& op : s->q)
         if (op.mapped) return true;
+    return false;
+}
+// A host wait on queued work must sleep, not spin (see the header). CUDA's
+// documentation: cuEventSynchronize busy-waits unless the event was made
+// with CU_EVENT_BLOCKING_SYNC; stream, context and implicit (pageable
+// copy) syncs follow the context's CU_CTX_SCHED_* flags.
+static void check_blocking_wait(const char* what, bool pending) {
+    static const bool allow = env_on("FAKE_CUDA_ALLOW_SPIN");
+    if (allow || !pending || (g_ctx_flags & 4)) return;
+    fatal("%s waits for queued work busy-spinning: the primary context lacks "
+          "CU_CTX_SCHED_BLOCKING_SYNC (FAKE_CUDA_ALLOW_SPIN=1 allows it)", what);
+}
+static void check_blocking_event_wait(bool blocking_event, bool pending) {
+    static const bool allow = env_on("FAKE_CUDA_ALLOW_SPIN");
+    if (allow || !pending || blocking_event) return;
+    fatal("cuEventSynchronize waits for queued work busy-spinning: the event lacks "
+          "CU_EVENT_BLOCKING_SYNC (FAKE_CUDA_ALLOW_SPIN=1 allows it)");
+}
+static bool stream_pending(Stream* s) { return s->executed < s->enqueued; }
+static bool any_pending() {
+    for (auto& [id, s] : g_streams)
+        if (stream_pending(s)) return true;
     return false;
 }
 
@@ -378,6 +415,21 @@ CUresult cuDevicePrimaryCtxRetain(Ctx** c, CUdevice) {
     *c = &g_ctx;
     return OK;
 }
+CUresult cuDevicePrimaryCtxSetFlags_v2(CUdevice d, unsigned flags) {
+    API(cuDevicePrimaryCtxSetFlags_v2);
+    if (!g_init) return E_NOT_INITIALIZED;
+    if (d != 0) return E_INVALID_DEVICE;
+    g_ctx_flags = flags;
+    return OK;
+}
+CUresult cuDevicePrimaryCtxGetState(CUdevice d, unsigned* flags, int* active) {
+    API(cuDevicePrimaryCtxGetState);
+    if (!g_init) return E_NOT_INITIALIZED;
+    if (d != 0) return E_INVALID_DEVICE;
+    *flags = g_ctx_flags;
+    *active = g_ctx_refs > 0;
+    return OK;
+}
 CUresult cuDevicePrimaryCtxRelease_v2(CUdevice) {
     API(cuDevicePrimaryCtxRelease_v2);
     if (--g_ctx_refs == 0) drain_all();
@@ -396,6 +448,7 @@ CUresult cuCtxSetCurrent(Ctx* c) {
 CUresult cuCtxSynchronize() {
     API(cuCtxSynchronize);
     NEED_CTX();
+    check_blocking_wait("cuCtxSynchronize", any_pending());
     drain_all();
     return OK;
 }
@@ -407,6 +460,7 @@ static const std::map<int, std::pair<const char*, const char*>>& errors() {
         {2, {"CUDA_ERROR_OUT_OF_MEMORY", "out of memory"}},
         {3, {"CUDA_ERROR_NOT_INITIALIZED", "initialization error"}},
         {101, {"CUDA_ERROR_INVALID_DEVICE", "invalid device ordinal"}},
+        {200, {"CUDA_ERROR_INVALID_IMAGE", "device kernel image is invalid"}},
         {201, {"CUDA_ERROR_INVALID_CONTEXT", "invalid device context"}},
         {209, {"CUDA_ERROR_NO_BINARY_FOR_GPU", "no kernel image is available for execution on the device"}},
         {222, {"CUDA_ERROR_UNSUPPORTED_PTX_VERSION", "the provided PTX was compiled with an unsupported toolchain."}},
@@ -506,6 +560,7 @@ CUresult cuMemcpyDtoHAsync_v2(void* h, CUdeviceptr d, size_t n, void* s) {
     if (is_pinned(h, n)) {
         enqueue(S(s), Op{[d, h, n] { memcpy(h, (void*)d, n); }, (uintptr_t)h, (uintptr_t)h + n, true});
     } else {  // pageable: returns once the copy is done
+        check_blocking_wait("cuMemcpyDtoHAsync to pageable memory", stream_pending(S(s)));
         enqueue(S(s), Op{[d, h, n] { memcpy(h, (void*)d, n); }});
         drain(S(s), S(s)->enqueued);
     }
@@ -580,6 +635,7 @@ CUresult cuStreamSynchronize(void* s) {
     API(cuStreamSynchronize);
     NEED_CTX();
     if (drop_wait("mapped_sync") && has_mapped_work(S(s))) return OK;  // mutation
+    check_blocking_wait("cuStreamSynchronize", stream_pending(S(s)));
     drain(S(s), S(s)->enqueued);
     return OK;
 }
@@ -628,7 +684,11 @@ CUresult cuEventSynchronize(Event* e) {
     API(cuEventSynchronize);
     if (!e->recorded) return OK;
     auto it = g_streams.find(e->stream);
-    if (it != g_streams.end()) drain(it->second, e->seq);
+    if (it != g_streams.end()) {
+        if (drop_wait("mapped_sync") && has_mapped_work(it->second)) return OK;  // mutation
+        check_blocking_event_wait(e->flags & 1 /* CU_EVENT_BLOCKING_SYNC */, !event_done(e));
+        drain(it->second, e->seq);
+    }
     return OK;
 }
 CUresult cuEventQuery(Event* e) {
@@ -648,9 +708,23 @@ CUresult cuEventElapsedTime(float* ms, Event* a, Event* b) {
 CUresult cuModuleLoadData(void** m, const void* image) {
     API(cuModuleLoadData);
     NEED_CTX();
-    (void)image;  // the kernels are the host-compiled ones, whatever the image
-    if (env_on("FAKE_CUDA_OLD_DRIVER")) return E_UNSUPPORTED_PTX_VERSION;
-    if (env_on("FAKE_CUDA_NO_IMAGE")) return E_NO_BINARY_FOR_GPU;
+    // The kernels are the host-compiled ones, whatever the image; the image
+    // only says which knobs refuse it: the placeholder fatbin of
+    // fake-nvcc, or what fake_nvrtc.cpp made ("... sm_XY\n", for one arch).
+    const char* img = static_cast<const char*>(image);
+    static const char fatbin[] = "FLEA-EMULATED-FATBIN";
+    static const char nvrtc[] = "FLEA-EMULATED-NVRTC sm_";
+    if (!strncmp(img, fatbin, sizeof fatbin - 1)) {
+        if (env_on("FAKE_CUDA_OLD_DRIVER")) return E_UNSUPPORTED_PTX_VERSION;
+        if (env_on("FAKE_CUDA_NO_IMAGE")) return E_NO_BINARY_FOR_GPU;
+    } else if (!strncmp(img, nvrtc, sizeof nvrtc - 1)) {
+        if (env_on("FAKE_CUDA_REFUSE_NVRTC")) return E_INVALID_IMAGE;
+        const long arch = atol(img + sizeof nvrtc - 1);
+        if (arch != env_num("FAKE_CUDA_CC_MAJOR", 8) * 10 + env_num("FAKE_CUDA_CC_MINOR", 7))
+            return E_NO_BINARY_FOR_GPU;  // a cubin for another GPU
+    } else {
+        return E_INVALID_IMAGE;
+    }
     register_kernels();
     *m = g_funcs;
     return OK;

@@ -2,7 +2,9 @@
 //! kernel module loaded from the embedded fatbin, and a typed wrapper per
 //! kernel launch. Launch geometry comes from [`super::geometry`]; every
 //! wrapper checks the lengths of the buffers it hands a kernel, because a
-//! kernel trusts its arguments.
+//! kernel trusts its arguments. A failed check is an error naming the
+//! launch and the sizes (kind Config), never a panic: the engine's own
+//! checks keep its passes inside them, but the wrappers are public.
 //!
 //! All work goes to one stream, in order, so a launch may read what the one
 //! before it wrote; cudarc's per-buffer event tracking is switched off.
@@ -11,8 +13,9 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use cudarc::driver::{
-    sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut,
-    DevicePtr, DeviceRepr, DeviceSlice, DriverError, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView,
+    CudaViewMut, DevicePtr, DeviceRepr, DeviceSlice, DriverError, LaunchConfig, PushKernelArg,
+    ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -25,6 +28,8 @@ use crate::quant::GgmlType;
 static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flea_kernels.fatbin"));
 /// The compute capabilities the fatbin has SASS for (PTX for the lowest).
 pub const FATBIN_ARCHS: &str = env!("FLEA_CUDA_ARCHS");
+/// The compute capability of the fatbin's PTX (the lowest of the archs).
+pub const FATBIN_PTX_ARCH: &str = env!("FLEA_CUDA_PTX_ARCH");
 /// The CUDA release of the nvcc that built the kernels ("unknown" if it did
 /// not say): the oldest driver that can load them.
 pub const NVCC_RELEASE: &str = env!("FLEA_NVCC_RELEASE");
@@ -32,6 +37,26 @@ pub const NVCC_RELEASE: &str = env!("FLEA_NVCC_RELEASE");
 /// A driver error as a library error, naming what was being done.
 pub(crate) fn cuda_err(what: impl std::fmt::Display) -> impl FnOnce(DriverError) -> Error {
     move |e| Error::config(format!("CUDA: {what}: {e}"))
+}
+
+/// `Ok` if `cond`, else the error `message()` describes: a launch wrapper's
+/// check of what it hands a kernel.
+fn ensure(cond: bool, message: impl FnOnce() -> String) -> Result<()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(Error::config(format!("CUDA: {}", message())))
+    }
+}
+
+/// Launch dimensions, or why the hardware cannot take them.
+fn dims(d: geometry::GeometryResult<Dims>) -> Result<LaunchConfig> {
+    let d = d.map_err(|e| Error::config(format!("CUDA: cannot launch: {e}")))?;
+    Ok(LaunchConfig {
+        grid_dim: d.grid,
+        block_dim: d.block,
+        shared_mem_bytes: d.shared_bytes,
+    })
 }
 
 /// A weight format the kernels are instantiated for.
@@ -133,34 +158,36 @@ impl<'a> DevWeight<'a> {
         self.len / self.rows
     }
 
-    fn check(&self, what: &str) {
+    /// Whether the bytes hold the shape, in whole blocks, aligned as the
+    /// kernels read them.
+    fn check(&self, what: &str) -> Result<()> {
         let expect = self
             .format
             .ggml_type
             .row_bytes(self.cols)
-            .map(|b| b * self.rows);
-        assert_eq!(
-            expect,
-            Some(self.len),
-            "{what}: {} [{} x {}] needs {:?} bytes, has {}",
-            self.format.ggml_type,
-            self.rows,
-            self.cols,
-            expect,
-            self.len
-        );
-        assert!(
+            .and_then(|b| b.checked_mul(self.rows));
+        ensure(expect == Some(self.len) && self.rows > 0, || {
+            format!(
+                "{what}: {} [{} x {}] needs {:?} bytes, has {}",
+                self.format.ggml_type, self.rows, self.cols, expect, self.len
+            )
+        })?;
+        ensure(
             geometry::supports_width(self.format.suffix(), self.cols),
-            "{what}: {} rows of {} weights are not whole blocks",
-            self.format.ggml_type,
-            self.cols
-        );
-        assert!(
-            self.ptr.is_multiple_of(super::slots::WEIGHT_ALIGN),
-            "{what}: weights at {:#x} are not {}-byte aligned",
-            self.ptr,
-            super::slots::WEIGHT_ALIGN
-        );
+            || {
+                format!(
+                    "{what}: {} rows of {} weights are not whole blocks",
+                    self.format.ggml_type, self.cols
+                )
+            },
+        )?;
+        ensure(self.ptr.is_multiple_of(super::slots::WEIGHT_ALIGN), || {
+            format!(
+                "{what}: weights at {:#x} are not {}-byte aligned",
+                self.ptr,
+                super::slots::WEIGHT_ALIGN
+            )
+        })
     }
 }
 
@@ -187,7 +214,7 @@ impl Kernels {
     fn load(module: &Arc<CudaModule>) -> Result<Kernels> {
         let f = |name: &str| {
             module.load_function(name).map_err(cuda_err(format_args!(
-                "kernel {name} missing from the fatbin"
+                "kernel {name} missing from the loaded image"
             )))
         };
         let mut matvec = Vec::new();
@@ -196,9 +223,14 @@ impl Kernels {
         for suffix in FORMAT_SUFFIXES {
             let mut row = Vec::with_capacity(MATVEC_MAX_COLS);
             for c in 1..=MATVEC_MAX_COLS {
-                row.push(f(&geometry::matvec_name(suffix, c))?);
+                // 1..=MATVEC_MAX_COLS always has a name.
+                let name = geometry::matvec_name(suffix, c).unwrap_or_default();
+                row.push(f(&name)?);
             }
-            matvec.push(row.try_into().expect("MATVEC_MAX_COLS kernels"));
+            let Ok(row) = <[CudaFunction; MATVEC_MAX_COLS]>::try_from(row) else {
+                unreachable!("one mat-vec kernel per width 1..={MATVEC_MAX_COLS}")
+            };
+            matvec.push(row);
             matmul.push(f(&geometry::matmul_name(suffix))?);
             embed.push(f(&geometry::embed_name(suffix))?);
         }
@@ -245,21 +277,136 @@ pub struct DeviceInfo {
     pub total_bytes: usize,
     /// The driver's CUDA version, e.g. 12060 for 12.6.
     pub driver_version: i32,
+    /// An integrated GPU (Jetson): device memory is the host's RAM.
+    pub integrated: bool,
 }
 
 impl std::fmt::Display for DeviceInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "CUDA device {}: {} (sm_{}{}, {:.1} GiB, driver CUDA {}.{})",
+            "CUDA device {}: {} (sm_{}{}, {:.1} GiB{}, driver CUDA {}.{})",
             self.ordinal,
             self.name,
             self.compute_capability.0,
             self.compute_capability.1,
             self.total_bytes as f64 / (1u64 << 30) as f64,
+            if self.integrated {
+                " shared with the host"
+            } else {
+                ""
+            },
             self.driver_version / 1000,
             self.driver_version % 1000 / 10
         )
+    }
+}
+
+/// Ask the driver to block, not spin, when the host waits for the device.
+///
+/// By default (`CU_CTX_SCHED_AUTO`) a process with fewer active contexts
+/// than cores spins: every host wait (a streamed layer's copy, a mapped
+/// layer's kernels, the logits) keeps a core at 100% while the GPU works.
+/// On a Jetson that core is one of 6 to 12 the loader thread and the rest
+/// of the board share, and it burns power the GPU could use. Blocking sync
+/// sleeps on an interrupt instead; the wake-up costs microseconds, against
+/// waits of milliseconds per layer. Set on the primary context before it is
+/// first made active (cudarc's `CudaContext::set_blocking_synchronize`
+/// calls `cuCtxSetFlags`, which drivers before CUDA 12.1 do not have); if
+/// another user already made it active with other flags, the driver keeps
+/// theirs, so a failure here is only logged. The events the host waits on
+/// carry `CU_EVENT_BLOCKING_SYNC` as well ([`Gpu::synchronize`],
+/// `double_buffer.rs`), which blocks whatever the context's flags.
+fn set_blocking_sync(ordinal: usize) {
+    let set = (|| -> std::result::Result<(), DriverError> {
+        cudarc::driver::result::init()?;
+        let dev = cudarc::driver::result::device::get(ordinal as i32)?;
+        // SAFETY: plain call into the loaded driver on a valid device.
+        unsafe {
+            sys::cuDevicePrimaryCtxSetFlags_v2(
+                dev,
+                sys::CUctx_flags::CU_CTX_SCHED_BLOCKING_SYNC as u32,
+            )
+        }
+        .result()
+    })();
+    if let Err(e) = set {
+        log::debug!("CUDA: cannot set blocking synchronization on device {ordinal}: {e}");
+    }
+}
+
+/// `FLEA_NVRTC`: `off` never compiles the carried sources, `force` skips the
+/// embedded fatbin (to exercise the NVRTC path on a GPU that could load
+/// it); anything else (or unset): NVRTC only when the fatbin does not load.
+fn nvrtc_mode() -> &'static str {
+    match std::env::var("FLEA_NVRTC").as_deref() {
+        Ok("off") => "off",
+        Ok("force") => "force",
+        _ => "auto",
+    }
+}
+
+/// What the binary carries, for load errors.
+pub fn carried() -> String {
+    format!(
+        "The binary carries SASS for sm_{{{FATBIN_ARCHS}}} and PTX for compute_{FATBIN_PTX_ARCH}, \
+         built by CUDA {NVCC_RELEASE} (a driver older than that CUDA release cannot load them), \
+         and the kernel sources for NVRTC"
+    )
+}
+
+/// The kernel module: the embedded fatbin, or where the driver cannot load
+/// it, the carried sources compiled with NVRTC for this device (cached on
+/// disk; see `kernel_cache.rs`). An error names the device and driver
+/// version, what the binary carries, and what NVRTC did.
+fn load_kernels(ctx: &Arc<CudaContext>, info: &DeviceInfo) -> Result<Arc<CudaModule>> {
+    let mode = nvrtc_mode();
+    let fatbin_error = if mode == "force" {
+        "skipped (FLEA_NVRTC=force)".to_string()
+    } else {
+        match ctx.load_module(Ptx::from_binary(FATBIN.to_vec())) {
+            Ok(m) => return Ok(m),
+            Err(e) => e.to_string(),
+        }
+    };
+    let fail = |nvrtc: &str| {
+        Error::config(format!(
+            "CUDA: cannot load the kernels on {info}: {fatbin_error}. {}. NVRTC: {nvrtc}. \
+             Update the driver, install NVRTC, or rebuild with a toolkit no newer than the \
+             driver and FLEA_CUDA_ARCHS including this GPU",
+            carried()
+        ))
+    };
+    if mode == "off" {
+        return Err(fail("not tried (FLEA_NVRTC=off)"));
+    }
+    let arch = info.compute_capability;
+    let mut compiled = super::nvrtc::kernels_for(arch, false).map_err(|e| fail(&e))?;
+    let mut loaded = ctx.load_module(Ptx::from_binary(compiled.image.clone()));
+    if loaded.is_err() && compiled.from_cache {
+        // A cached image the driver refuses (a driver changed under it):
+        // compile afresh, over it.
+        compiled = super::nvrtc::kernels_for(arch, true).map_err(|e| fail(&e))?;
+        loaded = ctx.load_module(Ptx::from_binary(compiled.image.clone()));
+    }
+    match loaded {
+        Ok(m) => {
+            let line = format!(
+                "CUDA: the embedded kernels do not load on {info} ({fatbin_error}); using the \
+                 carried sources compiled with {}",
+                compiled.how
+            );
+            if compiled.from_cache || mode == "force" {
+                log::info!("{line}");
+            } else {
+                log::warn!("{line}");
+            }
+            Ok(m)
+        }
+        Err(e) => Err(fail(&format!(
+            "compiled them ({}), but the driver refused that image too: {e}",
+            compiled.how
+        ))),
     }
 }
 
@@ -269,18 +416,15 @@ pub struct Gpu {
     stream: Arc<CudaStream>,
     kernels: Kernels,
     info: DeviceInfo,
+    /// Recorded behind the stream's work for a host wait
+    /// ([`Gpu::synchronize`]); `CU_EVENT_BLOCKING_SYNC`, so the wait sleeps.
+    idle: CudaEvent,
 }
 
-fn i32_of(n: usize, what: &str) -> i32 {
-    i32::try_from(n).unwrap_or_else(|_| panic!("{what} = {n} does not fit a kernel's int"))
-}
-
-fn config(d: Dims) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: d.grid,
-        block_dim: d.block,
-        shared_mem_bytes: d.shared_bytes,
-    }
+/// A count as the kernels' `int`, or an error naming it.
+fn i32_of(n: usize, what: &str) -> Result<i32> {
+    i32::try_from(n)
+        .map_err(|_| Error::config(format!("CUDA: {what} = {n} does not fit a kernel's int")))
 }
 
 impl Gpu {
@@ -292,6 +436,7 @@ impl Gpu {
                 "CUDA requested but no driver/device: device {ordinal}: {e}"
             ))
         };
+        set_blocking_sync(ordinal);
         let ctx = CudaContext::new(ordinal).map_err(no_device)?;
         // SAFETY: every buffer of this backend is used on the one stream
         // made below, in submission order, so the per-buffer events that
@@ -311,25 +456,34 @@ impl Gpu {
                 .map_err(cuda_err("compute capability"))?,
             total_bytes: ctx.total_mem().map_err(cuda_err("device memory size"))?,
             driver_version,
+            integrated: ctx
+                .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_INTEGRATED)
+                .map_err(cuda_err("device attribute INTEGRATED"))?
+                != 0,
         };
-        let module = ctx
-            .load_module(Ptx::from_binary(FATBIN.to_vec()))
-            .map_err(|e| {
-                Error::config(format!(
-                    "CUDA: cannot load the kernels on {info}: {e}. The binary carries SASS for \
-                 sm_{{{FATBIN_ARCHS}}} and PTX for the lowest, built by CUDA {NVCC_RELEASE}; \
-                 a driver older than that CUDA release cannot load them (update the driver, \
-                 or rebuild with a toolkit no newer than the driver and FLEA_CUDA_ARCHS \
-                 including this GPU)"
-                ))
-            })?;
+        let module = load_kernels(&ctx, &info)?;
         let kernels = Kernels::load(&module)?;
+        let idle = ctx
+            .new_event(Some(sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC))
+            .map_err(cuda_err("create event"))?;
         Ok(Gpu {
             ctx,
             stream,
             kernels,
             info,
+            idle,
         })
+    }
+
+    /// The scheduling flags of this device's primary context
+    /// (`CU_CTX_SCHED_*`), as the driver reports them.
+    pub fn context_flags(&self) -> Result<u32> {
+        let (mut flags, mut active) = (0u32, 0i32);
+        // SAFETY: out-parameter call into the loaded driver.
+        unsafe { sys::cuDevicePrimaryCtxGetState(self.ctx.cu_device(), &mut flags, &mut active) }
+            .result()
+            .map_err(cuda_err("cuDevicePrimaryCtxGetState"))?;
+        Ok(flags)
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -349,9 +503,15 @@ impl Gpu {
         self.ctx.mem_get_info().map_err(cuda_err("cuMemGetInfo"))
     }
 
-    /// Wait for everything submitted so far.
+    /// Wait for everything submitted so far, sleeping rather than spinning:
+    /// an event recorded behind the stream's work and waited on with
+    /// blocking sync, whatever flags the context got (see
+    /// [`set_blocking_sync`]).
     pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(cuda_err("synchronize"))
+        self.idle
+            .record(&self.stream)
+            .map_err(cuda_err("record event"))?;
+        self.idle.synchronize().map_err(cuda_err("synchronize"))
     }
 
     /// Another stream on this device, for work that overlaps the kernels
@@ -415,12 +575,13 @@ impl Gpu {
         host: &[T],
         dev: &mut CudaViewMut<'_, T>,
     ) -> Result<()> {
-        assert!(
-            host.len() <= dev.len(),
-            "upload_into: {} > {}",
-            host.len(),
-            dev.len()
-        );
+        ensure(host.len() <= dev.len(), || {
+            format!(
+                "upload of {} elements into a buffer of {}",
+                host.len(),
+                dev.len()
+            )
+        })?;
         self.stream
             .memcpy_htod(host, dev)
             .map_err(cuda_err(format_args!(
@@ -435,12 +596,13 @@ impl Gpu {
         dev: &CudaView<'_, T>,
         host: &mut [T],
     ) -> Result<()> {
-        assert!(
-            dev.len() <= host.len(),
-            "download_into: {} > {}",
-            dev.len(),
-            host.len()
-        );
+        ensure(dev.len() <= host.len(), || {
+            format!(
+                "download of {} elements into a buffer of {}",
+                dev.len(),
+                host.len()
+            )
+        })?;
         self.stream
             .memcpy_dtoh(dev, &mut host[..dev.len()])
             .map_err(cuda_err("download"))?;
@@ -467,32 +629,31 @@ impl Gpu {
         y: &mut CudaViewMut<'_, f32>,
         n: usize,
     ) -> Result<()> {
-        match geometry::matmul_plan(n) {
+        let plan = geometry::matmul_plan(n).map_err(|e| Error::config(format!("CUDA: {e}")))?;
+        match plan {
             MatmulPlan::Matvec(n) => self.matvec(w, x, y, n),
             MatmulPlan::Tiled => self.matmul_tiled(w, x, y, n),
         }
     }
 
-    fn check_matmul(w: &DevWeight<'_>, x: &CudaView<'_, f32>, y: &CudaViewMut<'_, f32>, n: usize) {
-        w.check("matmul");
-        assert!(
-            x.len() >= n * w.cols,
-            "matmul: x holds {} < {n} x {}",
-            x.len(),
-            w.cols
-        );
-        assert!(
-            y.len() >= n * w.rows,
-            "matmul: y holds {} < {n} x {}",
-            y.len(),
-            w.rows
-        );
+    fn check_matmul(
+        w: &DevWeight<'_>,
+        x: &CudaView<'_, f32>,
+        y: &CudaViewMut<'_, f32>,
+        n: usize,
+    ) -> Result<()> {
+        w.check("matmul")?;
+        ensure(x.len() >= n.saturating_mul(w.cols), || {
+            format!("matmul: x holds {} < {n} x {}", x.len(), w.cols)
+        })?;
+        ensure(y.len() >= n.saturating_mul(w.rows), || {
+            format!("matmul: y holds {} < {n} x {}", y.len(), w.rows)
+        })?;
         // Block formats read activations as float4.
         let (ptr, _sync) = x.device_ptr(x.stream());
-        assert!(
-            ptr % 16 == 0,
-            "matmul: activations must be 16-byte aligned (start a view at a row)"
-        );
+        ensure(ptr % 16 == 0, || {
+            "matmul: activations must be 16-byte aligned (start a view at a row)".into()
+        })
     }
 
     /// The mat-vec kernel, `1 <= n <= 8` rows.
@@ -503,12 +664,14 @@ impl Gpu {
         y: &mut CudaViewMut<'_, f32>,
         n: usize,
     ) -> Result<()> {
-        assert!((1..=MATVEC_MAX_COLS).contains(&n), "matvec of {n} rows");
-        Self::check_matmul(w, x, y, n);
+        ensure((1..=MATVEC_MAX_COLS).contains(&n), || {
+            format!("matvec of {n} rows (the kernels take 1 to {MATVEC_MAX_COLS})")
+        })?;
+        Self::check_matmul(w, x, y, n)?;
         let f = &self.kernels.matvec[w.format.index][n - 1];
         let row_bytes = w.row_bytes() as u64;
-        let rows = i32_of(w.rows, "rows");
-        let cols = i32_of(w.cols, "cols");
+        let rows = i32_of(w.rows, "rows")?;
+        let cols = i32_of(w.cols, "cols")?;
         let mut b = self.stream.launch_builder(f);
         b.arg(&w.ptr)
             .arg(&row_bytes)
@@ -518,7 +681,7 @@ impl Gpu {
             .arg(y);
         // SAFETY: the arguments match the kernel's signature
         // (kernels/matvec.cu) and the buffers were checked above.
-        unsafe { b.launch(config(geometry::matvec(w.rows))) }
+        unsafe { b.launch(dims(geometry::matvec(w.rows))?) }
             .map(drop)
             .map_err(cuda_err("launch matvec"))
     }
@@ -531,13 +694,13 @@ impl Gpu {
         y: &mut CudaViewMut<'_, f32>,
         n: usize,
     ) -> Result<()> {
-        assert!(n >= 1, "matmul of zero rows");
-        Self::check_matmul(w, x, y, n);
+        ensure(n >= 1, || "matmul of zero rows".into())?;
+        Self::check_matmul(w, x, y, n)?;
         let f = &self.kernels.matmul[w.format.index];
         let row_bytes = w.row_bytes() as u64;
-        let rows = i32_of(w.rows, "rows");
-        let cols = i32_of(w.cols, "cols");
-        let n32 = i32_of(n, "positions");
+        let rows = i32_of(w.rows, "rows")?;
+        let cols = i32_of(w.cols, "cols")?;
+        let n32 = i32_of(n, "positions")?;
         let mut b = self.stream.launch_builder(f);
         b.arg(&w.ptr)
             .arg(&row_bytes)
@@ -547,7 +710,7 @@ impl Gpu {
             .arg(y)
             .arg(&n32);
         // SAFETY: signature of kernels/matmul.cu; buffers checked above.
-        unsafe { b.launch(config(geometry::matmul(w.rows, n))) }
+        unsafe { b.launch(dims(geometry::matmul(w.rows, n))?) }
             .map(drop)
             .map_err(cuda_err("launch matmul"))
     }
@@ -560,16 +723,29 @@ impl Gpu {
         out: &mut CudaViewMut<'_, f32>,
         n: usize,
     ) -> Result<()> {
-        let expect = w.format.ggml_type.row_bytes(w.cols).map(|b| b * w.rows);
-        assert_eq!(expect, Some(w.len), "embed: weight size");
-        assert!(tokens.len() >= n, "embed: {} token ids < {n}", tokens.len());
-        assert!(out.len() >= n * w.cols, "embed: output too short");
+        let expect = w
+            .format
+            .ggml_type
+            .row_bytes(w.cols)
+            .and_then(|b| b.checked_mul(w.rows));
+        ensure(expect == Some(w.len) && w.rows > 0, || {
+            format!(
+                "embed: {} [{} x {}] needs {expect:?} bytes, has {}",
+                w.format.ggml_type, w.rows, w.cols, w.len
+            )
+        })?;
+        ensure(tokens.len() >= n, || {
+            format!("embed: {} token ids < {n}", tokens.len())
+        })?;
+        ensure(out.len() >= n.saturating_mul(w.cols), || {
+            format!("embed: output holds {} < {n} x {}", out.len(), w.cols)
+        })?;
         if n == 0 {
             return Ok(());
         }
         let f = &self.kernels.embed[w.format.index];
         let row_bytes = w.row_bytes() as u64;
-        let cols = i32_of(w.cols, "cols");
+        let cols = i32_of(w.cols, "cols")?;
         let mut b = self.stream.launch_builder(f);
         b.arg(out)
             .arg(&w.ptr)
@@ -578,7 +754,7 @@ impl Gpu {
             .arg(&cols);
         // SAFETY: signature of kernels/embed.cu; token ids are validated by
         // the engine (< rows) before a pass, sizes checked above.
-        unsafe { b.launch(config(geometry::embed(n, w.cols))) }
+        unsafe { b.launch(dims(geometry::embed(n, w.cols))?) }
             .map(drop)
             .map_err(cuda_err("launch embed"))
     }
@@ -593,18 +769,26 @@ impl Gpu {
         dim: usize,
         eps: f32,
     ) -> Result<()> {
-        assert!(
-            out.len() >= n * dim && x.len() >= n * dim && weight.len() >= dim,
-            "rmsnorm sizes"
-        );
+        let nd = n.saturating_mul(dim);
+        ensure(
+            out.len() >= nd && x.len() >= nd && weight.len() >= dim,
+            || {
+                format!(
+                    "rmsnorm of {n} x {dim}: out holds {}, x {}, weight {}",
+                    out.len(),
+                    x.len(),
+                    weight.len()
+                )
+            },
+        )?;
         if n == 0 {
             return Ok(());
         }
-        let dim32 = i32_of(dim, "dim");
+        let dim32 = i32_of(dim, "dim")?;
         let mut b = self.stream.launch_builder(&self.kernels.rmsnorm);
         b.arg(out).arg(x).arg(weight).arg(&dim32).arg(&eps);
         // SAFETY: signature of kernels/norm.cu; sizes checked above.
-        unsafe { b.launch(config(geometry::per_row(n))) }
+        unsafe { b.launch(dims(geometry::per_row(n))?) }
             .map(drop)
             .map_err(cuda_err("launch rmsnorm"))
     }
@@ -622,14 +806,21 @@ impl Gpu {
         dim: usize,
         eps: f32,
     ) -> Result<()> {
-        assert!(
-            out.len() >= m * dim && weight.len() >= dim && src_rows.len() >= m,
-            "rmsnorm_gather sizes"
-        );
+        ensure(
+            out.len() >= m.saturating_mul(dim) && weight.len() >= dim && src_rows.len() >= m,
+            || {
+                format!(
+                    "rmsnorm_gather of {m} x {dim}: out holds {}, weight {}, row indices {}",
+                    out.len(),
+                    weight.len(),
+                    src_rows.len()
+                )
+            },
+        )?;
         if m == 0 {
             return Ok(());
         }
-        let dim32 = i32_of(dim, "dim");
+        let dim32 = i32_of(dim, "dim")?;
         let mut b = self.stream.launch_builder(&self.kernels.rmsnorm_gather);
         b.arg(out)
             .arg(x)
@@ -639,7 +830,7 @@ impl Gpu {
             .arg(&eps);
         // SAFETY: signature of kernels/norm.cu; the caller guarantees the
         // source rows lie in x.
-        unsafe { b.launch(config(geometry::per_row(m))) }
+        unsafe { b.launch(dims(geometry::per_row(m))?) }
             .map(drop)
             .map_err(cuda_err("launch rmsnorm_gather"))
     }
@@ -660,19 +851,31 @@ impl Gpu {
         half_rot: usize,
         style: RopeStyle,
     ) -> Result<()> {
-        assert!(x.len() >= n_rows * n_heads * head_dim, "rope: x too short");
-        assert!(
-            row_pos.len() >= n_rows && 2 * half_rot <= head_dim,
-            "rope sizes"
-        );
+        let need = n_rows.saturating_mul(n_heads).saturating_mul(head_dim);
+        ensure(x.len() >= need, || {
+            format!(
+                "rope: x holds {} < {n_rows} x {n_heads} x {head_dim}",
+                x.len()
+            )
+        })?;
+        ensure(
+            row_pos.len() >= n_rows && half_rot.saturating_mul(2) <= head_dim,
+            || {
+                format!(
+                    "rope: {} positions for {n_rows} rows, {half_rot} rotated pairs of a \
+                     {head_dim}-wide head",
+                    row_pos.len()
+                )
+            },
+        )?;
         if n_rows == 0 || half_rot == 0 {
             return Ok(());
         }
         let (r, h, hd, hr) = (
-            i32_of(n_rows, "rows"),
-            i32_of(n_heads, "heads"),
-            i32_of(head_dim, "head_dim"),
-            i32_of(half_rot, "half_rot"),
+            i32_of(n_rows, "rows")?,
+            i32_of(n_heads, "heads")?,
+            i32_of(head_dim, "head_dim")?,
+            i32_of(half_rot, "half_rot")?,
         );
         let neox = i32::from(style == RopeStyle::Neox);
         let mut b = self.stream.launch_builder(&self.kernels.rope);
@@ -686,7 +889,7 @@ impl Gpu {
             .arg(&neox);
         // SAFETY: signature of kernels/rope.cu; positions are < n_ctx (the
         // engine validates them), the table holds n_ctx positions.
-        unsafe { b.launch(config(geometry::rope(n_rows, n_heads, half_rot))) }
+        unsafe { b.launch(dims(geometry::rope(n_rows, n_heads, half_rot))?) }
             .map(drop)
             .map_err(cuda_err("launch rope"))
     }
@@ -706,25 +909,40 @@ impl Gpu {
         kv_dim: usize,
         n_ctx: usize,
     ) -> Result<()> {
-        assert!(
-            k.len() >= n_rows * kv_dim && v.len() >= n_rows * kv_dim,
-            "kv_store: k/v"
-        );
-        assert!(
-            row_seq.len() >= n_rows && row_pos.len() >= n_rows,
-            "kv_store: rows"
-        );
-        assert!(
-            k_cache.len() == v_cache.len() && k_cache.len() % (n_ctx * kv_dim) == 0,
-            "kv_store: cache"
-        );
+        let rows = n_rows.saturating_mul(kv_dim);
+        ensure(k.len() >= rows && v.len() >= rows, || {
+            format!(
+                "kv_store: k holds {}, v {} < {n_rows} x {kv_dim}",
+                k.len(),
+                v.len()
+            )
+        })?;
+        ensure(row_seq.len() >= n_rows && row_pos.len() >= n_rows, || {
+            format!(
+                "kv_store: {} sequence and {} position indices for {n_rows} rows",
+                row_seq.len(),
+                row_pos.len()
+            )
+        })?;
+        let per_seq = n_ctx.saturating_mul(kv_dim);
+        ensure(
+            per_seq > 0 && k_cache.len() == v_cache.len() && k_cache.len() % per_seq == 0,
+            || {
+                format!(
+                    "kv_store: caches of {} and {} floats are not whole sequences of \
+                     {n_ctx} x {kv_dim}",
+                    k_cache.len(),
+                    v_cache.len()
+                )
+            },
+        )?;
         if n_rows == 0 {
             return Ok(());
         }
         let (r, d, c) = (
-            i32_of(n_rows, "rows"),
-            i32_of(kv_dim, "kv_dim"),
-            i32_of(n_ctx, "n_ctx"),
+            i32_of(n_rows, "rows")?,
+            i32_of(kv_dim, "kv_dim")?,
+            i32_of(n_ctx, "n_ctx")?,
         );
         let kernel = match T::F16 {
             true => &self.kernels.kv_store_f16,
@@ -742,7 +960,7 @@ impl Gpu {
             .arg(&c);
         // SAFETY: signature of kernels/rope.cu (kv_store or kv_store_f16 by T); sequence slots and positions
         // are validated by the engine against the cache's n_seq and n_ctx.
-        unsafe { b.launch(config(geometry::elementwise(n_rows * kv_dim))) }
+        unsafe { b.launch(dims(geometry::elementwise(n_rows * kv_dim))?) }
             .map(drop)
             .map_err(cuda_err("launch kv_store"))
     }
@@ -769,40 +987,55 @@ impl Gpu {
             window,
         } = heads;
         let q_dim = n_heads * head_dim;
-        assert!(
-            out.len() >= n_rows * q_dim && q.len() >= n_rows * q_dim,
-            "attention: q/out"
-        );
-        assert!(
-            row_seq.len() >= n_rows && row_pos.len() >= n_rows,
-            "attention: rows"
-        );
-        assert!(
-            n_kv_heads > 0 && n_heads % n_kv_heads == 0,
-            "attention: {n_heads} heads over {n_kv_heads} kv heads"
-        );
-        assert!(
-            head_dim <= geometry::ATTENTION_MAX_HEAD_DIM,
-            "attention: head_dim {head_dim} > {}",
-            geometry::ATTENTION_MAX_HEAD_DIM
-        );
+        let rows = n_rows.saturating_mul(q_dim);
+        ensure(out.len() >= rows && q.len() >= rows, || {
+            format!(
+                "attention: out holds {}, q {} < {n_rows} x {q_dim}",
+                out.len(),
+                q.len()
+            )
+        })?;
+        ensure(row_seq.len() >= n_rows && row_pos.len() >= n_rows, || {
+            format!(
+                "attention: {} sequence and {} position indices for {n_rows} rows",
+                row_seq.len(),
+                row_pos.len()
+            )
+        })?;
+        ensure(n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads), || {
+            format!("attention: {n_heads} heads over {n_kv_heads} kv heads")
+        })?;
+        ensure(head_dim <= geometry::ATTENTION_MAX_HEAD_DIM, || {
+            format!(
+                "attention: head_dim {head_dim} > {}",
+                geometry::ATTENTION_MAX_HEAD_DIM
+            )
+        })?;
         let kv_dim = n_kv_heads * head_dim;
-        assert!(
-            k_cache.len() == v_cache.len() && k_cache.len() % (n_ctx * kv_dim) == 0,
-            "attention: cache"
-        );
+        let per_seq = n_ctx.saturating_mul(kv_dim);
+        ensure(
+            per_seq > 0 && k_cache.len() == v_cache.len() && k_cache.len() % per_seq == 0,
+            || {
+                format!(
+                    "attention: caches of {} and {} floats are not whole sequences of \
+                     {n_ctx} x {kv_dim}",
+                    k_cache.len(),
+                    v_cache.len()
+                )
+            },
+        )?;
         if n_rows == 0 {
             return Ok(());
         }
         let scale = 1.0 / (head_dim as f32).sqrt();
         let (h, kvh, hd, c) = (
-            i32_of(n_heads, "heads"),
-            i32_of(n_kv_heads, "kv heads"),
-            i32_of(head_dim, "head_dim"),
-            i32_of(n_ctx, "n_ctx"),
+            i32_of(n_heads, "heads")?,
+            i32_of(n_kv_heads, "kv heads")?,
+            i32_of(head_dim, "head_dim")?,
+            i32_of(n_ctx, "n_ctx")?,
         );
         // 0: no window. A window past the context hides nothing.
-        let w = i32_of(window.unwrap_or(0).min(n_ctx), "window");
+        let w = i32_of(window.unwrap_or(0).min(n_ctx), "window")?;
         let kernel = match T::F16 {
             true => &self.kernels.attention_f16,
             false => &self.kernels.attention,
@@ -822,7 +1055,7 @@ impl Gpu {
             .arg(&scale);
         // SAFETY: signature of kernels/attention.cu (attention or attention_f16 by T); shapes checked above,
         // slots and positions validated by the engine.
-        unsafe { b.launch(config(geometry::attention(n_heads, n_rows))) }
+        unsafe { b.launch(dims(geometry::attention(n_heads, n_rows))?) }
             .map(drop)
             .map_err(cuda_err("launch attention"))
     }
@@ -834,12 +1067,14 @@ impl Gpu {
         up: &CudaView<'_, f32>,
         n: usize,
     ) -> Result<()> {
-        assert!(gate.len() >= n && up.len() >= n, "swiglu sizes");
+        ensure(gate.len() >= n && up.len() >= n, || {
+            format!("swiglu of {n}: gate holds {}, up {}", gate.len(), up.len())
+        })?;
         let n64 = n as i64;
         let mut b = self.stream.launch_builder(&self.kernels.swiglu);
         b.arg(gate).arg(up).arg(&n64);
         // SAFETY: signature of kernels/elementwise.cu; sizes checked.
-        unsafe { b.launch(config(geometry::elementwise(n))) }
+        unsafe { b.launch(dims(geometry::elementwise(n))?) }
             .map(drop)
             .map_err(cuda_err("launch swiglu"))
     }
@@ -851,12 +1086,14 @@ impl Gpu {
         y: &CudaView<'_, f32>,
         n: usize,
     ) -> Result<()> {
-        assert!(x.len() >= n && y.len() >= n, "add_in_place sizes");
+        ensure(x.len() >= n && y.len() >= n, || {
+            format!("add_in_place of {n}: x holds {}, y {}", x.len(), y.len())
+        })?;
         let n64 = n as i64;
         let mut b = self.stream.launch_builder(&self.kernels.add_in_place);
         b.arg(x).arg(y).arg(&n64);
         // SAFETY: signature of kernels/elementwise.cu; sizes checked.
-        unsafe { b.launch(config(geometry::elementwise(n))) }
+        unsafe { b.launch(dims(geometry::elementwise(n))?) }
             .map(drop)
             .map_err(cuda_err("launch add_in_place"))
     }
@@ -870,15 +1107,14 @@ impl Gpu {
         n: usize,
     ) -> Result<()> {
         let width = bias.len();
-        assert!(
-            x.len() >= n && width > 0 && n.is_multiple_of(width),
-            "add_bias sizes"
-        );
-        let (w32, n64) = (i32_of(width, "bias width"), n as i64);
+        ensure(x.len() >= n && width > 0 && n.is_multiple_of(width), || {
+            format!("add_bias of {n}: x holds {}, bias {width}", x.len())
+        })?;
+        let (w32, n64) = (i32_of(width, "bias width")?, n as i64);
         let mut b = self.stream.launch_builder(&self.kernels.add_bias);
         b.arg(x).arg(bias).arg(&w32).arg(&n64);
         // SAFETY: signature of kernels/elementwise.cu; sizes checked.
-        unsafe { b.launch(config(geometry::elementwise(n))) }
+        unsafe { b.launch(dims(geometry::elementwise(n))?) }
             .map(drop)
             .map_err(cuda_err("launch add_bias"))
     }
@@ -893,15 +1129,17 @@ impl Gpu {
         eps: f32,
     ) -> Result<()> {
         let head_dim = weight.len();
-        assert!(x.len() >= heads * head_dim, "rmsnorm_heads sizes");
+        ensure(x.len() >= heads * head_dim, || {
+            format!("rmsnorm_heads of {heads} x {head_dim}: x holds {}", x.len())
+        })?;
         if heads == 0 {
             return Ok(());
         }
-        let hd = i32_of(head_dim, "head_dim");
+        let hd = i32_of(head_dim, "head_dim")?;
         let mut b = self.stream.launch_builder(&self.kernels.rmsnorm_heads);
         b.arg(x).arg(weight).arg(&hd).arg(&eps);
         // SAFETY: signature of kernels/norm.cu; sizes checked.
-        unsafe { b.launch(config(geometry::per_row(heads))) }
+        unsafe { b.launch(dims(geometry::per_row(heads))?) }
             .map(drop)
             .map_err(cuda_err("launch rmsnorm_heads"))
     }
@@ -915,18 +1153,24 @@ impl Gpu {
         rows: usize,
         vocab: usize,
     ) -> Result<()> {
-        assert!(
-            out.len() >= rows && logits.len() >= rows * vocab && vocab > 0,
-            "argmax sizes"
-        );
+        ensure(
+            out.len() >= rows && logits.len() >= rows.saturating_mul(vocab) && vocab > 0,
+            || {
+                format!(
+                    "argmax of {rows} x {vocab}: out holds {}, logits {}",
+                    out.len(),
+                    logits.len()
+                )
+            },
+        )?;
         if rows == 0 {
             return Ok(());
         }
-        let v = i32_of(vocab, "vocab");
+        let v = i32_of(vocab, "vocab")?;
         let mut b = self.stream.launch_builder(&self.kernels.argmax_rows);
         b.arg(out).arg(logits).arg(&v);
         // SAFETY: signature of kernels/argmax.cu; sizes checked.
-        unsafe { b.launch(config(geometry::per_row(rows))) }
+        unsafe { b.launch(dims(geometry::per_row(rows))?) }
             .map(drop)
             .map_err(cuda_err("launch argmax_rows"))
     }

@@ -12,6 +12,13 @@
 //!
 //! So the kernels of layer i run while layer i+1 is read from disk and
 //! copied into the other slot. Which slot and which event: [`SlotRotation`].
+//!
+//! The host waits (step 3, and the copy timing when profiling) are on
+//! events made with `CU_EVENT_BLOCKING_SYNC`: the thread sleeps until the
+//! copy is done instead of spinning on a core for the length of a layer's
+//! copy, which on a Jetson is a core the loader and the board need (see
+//! `set_blocking_sync` in `device.rs`). Events only streams wait on stay
+//! `DISABLE_TIMING`, the cheapest kind.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,9 +50,11 @@ impl DeviceSlots {
     /// Two slots of `bytes` each, a copy stream and the events.
     pub fn new(gpu: &Gpu, bytes: usize, profile: bool) -> Result<DeviceSlots> {
         let ctx = gpu.context();
-        let event = |timing: bool| {
-            ctx.new_event(Some(if timing {
-                CUevent_flags::CU_EVENT_DEFAULT
+        // `host_waits`: the host synchronizes on it (blocking, with timing);
+        // else only streams wait on it.
+        let event = |host_waits: bool| {
+            ctx.new_event(Some(if host_waits {
+                CUevent_flags::CU_EVENT_BLOCKING_SYNC
             } else {
                 CUevent_flags::CU_EVENT_DISABLE_TIMING
             }))
@@ -57,7 +66,7 @@ impl DeviceSlots {
         let mut timing = Vec::with_capacity(SLOTS);
         for _ in 0..SLOTS {
             slots.push(gpu.zeros::<u8>(bytes)?);
-            copied.push(event(false)?);
+            copied.push(event(true)?);
             read_done.push(event(false)?);
             timing.push([event(true)?, event(true)?]);
         }
@@ -152,7 +161,8 @@ impl DeviceSlots {
         }
         let wait = Instant::now();
         // Waits for the copy stream up to this slot's copy only; the
-        // compute stream keeps running the layer's kernels.
+        // compute stream keeps running the layer's kernels. A blocking
+        // event: the thread sleeps, it does not spin.
         let synced = self.copied[slot]
             .synchronize()
             .map_err(cuda_err("wait for the copy of a streamed layer"));

@@ -338,8 +338,11 @@ impl CudaForward {
             Feed::Device => 2 * device_slot_bytes(config.stream_slot_bytes),
             Feed::Mapped => 0,
         };
-        let need =
-            Self::memory_bytes(hp, config) + slots + config.resident_bytes + config.global_bytes;
+        // Resident weights take no device memory on an integrated GPU
+        // (read in place from the host copy: `WeightCache::map_resident`).
+        let weights =
+            WeightCache::device_weight_bytes(&gpu, config.resident_bytes, config.global_bytes);
+        let need = Self::memory_bytes(hp, config) + slots + weights;
         let (free, _) = gpu.mem_info()?;
         if need > free as u64 {
             return Err(Error::config(format!(
@@ -446,8 +449,12 @@ impl CudaForward {
     /// it before the slots are freed) and, with the mapped feed, map them.
     /// Where that fails, say why in one log line and go on copying from
     /// pageable memory (the mapped feed then falls back to the device
-    /// double buffer). Nothing to do when nothing streams.
+    /// double buffer). Nothing to do when nothing streams. On an integrated
+    /// GPU it first maps the source's resident weights, which the kernels
+    /// then read in place (`WeightCache::map_resident`).
     pub fn pin_host_slots(&mut self, source: &mut dyn HostSlots) -> Result<()> {
+        // Integrated GPU: the resident weights are read in place, once.
+        self.weights.map_resident(&self.gpu, source);
         let regions: Vec<HostRegion> = source
             .slot_regions()
             .into_iter()

@@ -3,9 +3,14 @@
 //! without a GPU. Each function restates the thread layout of the kernel it
 //! serves; the kernel's comment is the source of truth.
 //!
-//! This file depends on nothing but `std` (no cudarc, no crate paths): it is
-//! also compiled into `tests/gpu.rs` by `#[path]`, so its tests run in a
-//! plain `cargo test` without the `cuda` feature.
+//! This file depends on nothing but `std` and the constants build.rs
+//! generates: it is compiled and tested with or without the `cuda` feature.
+//!
+//! A shape the hardware cannot launch (a grid axis past its limit) is an
+//! error naming the kernel, the count and the limit, never a panic: the
+//! caps the CLI and the config enforce ([`crate::limits`]) keep every
+//! launch inside the limits (tested below), but a library caller may pass
+//! anything.
 
 /// Grid and block dimensions plus dynamic shared memory, as the driver's
 /// launch call takes them.
@@ -36,24 +41,48 @@ impl Dims {
     }
 }
 
-/// `n.div_ceil(d)` as a grid dimension. Panics if it does not fit in u32
-/// (no tensor of a llama model comes near).
-fn blocks_for(n: usize, d: usize) -> u32 {
-    u32::try_from(n.div_ceil(d)).expect("grid dimension exceeds u32")
-}
+/// Why a launch cannot be made: the message names the kernel, the count
+/// and the hardware limit it exceeds.
+pub type GeometryResult<T> = Result<T, String>;
 
-fn dim(n: usize) -> u32 {
-    u32::try_from(n).expect("grid dimension exceeds u32")
-}
+/// Largest grid x dimension the hardware takes (2^31 - 1).
+pub const MAX_GRID_X: usize = (1 << 31) - 1;
 
 /// Largest grid y (and z) dimension the hardware takes.
 pub const MAX_GRID_Y: usize = 65535;
 
-/// A grid y dimension; panics past the hardware limit (callers keep
-/// batches of positions far below it).
-fn dim_y(n: usize) -> u32 {
-    assert!(n <= MAX_GRID_Y, "grid y dimension {n} exceeds {MAX_GRID_Y}");
-    dim(n)
+/// `n.div_ceil(d)` as a grid x dimension, or why not.
+fn blocks_for(kernel: &str, what: &str, n: usize, d: usize) -> GeometryResult<u32> {
+    dim_x(kernel, what, n.div_ceil(d))
+}
+
+/// A grid x dimension: at most [`MAX_GRID_X`].
+fn dim_x(kernel: &str, what: &str, n: usize) -> GeometryResult<u32> {
+    if n > MAX_GRID_X {
+        return Err(format!(
+            "{kernel}: {n} blocks for {what} exceed the grid's x limit of {MAX_GRID_X}"
+        ));
+    }
+    Ok(n as u32)
+}
+
+/// A grid y dimension: at most [`MAX_GRID_Y`]. Positions per pass go on
+/// this axis; the CLI caps them (`--chunk`, [`crate::limits::MAX_CHUNK`])
+/// at this limit.
+fn dim_y(kernel: &str, what: &str, n: usize) -> GeometryResult<u32> {
+    if n > MAX_GRID_Y {
+        return Err(format!(
+            "{kernel}: {n} {what} exceed the grid's y limit of {MAX_GRID_Y} \
+             (lower the positions per pass: --chunk / [pipeline] prefill_chunk)"
+        ));
+    }
+    Ok(n as u32)
+}
+
+/// A block dimension from the constants of kernels/geometry.h (small by
+/// construction: checked by `block_sizes_fit` below).
+fn block(n: usize) -> u32 {
+    n as u32
 }
 
 // The block sizes the kernels are written for (MATVEC_MAX_COLS,
@@ -77,73 +106,98 @@ pub enum MatmulPlan {
 
 /// Decode steps (up to 8 rows, one per sequence) go through the mat-vec
 /// kernel, which streams each weight once; longer prefill chunks go
-/// through the tiled kernel.
-pub fn matmul_plan(n: usize) -> MatmulPlan {
-    assert!(n > 0, "matmul of zero rows");
-    if n <= MATVEC_MAX_COLS {
-        MatmulPlan::Matvec(n)
-    } else {
-        MatmulPlan::Tiled
+/// through the tiled kernel. Zero rows is an error (nothing to launch).
+pub fn matmul_plan(n: usize) -> GeometryResult<MatmulPlan> {
+    match n {
+        0 => Err("matmul of zero rows".into()),
+        n if n <= MATVEC_MAX_COLS => Ok(MatmulPlan::Matvec(n)),
+        _ => Ok(MatmulPlan::Tiled),
     }
 }
 
 /// `matvec_<fmt>_<c>`: block (32, 4), one warp per weight row.
-pub fn matvec(rows: usize) -> Dims {
-    Dims::new(
-        (blocks_for(rows, MATVEC_ROWS_PER_BLOCK), 1, 1),
-        (32, dim(MATVEC_ROWS_PER_BLOCK), 1),
-    )
+pub fn matvec(rows: usize) -> GeometryResult<Dims> {
+    Ok(Dims::new(
+        (
+            blocks_for("matvec", "weight rows", rows, MATVEC_ROWS_PER_BLOCK)?,
+            1,
+            1,
+        ),
+        (32, block(MATVEC_ROWS_PER_BLOCK), 1),
+    ))
 }
 
 /// `matmul_<fmt>`: 256 threads per 64 x 64 tile of (rows, positions).
-pub fn matmul(rows: usize, n: usize) -> Dims {
-    Dims::new(
+pub fn matmul(rows: usize, n: usize) -> GeometryResult<Dims> {
+    Ok(Dims::new(
         (
-            blocks_for(rows, MATMUL_TILE_ROWS),
-            dim_y(n.div_ceil(MATMUL_TILE_POS)),
+            blocks_for("matmul", "weight rows", rows, MATMUL_TILE_ROWS)?,
+            dim_y("matmul", "position tiles", n.div_ceil(MATMUL_TILE_POS))?,
             1,
         ),
-        (dim(MATMUL_THREADS), 1, 1),
-    )
+        (block(MATMUL_THREADS), 1, 1),
+    ))
 }
 
 /// One thread per element, 256 a block (swiglu, add_in_place, rope pairs,
 /// kv_store elements).
-pub fn elementwise(n: usize) -> Dims {
-    Dims::new(
-        (blocks_for(n.max(1), ELEMENTWISE_THREADS), 1, 1),
-        (dim(ELEMENTWISE_THREADS), 1, 1),
-    )
+pub fn elementwise(n: usize) -> GeometryResult<Dims> {
+    Ok(Dims::new(
+        (
+            blocks_for("elementwise", "elements", n.max(1), ELEMENTWISE_THREADS)?,
+            1,
+            1,
+        ),
+        (block(ELEMENTWISE_THREADS), 1, 1),
+    ))
 }
 
 /// `rope`: one thread per rotated pair of every head of every row.
-pub fn rope(n_rows: usize, n_heads: usize, half_rot: usize) -> Dims {
-    elementwise(n_rows * n_heads * half_rot)
+pub fn rope(n_rows: usize, n_heads: usize, half_rot: usize) -> GeometryResult<Dims> {
+    let pairs = n_rows
+        .checked_mul(n_heads)
+        .and_then(|p| p.checked_mul(half_rot))
+        .ok_or_else(|| {
+            format!("rope: {n_rows} rows x {n_heads} heads x {half_rot} pairs overflow")
+        })?;
+    elementwise(pairs)
 }
 
 /// `rmsnorm`, `rmsnorm_gather`, `argmax_rows`: one 256-thread block per row.
-pub fn per_row(rows: usize) -> Dims {
-    Dims::new((dim(rows), 1, 1), (dim(ROW_THREADS), 1, 1))
+pub fn per_row(rows: usize) -> GeometryResult<Dims> {
+    Ok(Dims::new(
+        (dim_x("per-row kernel", "rows", rows)?, 1, 1),
+        (block(ROW_THREADS), 1, 1),
+    ))
 }
 
 /// `embed_<fmt>`: grid (ceil(cols / 1024), n), 128 threads of 8 weights.
-pub fn embed(n: usize, cols: usize) -> Dims {
-    Dims::new(
+pub fn embed(n: usize, cols: usize) -> GeometryResult<Dims> {
+    Ok(Dims::new(
         (
-            blocks_for(cols, EMBED_WEIGHTS_PER_THREAD * EMBED_THREADS),
-            dim_y(n),
+            blocks_for(
+                "embed",
+                "columns",
+                cols,
+                EMBED_WEIGHTS_PER_THREAD * EMBED_THREADS,
+            )?,
+            dim_y("embed", "positions", n)?,
             1,
         ),
-        (dim(EMBED_THREADS), 1, 1),
-    )
+        (block(EMBED_THREADS), 1, 1),
+    ))
 }
 
 /// `attention`: one block of 4 warps per (head, row).
-pub fn attention(n_heads: usize, n_rows: usize) -> Dims {
-    Dims::new(
-        (dim(n_heads), dim_y(n_rows), 1),
-        (dim(32 * ATTENTION_WARPS), 1, 1),
-    )
+pub fn attention(n_heads: usize, n_rows: usize) -> GeometryResult<Dims> {
+    Ok(Dims::new(
+        (
+            dim_x("attention", "heads", n_heads)?,
+            dim_y("attention", "query rows", n_rows)?,
+            1,
+        ),
+        (block(32 * ATTENTION_WARPS), 1, 1),
+    ))
 }
 
 /// The weight formats the kernels are instantiated for, by the suffix of
@@ -160,13 +214,12 @@ pub fn format_suffix(ggml_name: &str) -> Option<&'static str> {
     FORMAT_SUFFIXES.iter().copied().find(|s| *s == lower)
 }
 
-/// `matvec_<fmt>_<cols>`.
-pub fn matvec_name(suffix: &str, cols: usize) -> String {
-    assert!(
-        (1..=MATVEC_MAX_COLS).contains(&cols),
-        "matvec of {cols} rows"
-    );
-    format!("matvec_{suffix}_{cols}")
+/// `matvec_<fmt>_<cols>`, for `cols` in `1..=MATVEC_MAX_COLS` (the kernels
+/// that exist); `None` otherwise.
+pub fn matvec_name(suffix: &str, cols: usize) -> Option<String> {
+    (1..=MATVEC_MAX_COLS)
+        .contains(&cols)
+        .then(|| format!("matvec_{suffix}_{cols}"))
 }
 
 /// `matmul_<fmt>`.
@@ -202,7 +255,7 @@ mod tests {
     #[test]
     fn matvec_covers_every_row_with_one_warp() {
         for rows in [1, 3, 4, 5, 4096, 11008, 32000] {
-            let d = matvec(rows);
+            let d = matvec(rows).unwrap();
             assert_eq!(d.block, (32, 4, 1));
             let covered = d.grid.0 as usize * MATVEC_ROWS_PER_BLOCK;
             assert!(
@@ -215,7 +268,7 @@ mod tests {
     #[test]
     fn matmul_tiles_cover_the_output_exactly_once() {
         for (rows, n) in [(1, 9), (64, 64), (65, 9), (4096, 512), (32000, 17)] {
-            let d = matmul(rows, n);
+            let d = matmul(rows, n).unwrap();
             assert_eq!(d.block_threads() as usize, MATMUL_THREADS);
             // 16 x 16 threads, each 4 x 4 outputs: the 64 x 64 tile.
             assert_eq!(16 * 4, MATMUL_TILE_ROWS);
@@ -231,35 +284,34 @@ mod tests {
 
     #[test]
     fn matmul_plan_switches_after_eight_rows() {
-        assert_eq!(matmul_plan(1), MatmulPlan::Matvec(1));
-        assert_eq!(matmul_plan(8), MatmulPlan::Matvec(8));
-        assert_eq!(matmul_plan(9), MatmulPlan::Tiled);
-        assert_eq!(matmul_plan(512), MatmulPlan::Tiled);
+        assert_eq!(matmul_plan(1), Ok(MatmulPlan::Matvec(1)));
+        assert_eq!(matmul_plan(8), Ok(MatmulPlan::Matvec(8)));
+        assert_eq!(matmul_plan(9), Ok(MatmulPlan::Tiled));
+        assert_eq!(matmul_plan(512), Ok(MatmulPlan::Tiled));
     }
 
     #[test]
-    #[should_panic(expected = "zero rows")]
     fn matmul_plan_rejects_empty() {
-        matmul_plan(0);
+        assert!(matmul_plan(0).unwrap_err().contains("zero rows"));
     }
 
     #[test]
     fn elementwise_and_rope_cover_their_elements() {
         for n in [1, 255, 256, 257, 11008 * 7] {
-            let d = elementwise(n);
+            let d = elementwise(n).unwrap();
             let threads = d.blocks() as usize * d.block_threads() as usize;
             assert!(threads >= n && threads - n < ELEMENTWISE_THREADS);
         }
-        let d = rope(3, 32, 64);
+        let d = rope(3, 32, 64).unwrap();
         assert!(d.blocks() as usize * 256 >= 3 * 32 * 64);
         // An empty launch still has one block (the kernels bound-check).
-        assert_eq!(elementwise(0).grid.0, 1);
+        assert_eq!(elementwise(0).unwrap().grid.0, 1);
     }
 
     #[test]
     fn embed_covers_a_row_in_groups_of_eight() {
         for cols in [8, 256, 1000, 1024, 1025, 4096, 8192] {
-            let d = embed(5, cols);
+            let d = embed(5, cols).unwrap();
             assert_eq!(d.grid.1, 5);
             let weights = d.grid.0 as usize * EMBED_THREADS * 8;
             assert!(weights >= cols && weights - cols < EMBED_THREADS * 8);
@@ -268,22 +320,67 @@ mod tests {
 
     #[test]
     fn attention_is_one_block_per_head_and_row() {
-        let d = attention(32, 7);
+        let d = attention(32, 7).unwrap();
         assert_eq!(d.grid, (32, 7, 1));
         assert_eq!(d.block_threads() as usize, 32 * ATTENTION_WARPS);
         assert_eq!(ATTENTION_MAX_HEAD_DIM, 256);
     }
 
+    /// Past the grid's y limit a launch is an error naming the kernel, the
+    /// count and the limit (and the setting to lower), not a panic.
     #[test]
-    #[should_panic(expected = "grid y dimension")]
-    fn grid_y_limit_is_enforced() {
-        attention(32, MAX_GRID_Y + 1);
+    fn grid_limits_are_errors_that_say_what_to_lower() {
+        let e = attention(32, MAX_GRID_Y + 1).unwrap_err();
+        assert!(
+            e.contains("attention") && e.contains("65536") && e.contains("65535"),
+            "{e}"
+        );
+        assert!(e.contains("--chunk"), "{e}");
+        let e = embed(MAX_GRID_Y + 1, 4096).unwrap_err();
+        assert!(e.contains("embed") && e.contains("65536"), "{e}");
+        assert!(matmul(64, MAX_GRID_Y * MATMUL_TILE_POS + 1).is_err());
+        assert!(per_row(MAX_GRID_X + 1).is_err());
+        assert!(rope(usize::MAX, 2, 2).unwrap_err().contains("overflow"));
+        assert!(attention(32, MAX_GRID_Y).is_ok());
+    }
+
+    /// Why the grid limits are never reached from the CLI or a config:
+    /// positions per pass (`--chunk`, `[pipeline] prefill_chunk`, and the
+    /// batch, which the chunk is raised to) are capped before anything is
+    /// allocated, and at the cap every launch still fits.
+    #[test]
+    fn the_caps_keep_every_launch_inside_the_grid() {
+        use crate::limits::{MAX_BATCH, MAX_CHUNK};
+        let n = MAX_CHUNK.max(MAX_BATCH);
+        assert!(n <= MAX_GRID_Y);
+        assert!(attention(1024, n).is_ok());
+        assert!(embed(n, 1 << 20).is_ok());
+        assert!(matmul(1 << 20, n).is_ok());
+        assert!(matmul_plan(n).is_ok());
+        assert!(per_row(n).is_ok());
+        assert!(rope(n, 128, 128).is_ok());
+        assert!(elementwise(n * (1 << 16)).is_ok());
+    }
+
+    /// The block sizes from kernels/geometry.h fit a block (1024 threads).
+    #[test]
+    fn block_sizes_fit() {
+        for d in [
+            matvec(1).unwrap(),
+            matmul(1, 9).unwrap(),
+            elementwise(1).unwrap(),
+            per_row(1).unwrap(),
+            embed(1, 8).unwrap(),
+            attention(1, 1).unwrap(),
+        ] {
+            assert!((1..=1024).contains(&d.block_threads()), "{d:?}");
+        }
     }
 
     #[test]
     fn per_row_kernels_get_a_block_each() {
-        assert_eq!(per_row(9).grid, (9, 1, 1));
-        assert_eq!(per_row(9).block, (ROW_THREADS as u32, 1, 1));
+        assert_eq!(per_row(9).unwrap().grid, (9, 1, 1));
+        assert_eq!(per_row(9).unwrap().block, (ROW_THREADS as u32, 1, 1));
     }
 
     #[test]
@@ -294,15 +391,15 @@ mod tests {
         assert_eq!(format_suffix("Q5_1"), Some("q5_1"));
         assert_eq!(format_suffix("BF16"), Some("bf16"));
         assert_eq!(format_suffix("Q2_K"), None);
-        assert_eq!(matvec_name("q6_k", 3), "matvec_q6_k_3");
+        assert_eq!(matvec_name("q6_k", 3).as_deref(), Some("matvec_q6_k_3"));
         assert_eq!(matmul_name("f16"), "matmul_f16");
         assert_eq!(embed_name("q3_k"), "embed_q3_k");
     }
 
     #[test]
-    #[should_panic(expected = "matvec of 9 rows")]
-    fn matvec_name_rejects_wide_batches() {
-        matvec_name("q4_k", 9);
+    fn matvec_name_has_no_kernel_for_wide_batches() {
+        assert_eq!(matvec_name("q4_k", 9), None);
+        assert_eq!(matvec_name("q4_k", 0), None);
     }
 
     #[test]

@@ -2,12 +2,15 @@
 //! on an NVIDIA GPU, with the model's weights, the KV cache and the
 //! activations in device memory.
 //!
-//! Layout of the module (`geometry` and `slots` are pure arithmetic,
+//! Layout of the module (`geometry`, `slots` and `kernel_cache` are pure,
 //! compiled and tested with or without the feature; the rest needs it):
 //! - `geometry`: launch geometry and kernel names.
 //! - `device`: context, stream, the kernel module (the fatbin build.rs made
-//!   from `kernels/*.cu`, embedded in the binary) and one checked wrapper per
-//!   kernel launch.
+//!   from `kernels/*.cu`, embedded in the binary, or where the driver cannot
+//!   load it, the carried sources compiled by `nvrtc`) and one checked
+//!   wrapper per kernel launch.
+//! - `kernel_cache`: the kernel sources the binary carries, and the disk
+//!   cache of what NVRTC compiles from them; `nvrtc`: the compiling.
 //! - `slots`: the plannable half of streaming (layer spans, slot sizes, the
 //!   double buffer's rotation, registration math, device memory plan).
 //! - `pinned`: page-locking (and, mapped feed, mapping) the host streaming
@@ -28,6 +31,7 @@
 //! missing driver or device into an error rather than a panic.
 
 pub mod geometry;
+pub mod kernel_cache;
 pub mod slots;
 
 #[cfg(feature = "cuda")]
@@ -36,6 +40,8 @@ pub mod device;
 pub mod double_buffer;
 #[cfg(feature = "cuda")]
 pub mod forward;
+#[cfg(feature = "cuda")]
+pub mod nvrtc;
 #[cfg(feature = "cuda")]
 pub mod pinned;
 #[cfg(feature = "cuda")]
@@ -49,7 +55,9 @@ pub use slots::{DevicePlan, LayerTimes};
 #[cfg(feature = "cuda")]
 pub use cudarc;
 #[cfg(feature = "cuda")]
-pub use device::{AttentionShape, DevWeight, DeviceInfo, Format, Gpu, FATBIN_ARCHS};
+pub use device::{
+    AttentionShape, DevWeight, DeviceInfo, Format, Gpu, FATBIN_ARCHS, FATBIN_PTX_ARCH,
+};
 #[cfg(feature = "cuda")]
 pub use forward::{CudaForward, CudaForwardConfig};
 #[cfg(feature = "cuda")]

@@ -1,5 +1,7 @@
 //! Page-locking the host streaming slots (`cuMemHostRegister`), and mapping
-//! them into the device's address space for the mapped feed.
+//! them into the device's address space for the mapped feed; on an
+//! integrated GPU, the same for the source's resident bytes
+//! (`WeightCache::map_resident`).
 //!
 //! The slots belong to the weight source ([`crate::residency::Residency`]),
 //! which frees them when it is dropped; the registration must be undone
@@ -42,6 +44,13 @@ impl Drop for HostPin {
         if let Err(e) = self.ctx.bind_to_thread() {
             log::warn!("CUDA: cannot unregister the streaming slots: {e}");
             return;
+        }
+        // Kernels still queued may read the memory (mapped resident weights
+        // are not waited for per layer, and a pass an error cut short may
+        // leave launches behind): let them finish before it is unlocked
+        // and freed. A blocking wait (see `set_blocking_sync` in device.rs).
+        if let Err(e) = self.ctx.synchronize() {
+            log::warn!("CUDA: synchronize before unregistering host memory: {e}");
         }
         for r in &self.registered {
             // SAFETY: registered by `pin` below and not yet unregistered;

@@ -74,8 +74,10 @@ fn time_copies(
     let stream = gpu.stream();
     let ctx = gpu.context();
     copy(stream, "warm-up copy")?;
+    // Blocking events: `elapsed_ms` waits for them, and that wait sleeps
+    // rather than spins (see `set_blocking_sync` in device.rs).
     let event = || {
-        ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+        ctx.new_event(Some(CUevent_flags::CU_EVENT_BLOCKING_SYNC))
             .map_err(cuda_err("create event"))
     };
     let (start, end) = (event()?, event()?);

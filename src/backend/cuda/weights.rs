@@ -23,6 +23,18 @@
 //! The embedding table, output norm and output head reach the backend as
 //! bare [`Weight`]s without a file offset; they are resident on the host for
 //! the whole run, so their host address identifies them.
+//!
+//! On an integrated GPU (Jetson: device memory *is* the host's RAM) an
+//! upload would hold every resident byte twice: in the weight source's
+//! host copy for the whole run, and again in device memory. There the
+//! source's resident bytes (layers, embeddings, output head) are
+//! page-locked and mapped once at start ([`WeightCache::map_resident`]) and
+//! the kernels read them in place ([`LayerSource::InPlace`]), as they read
+//! streamed layers from the mapped slots: the weights live once, and the
+//! resident arena is never allocated. (Mapped host memory is not cached in
+//! the GPU's L2 on Orin, which costs nothing here: a token's pass reads
+//! each weight once, far more bytes than the L2 holds.) Where the mapping
+//! is refused, the bytes are uploaded as on a discrete GPU, with a warning.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -32,11 +44,11 @@ use cudarc::driver::{CudaSlice, CudaView};
 
 use super::device::{DevWeight, Format, Gpu};
 use super::double_buffer::DeviceSlots;
-use super::pinned::PinnedSlots;
+use super::pinned::{self, PinnedSlots};
 use super::slots::{
-    device_slot_bytes, host_range, layer_span, LayerTimes, DEVICE_ALIGN, WEIGHT_ALIGN,
+    device_slot_bytes, host_range, layer_span, HostRegion, LayerTimes, DEVICE_ALIGN, WEIGHT_ALIGN,
 };
-use crate::backend::{FileBytes, Weight};
+use crate::backend::{FileBytes, HostSlots, Weight};
 use crate::error::{Error, Result};
 use crate::model::{LayerTensors, TensorRef};
 use crate::quant;
@@ -93,6 +105,9 @@ pub enum LayerSource {
     Copied(usize),
     /// Streamed, read in place from the mapped host slot.
     Mapped,
+    /// Resident, read in place from the source's page-locked, mapped host
+    /// copy (integrated GPU: no device copy).
+    InPlace,
 }
 
 impl LayerSource {
@@ -124,6 +139,12 @@ pub struct WeightCache {
     /// Resident layers, by the file offset of their span.
     layers: HashMap<u64, Kept>,
     arena: Option<Arena>,
+    /// Bytes of the arena to allocate at the first upload, when its
+    /// allocation was deferred (integrated GPU: the resident layers are
+    /// expected to be read in place, and then it is never needed).
+    arena_deferred: usize,
+    /// The source's resident bytes, page-locked and mapped (integrated GPU).
+    in_place: Option<PinnedSlots>,
     /// Bytes of resident layers kept, against `budget`.
     cached_bytes: u64,
     budget: u64,
@@ -147,6 +168,8 @@ impl WeightCache {
             vectors: HashMap::new(),
             layers: HashMap::new(),
             arena: None,
+            arena_deferred: 0,
+            in_place: None,
             cached_bytes: 0,
             budget,
             staging: None,
@@ -197,19 +220,97 @@ impl WeightCache {
     /// Allocate one buffer of `bytes` for the resident layers (the plan's
     /// `resident_layer_bytes`: every planned layer's span fits, each at a
     /// 256-aligned offset, because its aligned read is at least as long).
-    /// Layers past it get allocations of their own.
+    /// Layers past it get allocations of their own. On an integrated GPU
+    /// the allocation waits for the first layer that has to be uploaded:
+    /// resident layers are normally read in place there
+    /// ([`WeightCache::map_resident`]), and the arena would be a second copy
+    /// of them in the same memory.
     pub fn reserve_arena(&mut self, gpu: &Gpu, bytes: usize) -> Result<()> {
         if self.arena.is_none() && bytes > 0 {
+            if gpu.info().integrated {
+                self.arena_deferred = bytes;
+            } else {
+                self.arena = Some(Arena {
+                    buf: gpu.zeros::<u8>(bytes)?,
+                    used: 0,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Device memory the resident weights take on `gpu` for a plan with
+    /// `resident_bytes` of layers and `global_bytes` of embeddings and
+    /// output head: all of it on a discrete GPU, none on an integrated one,
+    /// where they are read in place from the host copy (see the module
+    /// documentation). For the up-front free-memory check.
+    pub fn device_weight_bytes(gpu: &Gpu, resident_bytes: u64, global_bytes: u64) -> u64 {
+        if gpu.info().integrated {
+            0
+        } else {
+            resident_bytes + global_bytes
+        }
+    }
+
+    /// On an integrated GPU, page-lock and map `source`'s resident bytes
+    /// (layers, embeddings, output head: [`HostSlots::resident_regions`])
+    /// so that the kernels read them in place instead of a device copy.
+    /// The registration's guard goes to the source, which drops it before
+    /// it frees the bytes. Where that is refused, one warning and the bytes
+    /// are uploaded as on a discrete GPU. Nothing to do on a discrete GPU
+    /// (reading host memory over PCIe at every token would be slow) or when
+    /// the source has no resident bytes.
+    pub fn map_resident(&mut self, gpu: &Gpu, source: &mut dyn HostSlots) {
+        if !gpu.info().integrated {
+            return;
+        }
+        let regions: Vec<HostRegion> = source
+            .resident_regions()
+            .into_iter()
+            .map(|(addr, len)| HostRegion { addr, len })
+            .collect();
+        if regions.is_empty() {
+            return;
+        }
+        match pinned::pin(gpu, &regions, true) {
+            Ok((guard, mapped)) => {
+                log::info!(
+                    "CUDA: integrated GPU: the resident weights ({:.1} MiB) are page-locked \
+                     and read in place by the kernels, not copied into device memory",
+                    mapped.locked_bytes as f64 / (1u64 << 20) as f64
+                );
+                source.hold_until_slots_freed(Box::new(guard));
+                self.in_place = Some(mapped);
+            }
+            Err(why) => log::warn!(
+                "CUDA: integrated GPU, but the resident weights cannot be page-locked and \
+                 mapped ({why}); they are uploaded, and so held twice in the shared memory"
+            ),
+        }
+    }
+
+    /// Bytes of resident weights the kernels read in place (integrated
+    /// GPU; 0 while none are mapped).
+    pub fn in_place_bytes(&self) -> u64 {
+        self.in_place
+            .as_ref()
+            .filter(|p| p.is_alive())
+            .map_or(0, |p| p.locked_bytes)
+    }
+
+    fn in_place_address(&self, host: &[u8]) -> Option<CUdeviceptr> {
+        self.in_place.as_ref()?.device_address(host)
+    }
+
+    /// Keep a resident layer's span on the device.
+    fn keep(&mut self, gpu: &Gpu, host: &[u8]) -> Result<Kept> {
+        if self.arena.is_none() && self.arena_deferred > 0 {
+            let bytes = std::mem::take(&mut self.arena_deferred);
             self.arena = Some(Arena {
                 buf: gpu.zeros::<u8>(bytes)?,
                 used: 0,
             });
         }
-        Ok(())
-    }
-
-    /// Keep a resident layer's span on the device.
-    fn keep(&mut self, gpu: &Gpu, host: &[u8]) -> Result<Kept> {
         if let Some(a) = &mut self.arena {
             if a.used + host.len() <= a.buf.len() {
                 let at = a.used;
@@ -255,8 +356,19 @@ impl WeightCache {
         })
     }
 
-    /// A global matrix (embedding table, output head), uploaded on first use.
+    /// A global matrix (embedding table, output head): read in place where
+    /// the source's bytes are mapped (integrated GPU), else uploaded on
+    /// first use.
     pub fn global(&mut self, gpu: &Gpu, w: &Weight<'_>) -> Result<DevWeight<'_>> {
+        if let Some(ptr) = self.in_place_address(w.data) {
+            let format = Format::of(w.ggml_type)?;
+            // SAFETY: `w.data` lies in a mapped region of the source's
+            // resident bytes (checked just now, registration alive), which
+            // stay put and registered until the source is dropped; the
+            // source unregisters them only after a context synchronize, so
+            // no launch reading them is left (`pinned::HostPin`).
+            return Ok(unsafe { DevWeight::from_raw(format, w.rows, w.cols, ptr, w.data.len()) });
+        }
         let m = match self.globals.entry(host_key(w)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(Self::upload_matrix(gpu, w)?),
@@ -316,6 +428,8 @@ impl WeightCache {
 
         let source = if self.layers.contains_key(&span.start) {
             LayerSource::Cached
+        } else if bytes.resident && self.in_place_address(host).is_some() {
+            LayerSource::InPlace
         } else if bytes.resident {
             if self.cached_bytes.saturating_add(span_len) <= self.budget {
                 let kept = self.keep(gpu, host)?;
@@ -337,6 +451,7 @@ impl WeightCache {
             LayerSource::Staged => Gpu::address_of(self.staging.as_ref().expect("staged")),
             LayerSource::Copied(slot) => self.slots.as_ref().expect("copied").address(slot),
             LayerSource::Mapped => self.mapped_address(host).expect("checked above"),
+            LayerSource::InPlace => self.in_place_address(host).expect("checked above"),
         };
         // Check every matrix before handing out views, so that an error
         // still closes the slot's turn.
@@ -361,11 +476,13 @@ impl WeightCache {
         let view = |i: usize| -> DevWeight<'_> {
             let m = mats[i];
             // SAFETY: `ptr..ptr + bytes` lies in the device buffer (or
-            // mapped host slot) `base` addresses, which holds the span
-            // covering every matrix; it lives as long as `self` (a mapped
-            // host slot as long as the engine holds the layer, which
-            // outlasts the launches: `finish_layer` waits for them before
-            // the engine releases it).
+            // mapped host slot, or mapped resident host copy) `base`
+            // addresses, which holds the span covering every matrix; it
+            // lives as long as `self` (a mapped host slot as long as the
+            // engine holds the layer, which outlasts the launches:
+            // `finish_layer` waits for them before the engine releases it;
+            // a mapped resident copy until the source is dropped, which
+            // synchronizes before unregistering it).
             unsafe {
                 DevWeight::from_raw(
                     formats[i].expect("checked"),
@@ -432,7 +549,9 @@ impl WeightCache {
     /// slot. Either way the engine may then hand the host slot back.
     pub fn finish_layer(&mut self, gpu: &Gpu, source: LayerSource) -> Result<()> {
         match source {
-            LayerSource::Cached | LayerSource::Staged => {
+            // Resident bytes stay put for the run (an in-place layer's host
+            // copy included), so nothing waits for the kernels here.
+            LayerSource::Cached | LayerSource::Staged | LayerSource::InPlace => {
                 self.times.resident_layers += 1;
                 Ok(())
             }
@@ -442,6 +561,8 @@ impl WeightCache {
             }
             LayerSource::Mapped => {
                 let wait = Instant::now();
+                // A blocking wait (`Gpu::synchronize`): this thread sleeps
+                // for the length of the layer's kernels, it does not spin.
                 let done = gpu.synchronize();
                 self.times.host_wait_ms += wait.elapsed().as_secs_f64() * 1e3;
                 self.times.mapped_layers += 1;
