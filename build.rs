@@ -237,8 +237,9 @@ fn find_nvcc() -> Option<PathBuf> {
 ///   header here asks for; `#pragma once` lines are dropped);
 /// - `#include <stdint.h>` becomes the fixed-width typedefs under NVRTC
 ///   (`__CUDACC_RTC__`), which has no C library headers;
-/// - `#include <cuda_fp16.h>` becomes, under NVRTC, the two conversions the
-///   kernels use (`__ushort_as_half`, `__half2float`: one exact `cvt`), so
+/// - `#include <cuda_fp16.h>` becomes, under NVRTC, the conversions the
+///   kernels use (`__ushort_as_half`, `__half_as_ushort`, `__half2float`:
+///   one exact `cvt`; `__float2half_rn`: one `cvt.rn`, nearest even), so
 ///   the toolkit's headers need not be installed where NVRTC is;
 /// - any other `#include <...>` stays (inside `#else` branches for the host
 ///   build, which NVRTC never takes);
@@ -303,6 +304,14 @@ __device__ __forceinline__ float __half2float(__half h) {
     float f;
     asm(\"{ cvt.f32.f16 %0, %1; }\" : \"=f\"(f) : \"h\"(h.__x));
     return f;
+}
+__device__ __forceinline__ __half __float2half_rn(float f) {
+    __half h;
+    asm(\"{ cvt.rn.f16.f32 %0, %1; }\" : \"=h\"(h.__x) : \"f\"(f));
+    return h;
+}
+__device__ __forceinline__ unsigned short __half_as_ushort(__half h) {
+    return h.__x;
 }
 #else
 #include <cuda_fp16.h>
