@@ -182,7 +182,7 @@ pub fn run(
     let load_start = Instant::now();
     let source = Residency::open(path, model, plan, opts.residency)?;
     let direct_io = source.is_direct();
-    let mut engine = Engine::new(model, source, &opts.engine)?;
+    let mut engine = Engine::new(model, source, &opts.engine.resolved(plan))?;
     let load_seconds = load_start.elapsed().as_secs_f64();
 
     // Every sequence gets its own prompt; the decode steps of all of them

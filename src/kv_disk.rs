@@ -20,7 +20,7 @@
 
 use crate::error::{Error, Result};
 use crate::kv_cache::{KvCache, KvRows, KvType};
-use crate::residency::buffer::{align_down, align_up, AlignedBuf};
+use crate::residency::buffer::{align_down, align_up, AlignedBuf, IO_ALIGN};
 use crate::residency::loader::MAX_REQUEST;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -29,8 +29,23 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Bytes of the newest keys (and as many of values) of each layer and
+/// Where the KV cache lives (`[memory] kv_offload`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvOffload {
+    /// In RAM when it fits the budget beside the minimum weights, else on
+    /// disk.
+    #[default]
+    Auto,
+    /// Always in RAM: a context whose cache does not fit is refused.
+    Off,
+    /// Always on disk (for tests and measurements).
+    On,
+}
+
+/// Most bytes of the newest keys (and as many of values) of each layer and
 /// sequence kept in RAM between writes: a multiple of the O_DIRECT block.
+/// Short contexts get a smaller tail ([`DiskKv::tail_bytes`]).
 pub const KV_TAIL: usize = 64 << 10;
 
 /// A KV cache whose rows live in a file; see the module docs.
@@ -48,7 +63,9 @@ pub struct DiskKv {
     v_base: u64,
     k_buf: AlignedBuf,
     v_buf: AlignedBuf,
-    /// Per `(layer, seq)`: the newest rows past `committed`, `KV_TAIL` each.
+    /// Bytes of each tail.
+    tail: usize,
+    /// Per `(layer, seq)`: the newest rows past `committed`, `tail` each.
     k_tail: Vec<u8>,
     v_tail: Vec<u8>,
     /// Per `(layer, seq)`: bytes of its region written to the file.
@@ -65,6 +82,12 @@ impl DiskKv {
         align_up((n_ctx as u64).saturating_mul((kv_dim * kv_type.bytes()) as u64))
     }
 
+    /// Bytes of each tail for regions of `region` bytes: an eighth of the
+    /// region, in whole O_DIRECT blocks, between one block and [`KV_TAIL`].
+    fn tail_bytes(region: u64) -> usize {
+        (align_down(region / 8) as usize).clamp(IO_ALIGN, KV_TAIL)
+    }
+
     /// RAM the disk cache allocates: the two buffers and the tails.
     pub fn ram_bytes(
         n_layers: usize,
@@ -73,12 +96,11 @@ impl DiskKv {
         kv_dim: usize,
         kv_type: KvType,
     ) -> u64 {
+        let region = Self::region_bytes(n_ctx, kv_dim, kv_type);
         let tails = (n_layers as u64)
             .saturating_mul(n_seq as u64)
-            .saturating_mul(2 * KV_TAIL as u64);
-        Self::region_bytes(n_ctx, kv_dim, kv_type)
-            .saturating_mul(2)
-            .saturating_add(tails)
+            .saturating_mul(2 * Self::tail_bytes(region) as u64);
+        region.saturating_mul(2).saturating_add(tails)
     }
 
     /// Size of the file on disk.
@@ -158,6 +180,7 @@ impl DiskKv {
             Self::ram_bytes(n_layers, n_seq, n_ctx, kv_dim, kv_type)
         );
         let slots = n_layers * n_seq;
+        let tail = Self::tail_bytes(region);
         Ok(DiskKv {
             file,
             path,
@@ -169,8 +192,9 @@ impl DiskKv {
             v_base: region * slots as u64,
             k_buf: AlignedBuf::new(region as usize),
             v_buf: AlignedBuf::new(region as usize),
-            k_tail: vec![0; slots * KV_TAIL],
-            v_tail: vec![0; slots * KV_TAIL],
+            tail,
+            k_tail: vec![0; slots * tail],
+            v_tail: vec![0; slots * tail],
             committed: vec![0; slots],
             current: None,
             bytes_read: 0,
@@ -239,8 +263,8 @@ impl DiskKv {
         self.bytes_read += 2 * from_file as u64;
         if a > c {
             // Rows past the last block written come from the tail.
-            let n = ((a - c) as usize).min(KV_TAIL);
-            let (c, t) = (c as usize, idx * KV_TAIL);
+            let n = ((a - c) as usize).min(self.tail);
+            let (c, t) = (c as usize, idx * self.tail);
             self.k_buf[c..c + n].copy_from_slice(&self.k_tail[t..t + n]);
             self.v_buf[c..c + n].copy_from_slice(&self.v_tail[t..t + n]);
         }
@@ -291,8 +315,8 @@ impl DiskKv {
             (start * self.row_bytes) as u64,
             (end * self.row_bytes) as u64,
         );
-        let t = idx * KV_TAIL;
-        if a >= c && b - c <= KV_TAIL as u64 {
+        let t = idx * self.tail;
+        if a >= c && b - c <= self.tail as u64 {
             let (ta, tb) = ((a - c) as usize, (b - c) as usize);
             let r = a as usize..b as usize;
             self.k_tail[t + ta..t + tb].copy_from_slice(&self.k_buf[r.clone()]);

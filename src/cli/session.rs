@@ -82,19 +82,24 @@ fn plan_named(
     backend: BackendChoice,
     budget: u64,
 ) -> Result<Plan> {
-    let engine_bytes = match backend {
-        BackendChoice::Cpu => engine.cpu_memory_bytes(&model.hparams),
+    // The KV cache may go to disk on the CPU only (`[memory] kv_offload`).
+    let plan = match backend {
+        BackendChoice::Cpu => engine.plan(model, budget),
         #[cfg(feature = "cuda")]
-        BackendChoice::Cuda => flea::backend::cuda::CudaForward::memory_bytes(
-            &model.hparams,
-            flea::backend::cuda::CudaForwardConfig::new(
-                engine.n_ctx,
-                engine.max_chunk,
-                engine.n_seq,
+        BackendChoice::Cuda => Plan::make(
+            model,
+            flea::backend::cuda::CudaForward::memory_bytes(
+                &model.hparams,
+                flea::backend::cuda::CudaForwardConfig::new(
+                    engine.n_ctx,
+                    engine.max_chunk,
+                    engine.n_seq,
+                ),
             ),
+            budget,
         ),
     };
-    Plan::make(model, engine_bytes, budget).map_err(|e| {
+    plan.map_err(|e| {
         Error::new(
             e.kind,
             format!(
@@ -222,6 +227,11 @@ pub fn open_session(args: &CommonArgs) -> Result<Session> {
         n_seq: 1,
         threads,
         kv_type: config.memory.kv_type,
+        kv_offload: config.memory.kv_offload,
+        kv_dir: match config.memory.kv_dir.as_str() {
+            "" => std::env::temp_dir(),
+            d => d.into(),
+        },
     }
     .with_batch(config.pipeline.batch);
     let budget = config.memory.budget.resolve(file.file_len());
@@ -293,7 +303,9 @@ impl Session {
             }
         );
         match self.backend {
-            BackendChoice::Cpu => Engine::new(&self.model, source, &self.engine),
+            BackendChoice::Cpu => {
+                Engine::new(&self.model, source, &self.engine.resolved(&self.plan))
+            }
             #[cfg(feature = "cuda")]
             BackendChoice::Cuda => {
                 let config = self
