@@ -248,6 +248,11 @@ impl<'a, W: WeightSource> Engine<'a, W> {
         self.max_chunk
     }
 
+    /// KV cache bytes read from disk so far (0 with the cache in memory).
+    pub fn kv_bytes_read(&self) -> u64 {
+        self.backend.kv_bytes_read()
+    }
+
     pub fn weights(&self) -> &W {
         &self.weights
     }

@@ -7,6 +7,7 @@ use flea::config::{Budget, ByteSize, Config};
 use flea::engine::{Engine, EngineConfig};
 use flea::gguf::GgufFile;
 use flea::kv_cache::KvType;
+use flea::kv_disk::KvOffload;
 use flea::limits::{self, check_count};
 use flea::model::Model;
 use flea::residency::loader::RetryPolicy;
@@ -49,6 +50,24 @@ pub struct CommonArgs {
     /// f32 [default: f16] [config: memory.kv_type].
     #[arg(long, value_parser = parse_kv_type)]
     pub kv_type: Option<KvType>,
+    /// Where the KV cache lives: auto (on disk only when it does not fit
+    /// the budget), off (RAM) or on (disk; CPU only) [default: auto]
+    /// [config: memory.kv_offload].
+    #[arg(long, value_parser = parse_kv_offload)]
+    pub kv_offload: Option<KvOffload>,
+    /// Directory of the KV file when on disk [default: the system temp
+    /// dir] [config: memory.kv_dir].
+    #[arg(long)]
+    pub kv_dir: Option<String>,
+}
+
+fn parse_kv_offload(s: &str) -> std::result::Result<KvOffload, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "auto" => Ok(KvOffload::Auto),
+        "off" => Ok(KvOffload::Off),
+        "on" => Ok(KvOffload::On),
+        _ => Err(format!("expected auto, off or on, found {s:?}")),
+    }
 }
 
 fn parse_kv_type(s: &str) -> std::result::Result<KvType, String> {
@@ -165,6 +184,12 @@ pub fn open_session(args: &CommonArgs) -> Result<Session> {
     }
     if let Some(t) = args.kv_type {
         config.memory.kv_type = t;
+    }
+    if let Some(o) = args.kv_offload {
+        config.memory.kv_offload = o;
+    }
+    if let Some(d) = &args.kv_dir {
+        config.memory.kv_dir = d.clone();
     }
     if args.verify {
         config.io.verify = true;

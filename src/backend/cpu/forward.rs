@@ -162,11 +162,6 @@ impl CpuForward {
         })
     }
 
-    /// KV bytes read from disk so far (0 with the cache in RAM).
-    pub fn kv_bytes_read(&self) -> u64 {
-        self.kv.bytes_read()
-    }
-
     /// Bytes this backend allocates for the given shape: KV cache (or, on
     /// disk, its buffers and tails),
     /// activations, logits, RoPE table and the kernels' activation scratch.
@@ -359,6 +354,10 @@ impl Backend for CpuForward {
                 .matmul(output, &s.xb[..m * dim], &mut s.logits[..m * vocab], m);
         }
         Ok(&self.s.logits[..m * vocab])
+    }
+
+    fn kv_bytes_read(&self) -> u64 {
+        self.kv.bytes_read()
     }
 }
 
