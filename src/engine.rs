@@ -104,11 +104,13 @@ impl EngineConfig {
             let file = self.kv_file_bytes(&model.hparams);
             match &mut plan {
                 Ok(p) => p.kv_file_bytes = file,
-                Err(e) => e.message = format!(
+                Err(e) => {
+                    e.message = format!(
                     "{} (with the KV cache on disk: its {:.1} MiB file costs only buffers in RAM)",
                     e.message,
                     file as f64 / (1u64 << 20) as f64
-                ),
+                )
+                }
             }
         }
         plan

@@ -366,26 +366,26 @@ impl DiskKv {
 // The buffers are aligned to 4096 bytes and every bit pattern is a valid
 // f16 or f32, so these views are sound.
 fn f32s(b: &[u8]) -> &[f32] {
-    debug_assert!(b.as_ptr() as usize % 4 == 0 && b.len() % 4 == 0);
+    debug_assert!((b.as_ptr() as usize).is_multiple_of(4) && b.len().is_multiple_of(4));
     // SAFETY: aligned (checked above, 4096-aligned buffer), length a
     // multiple of 4, any bits are a valid f32.
     unsafe { std::slice::from_raw_parts(b.as_ptr() as *const f32, b.len() / 4) }
 }
 
 fn f32s_mut(b: &mut [u8]) -> &mut [f32] {
-    debug_assert!(b.as_ptr() as usize % 4 == 0 && b.len() % 4 == 0);
+    debug_assert!((b.as_ptr() as usize).is_multiple_of(4) && b.len().is_multiple_of(4));
     // SAFETY: as in `f32s`, and the borrow is exclusive.
     unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr() as *mut f32, b.len() / 4) }
 }
 
 fn f16s(b: &[u8]) -> &[f16] {
-    debug_assert!(b.as_ptr() as usize % 2 == 0 && b.len() % 2 == 0);
+    debug_assert!((b.as_ptr() as usize).is_multiple_of(2) && b.len().is_multiple_of(2));
     // SAFETY: as in `f32s`, for the 2-byte f16.
     unsafe { std::slice::from_raw_parts(b.as_ptr() as *const f16, b.len() / 2) }
 }
 
 fn f16s_mut(b: &mut [u8]) -> &mut [f16] {
-    debug_assert!(b.as_ptr() as usize % 2 == 0 && b.len() % 2 == 0);
+    debug_assert!((b.as_ptr() as usize).is_multiple_of(2) && b.len().is_multiple_of(2));
     // SAFETY: as in `f16s`, and the borrow is exclusive.
     unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr() as *mut f16, b.len() / 2) }
 }
