@@ -140,6 +140,9 @@ pub struct BenchRun {
     /// Loader read time per token (overlaps compute when prefetching).
     pub io_ms_per_token: f64,
     pub bytes_read_per_token: f64,
+    /// KV cache bytes read from disk per decode step (`[memory]
+    /// kv_offload`; 0 with the cache in RAM).
+    pub kv_bytes_read_per_token: f64,
     pub effective_bytes_per_s: f64,
     /// max(io, compute) / wall: 1.0 means I/O fully hidden behind compute
     /// (or compute behind I/O).
@@ -182,7 +185,7 @@ pub fn run(
     let load_start = Instant::now();
     let source = Residency::open(path, model, plan, opts.residency)?;
     let direct_io = source.is_direct();
-    let mut engine = Engine::new(model, source, &opts.engine)?;
+    let mut engine = Engine::new(model, source, &opts.engine.resolved(plan))?;
     let load_seconds = load_start.elapsed().as_secs_f64();
 
     // Every sequence gets its own prompt; the decode steps of all of them
@@ -209,6 +212,7 @@ pub fn run(
     let prefill_s = start.elapsed().as_secs_f64();
 
     engine.weights_mut().reset_stats();
+    let kv_read_before = engine.kv_bytes_read();
     let mut forward_time = Duration::ZERO;
     let start = Instant::now();
     for i in 0..opts.gen_tokens {
@@ -238,6 +242,7 @@ pub fn run(
         }
     }
     let decode_s = start.elapsed().as_secs_f64();
+    let kv_read = engine.kv_bytes_read() - kv_read_before;
     let stats = engine.weights().stats().clone();
     let n = opts.gen_tokens.max(1) as f64;
     let stall = stats.stall_time.as_secs_f64();
@@ -264,6 +269,7 @@ pub fn run(
         other_ms_per_token: (wall - forward_time.as_secs_f64()) * 1e3 / n,
         io_ms_per_token: io * 1e3 / n,
         bytes_read_per_token: stats.streamed_bytes as f64 / n,
+        kv_bytes_read_per_token: kv_read as f64 / n,
         effective_bytes_per_s: stats.streamed_bytes as f64 / wall.max(1e-9),
         overlap_efficiency: io.max(compute) / wall.max(1e-9),
         peak_rss_bytes: peak_rss_bytes().unwrap_or(0),
@@ -443,6 +449,11 @@ pub struct Report {
     pub disk_bytes_per_s_after: f64,
     pub disk_direct: bool,
     pub disk_bound_ms_per_token: f64,
+    /// KV cache bytes read from disk per decode step (0 in RAM).
+    pub kv_bytes_read_per_token: f64,
+    /// (streamed layer bytes + KV bytes read) per step over the disk
+    /// bandwidth: the disk bound with the KV cache on disk.
+    pub kv_disk_bound_ms_per_token: f64,
     pub memory_bandwidth_bytes_per_s: f64,
     /// Model file bytes x decode tokens/s per sequence: how close decode is
     /// to the memory bound.
@@ -522,6 +533,11 @@ impl Report {
             disk_bytes_per_s_after: m.disk_after.bytes_per_s,
             disk_direct: m.disk_before.direct,
             disk_bound_ms_per_token: disk_bound_s * 1e3,
+            kv_bytes_read_per_token: s.kv_bytes_read_per_token,
+            kv_disk_bound_ms_per_token: (m.streamed_bytes_per_pass as f64
+                + s.kv_bytes_read_per_token)
+                / disk.max(1.0)
+                * 1e3,
             memory_bandwidth_bytes_per_s: m.memory_bandwidth,
             weight_bytes_per_s,
             memory_bound_fraction: weight_bytes_per_s / m.memory_bandwidth.max(1.0),
@@ -600,6 +616,14 @@ impl std::fmt::Display for Report {
                 r.effective_bytes_per_s / 1e9,
                 r.overlap_efficiency
             )?;
+            if r.kv_bytes_read_per_token > 0.0 {
+                writeln!(
+                    f,
+                    "  kv cache read from disk: {:.1} MiB/token (beside {:.1} MiB/token of weights)",
+                    r.kv_bytes_read_per_token / (1 << 20) as f64,
+                    r.bytes_read_per_token / (1 << 20) as f64
+                )?;
+            }
             let budget = if r.budget_bytes == u64::MAX {
                 "unbounded".to_string()
             } else {
@@ -624,6 +648,17 @@ impl std::fmt::Display for Report {
             self.disk_bound_ms_per_token,
             self.streamed_bytes_per_pass as f64 / (1 << 20) as f64
         )?;
+        if self.kv_bytes_read_per_token > 0.0 {
+            writeln!(
+                f,
+                "kv cache on disk: {:.1} MiB read per token beside {:.1} MiB of weights -> disk bound {:.1} ms/token; decode {:.1} ms/token ({:.2}x the bound)",
+                self.kv_bytes_read_per_token / (1 << 20) as f64,
+                self.streamed_bytes_per_pass as f64 / (1 << 20) as f64,
+                self.kv_disk_bound_ms_per_token,
+                s.decode_ms_per_token,
+                s.decode_ms_per_token / self.kv_disk_bound_ms_per_token.max(1e-9)
+            )?;
+        }
         if let (Some(cost), Some(u)) = (self.verify_cost, &self.unverified) {
             writeln!(
                 f,

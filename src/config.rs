@@ -5,6 +5,7 @@
 use crate::backend::Feed;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvType;
+use crate::kv_disk::KvOffload;
 use crate::limits;
 use serde::Deserialize;
 use std::fmt;
@@ -130,6 +131,11 @@ pub struct MemoryConfig {
     pub budget: Budget,
     /// Element type of the KV cache: "f16" (half the bytes) or "f32".
     pub kv_type: KvType,
+    /// Where the KV cache lives: "auto" (on disk only when it does not fit
+    /// the budget), "off" (always RAM) or "on" (always disk).
+    pub kv_offload: KvOffload,
+    /// Directory of the KV file when offloaded; "" = the system temp dir.
+    pub kv_dir: String,
 }
 
 impl Default for MemoryConfig {
@@ -137,6 +143,8 @@ impl Default for MemoryConfig {
         MemoryConfig {
             budget: Budget::Bytes(6 << 30),
             kv_type: KvType::default(),
+            kv_offload: KvOffload::default(),
+            kv_dir: String::new(),
         }
     }
 }

@@ -15,9 +15,11 @@ use crate::backend::{Batch, BatchEntry};
 use crate::backend::cpu::{CpuForward, CpuForwardConfig};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::kv_cache::KvType;
+use crate::kv_cache::{KvCache, KvType};
+use crate::kv_disk::{DiskKv, KvOffload};
 use crate::model::{Hparams, Model};
-use crate::residency::plan::Plan;
+use crate::residency::plan::{LayerRead, Plan};
+use std::path::PathBuf;
 
 /// Engine settings fixed at start.
 #[derive(Debug, Clone)]
@@ -31,6 +33,13 @@ pub struct EngineConfig {
     pub threads: usize,
     /// Element type of the KV cache (`[memory] kv_type`).
     pub kv_type: KvType,
+    /// Where the KV cache lives (`[memory] kv_offload`). The planner
+    /// decides `Auto` ([`EngineConfig::plan`]); an engine is built from
+    /// the decided config ([`EngineConfig::resolved`]): `Auto` builds a
+    /// cache in RAM.
+    pub kv_offload: KvOffload,
+    /// Directory of the KV file when on disk (`[memory] kv_dir`).
+    pub kv_dir: PathBuf,
 }
 
 impl Default for EngineConfig {
@@ -41,6 +50,8 @@ impl Default for EngineConfig {
             n_seq: 1,
             threads: 1,
             kv_type: KvType::default(),
+            kv_offload: KvOffload::default(),
+            kv_dir: std::env::temp_dir(),
         }
     }
 }
@@ -62,14 +73,104 @@ impl EngineConfig {
         CpuForward::memory_bytes(hp, self.cpu())
     }
 
-    /// Plan `model` inside `budget` with the CPU backend's memory.
+    /// Plan `model` inside `budget` with the CPU backend's memory. With
+    /// `kv_offload = Auto` the KV cache goes to disk only when the plan
+    /// with it in RAM does not fit; the plan says which
+    /// ([`Plan::kv_file_bytes`]).
     pub fn plan(&self, model: &Model, budget: u64) -> Result<Plan> {
-        Plan::make(model, self.cpu_memory_bytes(&model.hparams), budget)
+        match self.kv_offload {
+            KvOffload::Off => self.with_offload(KvOffload::Off).plan_here(model, budget),
+            KvOffload::On => self.with_offload(KvOffload::On).plan_here(model, budget),
+            KvOffload::Auto => {
+                let (ram, disk) = (
+                    self.with_offload(KvOffload::Off),
+                    self.with_offload(KvOffload::On),
+                );
+                ram.plan_here(model, budget).or_else(|e| {
+                    if self.offload_pays(model) {
+                        disk.plan_here(model, budget)
+                    } else {
+                        Err(e)
+                    }
+                })
+            }
+        }
     }
 
-    /// The smallest budget that runs `model` on the CPU at this shape.
+    fn plan_here(&self, model: &Model, budget: u64) -> Result<Plan> {
+        let on_disk = self.kv_offload == KvOffload::On;
+        let mut plan = Plan::make(model, self.cpu_memory_bytes(&model.hparams), budget);
+        if on_disk {
+            let file = self.kv_file_bytes(&model.hparams);
+            match &mut plan {
+                Ok(p) => p.kv_file_bytes = file,
+                Err(e) => {
+                    e.message = format!(
+                    "{} (with the KV cache on disk: its {:.1} MiB file costs only buffers in RAM)",
+                    e.message,
+                    file as f64 / (1u64 << 20) as f64
+                )
+                }
+            }
+        }
+        plan
+    }
+
+    /// This config with the KV placement `plan` decided (`On` or `Off`):
+    /// what an engine for that plan is built from.
+    pub fn resolved(&self, plan: &Plan) -> EngineConfig {
+        self.with_offload(if plan.kv_file_bytes > 0 {
+            KvOffload::On
+        } else {
+            KvOffload::Off
+        })
+    }
+
+    fn with_offload(&self, kv_offload: KvOffload) -> EngineConfig {
+        EngineConfig {
+            kv_offload,
+            ..self.clone()
+        }
+    }
+
+    /// Size of the KV file when the cache is on disk.
+    pub fn kv_file_bytes(&self, hp: &Hparams) -> u64 {
+        DiskKv::file_bytes(
+            hp.n_layers,
+            self.n_seq,
+            self.n_ctx,
+            hp.kv_dim(),
+            KvCache::effective_type(self.kv_type, hp.head_dim),
+        )
+    }
+
+    /// The smallest budget that runs `model` on the CPU at this shape: with
+    /// the KV cache in RAM (`Off`), on disk (`On`), or as `Auto` would
+    /// place it at that budget.
     pub fn minimum_budget(&self, model: &Model) -> u64 {
-        Plan::minimum_budget(model, self.cpu_memory_bytes(&model.hparams))
+        let min =
+            |o| Plan::minimum_budget(model, self.with_offload(o).cpu_memory_bytes(&model.hparams));
+        match self.kv_offload {
+            KvOffload::Auto if self.offload_pays(model) => min(KvOffload::On),
+            KvOffload::Auto => min(KvOffload::Off),
+            o => min(o),
+        }
+    }
+
+    /// Whether `Auto` may put the cache on disk: only where that frees at
+    /// least one layer's weights (a short context's cache costs about what
+    /// its buffers do, and reading it back every token would buy nothing).
+    fn offload_pays(&self, model: &Model) -> bool {
+        let hp = &model.hparams;
+        let ram = self.with_offload(KvOffload::Off).cpu_memory_bytes(hp);
+        let disk = self.with_offload(KvOffload::On).cpu_memory_bytes(hp);
+        let layer = model
+            .layers
+            .iter()
+            .map(|l| LayerRead::covering(l.file_span()).len())
+            .max()
+            .unwrap_or(0);
+        ram > disk.saturating_add(layer)
     }
 
     fn cpu(&self) -> CpuForwardConfig {
@@ -79,6 +180,7 @@ impl EngineConfig {
             n_seq: self.n_seq,
             threads: self.threads,
             kv_type: self.kv_type,
+            kv_on_disk: self.kv_offload == KvOffload::On,
         }
     }
 }
@@ -102,7 +204,7 @@ pub struct Engine<'a, W: WeightSource> {
 impl<'a, W: WeightSource> Engine<'a, W> {
     /// An engine on the CPU.
     pub fn new(model: &'a Model, weights: W, config: &EngineConfig) -> Result<Self> {
-        let backend = CpuForward::new(&model.hparams, config.cpu());
+        let backend = CpuForward::with_kv_dir(&model.hparams, config.cpu(), &config.kv_dir)?;
         Self::with_backend(model, weights, backend, config)
     }
 
@@ -144,6 +246,11 @@ impl<'a, W: WeightSource> Engine<'a, W> {
 
     pub fn max_chunk(&self) -> usize {
         self.max_chunk
+    }
+
+    /// KV cache bytes read from disk so far (0 with the cache in memory).
+    pub fn kv_bytes_read(&self) -> u64 {
+        self.backend.kv_bytes_read()
     }
 
     pub fn weights(&self) -> &W {

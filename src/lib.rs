@@ -16,6 +16,7 @@ pub mod fuzz;
 pub mod generate;
 pub mod gguf;
 pub mod kv_cache;
+pub mod kv_disk;
 pub mod limits;
 pub mod model;
 pub mod output_file;

@@ -27,6 +27,8 @@ fn engine_for(config: &Config, model_ctx: usize) -> EngineConfig {
         n_seq: config.pipeline.batch,
         threads: 1,
         kv_type: config.memory.kv_type,
+        kv_offload: config.memory.kv_offload,
+        ..Default::default()
     }
 }
 

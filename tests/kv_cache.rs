@@ -16,6 +16,9 @@ fn config(n_ctx: usize, kv_type: KvType) -> EngineConfig {
         n_seq: 1,
         threads: 2,
         kv_type,
+        // In RAM: these tests are about what fits beside it.
+        kv_offload: flea::kv_disk::KvOffload::Off,
+        ..Default::default()
     }
 }
 

@@ -102,6 +102,8 @@ pub fn demo(
         batch: NonZeroUsize::new(1),
         verify: false,
         kv_type: None,
+        kv_offload: None,
+        kv_dir: None,
     };
     let mut session = open_session(&args)?;
     let file_len = session.file.file_len();

@@ -7,6 +7,7 @@ use flea::bench;
 use flea::config::ByteSize;
 use flea::engine::EngineConfig;
 use flea::kv_cache::{KvCache, KvType};
+use flea::kv_disk::{DiskKv, KvOffload};
 use flea::{Error, Result};
 use std::io::Write;
 
@@ -29,6 +30,54 @@ pub fn plan(args: PlanArgs) -> Result<u8> {
         "minimum budget for this model at context {}: {}",
         session.engine.n_ctx,
         ByteSize(session.engine.minimum_budget(&session.model))
+    )
+    .map_err(io)?;
+    // Where the KV cache lives ([memory] kv_offload) and what each choice
+    // costs in RAM.
+    let hp = &session.model.hparams;
+    let e = &session.engine;
+    let ram_min = EngineConfig {
+        kv_offload: KvOffload::Off,
+        ..e.clone()
+    }
+    .minimum_budget(&session.model);
+    let disk_min = EngineConfig {
+        kv_offload: KvOffload::On,
+        ..e.clone()
+    }
+    .minimum_budget(&session.model);
+    let file = e.kv_file_bytes(hp);
+    let kv_type = KvCache::effective_type(e.kv_type, hp.head_dim);
+    if session.plan.kv_file_bytes > 0 {
+        writeln!(
+            out,
+            "kv cache: on disk in {} ({} file, {} of buffers in RAM); every token reads up to {} of it (at full context)",
+            e.kv_dir.display(),
+            ByteSize(file),
+            ByteSize(DiskKv::ram_bytes(hp.n_layers, e.n_seq, e.n_ctx, hp.kv_dim(), kv_type)),
+            ByteSize(file)
+        )
+        .map_err(io)?;
+    } else {
+        writeln!(
+            out,
+            "kv cache: in RAM ({})",
+            ByteSize(KvCache::bytes_for(
+                hp.n_layers,
+                e.n_seq,
+                e.n_ctx,
+                hp.kv_dim(),
+                kv_type
+            ))
+        )
+        .map_err(io)?;
+    }
+    writeln!(
+        out,
+        "minimum budget with the kv cache in RAM: {}; on disk: {} (kv_offload = {:?})",
+        ByteSize(ram_min),
+        ByteSize(disk_min),
+        e.kv_offload
     )
     .map_err(io)?;
     // Each sequence decoded together costs a KV cache: show what batching

@@ -7,6 +7,7 @@ use flea::config::{Budget, ByteSize, Config};
 use flea::engine::{Engine, EngineConfig};
 use flea::gguf::GgufFile;
 use flea::kv_cache::KvType;
+use flea::kv_disk::KvOffload;
 use flea::limits::{self, check_count};
 use flea::model::Model;
 use flea::residency::loader::RetryPolicy;
@@ -49,6 +50,24 @@ pub struct CommonArgs {
     /// f32 [default: f16] [config: memory.kv_type].
     #[arg(long, value_parser = parse_kv_type)]
     pub kv_type: Option<KvType>,
+    /// Where the KV cache lives: auto (on disk only when it does not fit
+    /// the budget), off (RAM) or on (disk; CPU only) [default: auto]
+    /// [config: memory.kv_offload].
+    #[arg(long, value_parser = parse_kv_offload)]
+    pub kv_offload: Option<KvOffload>,
+    /// Directory of the KV file when on disk [default: the system temp
+    /// dir] [config: memory.kv_dir].
+    #[arg(long)]
+    pub kv_dir: Option<String>,
+}
+
+fn parse_kv_offload(s: &str) -> std::result::Result<KvOffload, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "auto" => Ok(KvOffload::Auto),
+        "off" => Ok(KvOffload::Off),
+        "on" => Ok(KvOffload::On),
+        _ => Err(format!("expected auto, off or on, found {s:?}")),
+    }
 }
 
 fn parse_kv_type(s: &str) -> std::result::Result<KvType, String> {
@@ -82,19 +101,24 @@ fn plan_named(
     backend: BackendChoice,
     budget: u64,
 ) -> Result<Plan> {
-    let engine_bytes = match backend {
-        BackendChoice::Cpu => engine.cpu_memory_bytes(&model.hparams),
+    // The KV cache may go to disk on the CPU only (`[memory] kv_offload`).
+    let plan = match backend {
+        BackendChoice::Cpu => engine.plan(model, budget),
         #[cfg(feature = "cuda")]
-        BackendChoice::Cuda => flea::backend::cuda::CudaForward::memory_bytes(
-            &model.hparams,
-            flea::backend::cuda::CudaForwardConfig::new(
-                engine.n_ctx,
-                engine.max_chunk,
-                engine.n_seq,
+        BackendChoice::Cuda => Plan::make(
+            model,
+            flea::backend::cuda::CudaForward::memory_bytes(
+                &model.hparams,
+                flea::backend::cuda::CudaForwardConfig::new(
+                    engine.n_ctx,
+                    engine.max_chunk,
+                    engine.n_seq,
+                ),
             ),
+            budget,
         ),
     };
-    Plan::make(model, engine_bytes, budget).map_err(|e| {
+    plan.map_err(|e| {
         Error::new(
             e.kind,
             format!(
@@ -161,6 +185,12 @@ pub fn open_session(args: &CommonArgs) -> Result<Session> {
     if let Some(t) = args.kv_type {
         config.memory.kv_type = t;
     }
+    if let Some(o) = args.kv_offload {
+        config.memory.kv_offload = o;
+    }
+    if let Some(d) = &args.kv_dir {
+        config.memory.kv_dir = d.clone();
+    }
     if args.verify {
         config.io.verify = true;
     }
@@ -222,6 +252,11 @@ pub fn open_session(args: &CommonArgs) -> Result<Session> {
         n_seq: 1,
         threads,
         kv_type: config.memory.kv_type,
+        kv_offload: config.memory.kv_offload,
+        kv_dir: match config.memory.kv_dir.as_str() {
+            "" => std::env::temp_dir(),
+            d => d.into(),
+        },
     }
     .with_batch(config.pipeline.batch);
     let budget = config.memory.budget.resolve(file.file_len());
@@ -293,7 +328,9 @@ impl Session {
             }
         );
         match self.backend {
-            BackendChoice::Cpu => Engine::new(&self.model, source, &self.engine),
+            BackendChoice::Cpu => {
+                Engine::new(&self.model, source, &self.engine.resolved(&self.plan))
+            }
             #[cfg(feature = "cuda")]
             BackendChoice::Cuda => {
                 let config = self

@@ -74,6 +74,9 @@ pub struct Plan {
     /// KV cache, activations and logits, as the engine allocates them.
     pub engine_bytes: u64,
     pub resident_layer_bytes: u64,
+    /// Size of the KV file when the cache lives on disk (0: in RAM, inside
+    /// `engine_bytes`). Set by the engine's planning, not by `make`.
+    pub kv_file_bytes: u64,
 }
 
 impl Plan {
@@ -99,6 +102,7 @@ impl Plan {
             global_bytes,
             engine_bytes,
             resident_layer_bytes: all_layers,
+            kv_file_bytes: 0,
         };
         if fixed + all_layers <= budget {
             return Ok(plan);
@@ -240,15 +244,23 @@ impl fmt::Display for Plan {
         writeln!(f, "{}", parts.join("; "))?;
         writeln!(
             f,
-            "budget {}: embeddings+output {}, KV cache+scratch {}, resident layers {}, streaming slots {} x {}; total {}",
+            "budget {}: embeddings+output {}, KV {}+scratch {}, resident layers {}, streaming slots {} x {}; total {}",
             ByteSize(self.budget),
             ByteSize(self.global_bytes),
+            if self.kv_file_bytes > 0 { "buffers" } else { "cache" },
             ByteSize(self.engine_bytes),
             ByteSize(self.resident_layer_bytes),
             if self.is_streaming() { SLOTS } else { 0 },
             ByteSize(self.slot_bytes),
             ByteSize(self.total_bytes())
         )?;
+        if self.kv_file_bytes > 0 {
+            writeln!(
+                f,
+                "KV cache on disk: {} file, read through the buffers counted above",
+                ByteSize(self.kv_file_bytes)
+            )?;
+        }
         let streamed = self.streamed_layers().count();
         write!(
             f,

@@ -6,8 +6,10 @@ use super::CpuBackend;
 use crate::backend::{Backend, Batch, FileBytes, Logits, Weight};
 use crate::error::Result;
 use crate::kv_cache::{KvCache, KvType};
+use crate::kv_disk::{DiskKv, KvStore};
 use crate::model::{Hparams, LayerTensors, RopeStyle};
 use crate::quant;
+use std::path::Path;
 
 /// Activation buffers, sized once for `max_chunk` positions and named by
 /// role as in llama2.c.
@@ -88,12 +90,14 @@ pub struct CpuForwardConfig {
     pub n_seq: usize,
     pub threads: usize,
     pub kv_type: KvType,
+    /// The KV cache in a file through fixed buffers ([`crate::kv_disk`]).
+    pub kv_on_disk: bool,
 }
 
 pub struct CpuForward {
     hp: Hparams,
     kernels: CpuBackend,
-    kv: KvCache,
+    kv: KvStore,
     s: Scratch,
     /// `(cos, sin)` per position and rotated pair: `[n_ctx][rope_dims / 2]`.
     rope_table: Vec<(f32, f32)>,
@@ -103,29 +107,63 @@ pub struct CpuForward {
 }
 
 impl CpuForward {
+    /// A backend with its KV cache in RAM, or on disk in the system temp
+    /// dir when `config.kv_on_disk` (panics if that file cannot be made:
+    /// [`CpuForward::with_kv_dir`] returns the error).
     pub fn new(hp: &Hparams, config: CpuForwardConfig) -> CpuForward {
+        Self::with_kv_dir(hp, config, &std::env::temp_dir())
+            .unwrap_or_else(|e| panic!("KV cache: {e}"))
+    }
+
+    /// As [`CpuForward::new`], the KV file (if any) in `kv_dir`.
+    pub fn with_kv_dir(
+        hp: &Hparams,
+        config: CpuForwardConfig,
+        kv_dir: &Path,
+    ) -> Result<CpuForward> {
         let kernels = CpuBackend::new(config.threads);
         let widest = hp.dim.max(hp.ffn_dim).max(hp.q_dim());
         kernels.reserve(config.max_chunk, widest);
-        CpuForward {
-            hp: hp.clone(),
-            kv: KvCache::new(
-                hp.n_layers,
-                config.n_seq,
-                config.n_ctx,
-                hp.kv_dim(),
-                hp.head_dim,
+        let shape = (
+            hp.n_layers,
+            config.n_seq,
+            config.n_ctx,
+            hp.kv_dim(),
+            hp.head_dim,
+        );
+        let kv = if config.kv_on_disk {
+            KvStore::Disk(DiskKv::create(
+                kv_dir,
+                shape.0,
+                shape.1,
+                shape.2,
+                shape.3,
+                shape.4,
                 config.kv_type,
-            ),
+            )?)
+        } else {
+            KvStore::Ram(KvCache::new(
+                shape.0,
+                shape.1,
+                shape.2,
+                shape.3,
+                shape.4,
+                config.kv_type,
+            ))
+        };
+        Ok(CpuForward {
+            hp: hp.clone(),
+            kv,
             s: Scratch::new(hp, config.n_ctx, config.max_chunk, kernels.threads()),
             rope_table: rope_table(hp, config.n_ctx),
             runs: Vec::with_capacity(config.max_chunk),
             n: 0,
             kernels,
-        }
+        })
     }
 
-    /// Bytes this backend allocates for the given shape: KV cache,
+    /// Bytes this backend allocates for the given shape: KV cache (or, on
+    /// disk, its buffers and tails),
     /// activations, logits, RoPE table and the kernels' activation scratch.
     /// The planner charges this against the budget.
     pub fn memory_bytes(hp: &Hparams, config: CpuForwardConfig) -> u64 {
@@ -140,14 +178,13 @@ impl CpuForward {
         // The kernels quantize a matmul input to at most 1.25 bytes a value.
         let act_quant = config.max_chunk * widest * 5 / 4;
         let kv_type = KvCache::effective_type(config.kv_type, hp.head_dim);
-        KvCache::bytes_for(
-            hp.n_layers,
-            config.n_seq,
-            config.n_ctx,
-            hp.kv_dim(),
-            kv_type,
-        )
-        .saturating_add((f32s * std::mem::size_of::<f32>() + rope + act_quant) as u64)
+        let shape = (hp.n_layers, config.n_seq, config.n_ctx, hp.kv_dim());
+        let kv = if config.kv_on_disk {
+            DiskKv::ram_bytes(shape.0, shape.1, shape.2, shape.3, kv_type)
+        } else {
+            KvCache::bytes_for(shape.0, shape.1, shape.2, shape.3, kv_type)
+        };
+        kv.saturating_add((f32s * std::mem::size_of::<f32>() + rope + act_quant) as u64)
     }
 }
 
@@ -231,6 +268,7 @@ impl Backend for CpuForward {
         for run in &self.runs {
             // RoPE on q and k at each position, then append k, v to the
             // run's sequence in the cache.
+            self.kv.begin(l, run.seq, run.start_pos)?;
             for i in 0..run.len {
                 let (p, pos) = (run.row + i, run.start_pos + i);
                 let cs = &self.rope_table[pos * half_rot..(pos + 1) * half_rot];
@@ -261,6 +299,8 @@ impl Backend for CpuForward {
                 hp.sliding_window,
                 &mut s.scores,
             );
+            self.kv
+                .end(l, run.seq, run.start_pos, run.start_pos + run.len)?;
         }
 
         // Output projection and residual: x += att_out Wo.
@@ -314,6 +354,10 @@ impl Backend for CpuForward {
                 .matmul(output, &s.xb[..m * dim], &mut s.logits[..m * vocab], m);
         }
         Ok(&self.s.logits[..m * vocab])
+    }
+
+    fn kv_bytes_read(&self) -> u64 {
+        self.kv.bytes_read()
     }
 }
 
