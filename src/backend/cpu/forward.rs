@@ -107,15 +107,9 @@ pub struct CpuForward {
 }
 
 impl CpuForward {
-    /// A backend with its KV cache in RAM, or on disk in the system temp
-    /// dir when `config.kv_on_disk` (panics if that file cannot be made:
-    /// [`CpuForward::with_kv_dir`] returns the error).
-    pub fn new(hp: &Hparams, config: CpuForwardConfig) -> CpuForward {
-        Self::with_kv_dir(hp, config, &std::env::temp_dir())
-            .unwrap_or_else(|e| panic!("KV cache: {e}"))
-    }
-
-    /// As [`CpuForward::new`], the KV file (if any) in `kv_dir`.
+    /// A backend with its KV cache in RAM, or, when `config.kv_on_disk`,
+    /// in a file in `kv_dir` (an error names the directory if the file
+    /// cannot be made).
     pub fn with_kv_dir(
         hp: &Hparams,
         config: CpuForwardConfig,
