@@ -509,9 +509,17 @@ mod emulated {
             let out = run(knob, &auto);
             assert!(out.status.success(), "{knob}: {}", text(&out));
             let err = String::from_utf8_lossy(&out.stderr);
-            let lines: Vec<&str> = err.lines().filter(|l| l.contains("backend: CPU")).collect();
+            // One line about it all: the fallback's, with the reason.
+            let lines: Vec<&str> = err
+                .lines()
+                .filter(|l| l.contains("CUDA") || l.contains("NVRTC"))
+                .collect();
             assert_eq!(lines.len(), 1, "{knob}: {}", text(&out));
-            assert!(lines[0].contains(says), "{knob}: {}", lines[0]);
+            assert!(
+                lines[0].contains("backend: CPU") && lines[0].contains(says),
+                "{knob}: {}",
+                lines[0]
+            );
         }
         let _ = std::fs::remove_file(&cuda);
         let _ = std::fs::remove_file(&auto);

@@ -236,7 +236,10 @@ pub fn kernels_for(arch: (i32, i32), fresh: bool) -> Result<Compiled, String> {
             });
         }
     }
-    log::info!(
+    // Debug, not info: where this fails, `auto` falls back to the CPU with
+    // one log line, its own; where it works, the line that says so gives
+    // the compile time.
+    log::debug!(
         "CUDA: compiling the kernels with {what} (once; the result is cached under {})",
         dirs.first()
             .map_or_else(String::new, |d| d.display().to_string())
