@@ -167,18 +167,8 @@ fn each_architecture_is_described_by_its_file() {
 /// architecture, as a user would run them.
 #[test]
 fn the_cli_runs_every_architecture() {
-    use std::process::{Command, Stdio};
     let flea = |args: &[&str], stdin: &str| {
-        use std::io::Write;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flea"))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-        let out = child.wait_with_output().unwrap();
+        let out = common::run_flea(args, stdin.as_bytes());
         assert!(
             out.status.success(),
             "flea {args:?}: {}\n{}",

@@ -36,7 +36,6 @@ use flea::model::Model;
 use flea::tokenizer::Tokenizer;
 use serde_json::Value;
 use std::path::Path;
-use std::process::Command;
 
 /// stories260K, F32 weights: largest and mean |logit diff| allowed against
 /// llama.cpp's teacher-forced logits. With an f32 KV cache flea measured max
@@ -382,15 +381,5 @@ fn smollm2_flea_run_chat_answers_in_english_and_stops_at_end_of_turn() {
 }
 
 fn spawn_flea(args: &[&str], stdin: &str) -> std::process::Output {
-    use std::io::Write;
-    use std::process::Stdio;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flea"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn flea");
-    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-    child.wait_with_output().unwrap()
+    common::run_flea(args, stdin.as_bytes())
 }

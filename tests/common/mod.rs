@@ -240,3 +240,20 @@ pub fn smollm2() -> Option<PathBuf> {
         }
     }
 }
+
+/// Run the `flea` binary of this build with `args`, `stdin` written to it
+/// (the process may exit, on a bad flag say, before reading it), and
+/// collect its exit status and output.
+pub fn run_flea(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flea"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn flea");
+    let _ = child.stdin.take().unwrap().write_all(stdin);
+    child.wait_with_output().unwrap()
+}
