@@ -2,8 +2,8 @@
 //!
 //! # Bit-identical results on every path
 //!
-//! The scalar kernels ([`super::scalar`]) are the twins of the AVX2 and NEON
-//! ones, and the twins agree *exactly*, not within a tolerance:
+//! The scalar kernels ([`super::scalar`]) are the twins of the AVX2, VNNI
+//! and NEON ones, and the twins agree *exactly*, not within a tolerance:
 //!
 //! - Quantized weights meet 8-bit activations in integer arithmetic, which
 //!   is exact in any order. Float arithmetic happens once per block (per 256
@@ -308,6 +308,10 @@ pub(crate) fn select(isa: Isa, ty: GgmlType, np: usize) -> RowKernel {
         Kind::Scalar => scalar::select(ty, np),
         #[cfg(target_arch = "x86_64")]
         Kind::Avx2 => super::avx2::select(ty, np),
+        #[cfg(target_arch = "x86_64")]
+        Kind::AvxVnni => super::vnni::select(ty, np, false),
+        #[cfg(target_arch = "x86_64")]
+        Kind::Avx512Vnni => super::vnni::select(ty, np, true),
         #[cfg(target_arch = "aarch64")]
         Kind::Neon => super::neon::select(ty, np, false),
         #[cfg(target_arch = "aarch64")]
@@ -322,8 +326,9 @@ pub(crate) fn quantize_q8k(isa: Isa, x: &[f32], out: &mut [BlockQ8K]) {
     assert_eq!(x.len(), out.len() * QK_K, "Q8_K row length");
     match isa.0 {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: an Avx2 Isa is only made after detecting the features.
-        Kind::Avx2 => unsafe { super::avx2::quantize_q8k(x, out) },
+        // SAFETY: an Avx2, AvxVnni or Avx512Vnni Isa is only made after
+        // detecting AVX2, FMA and F16C (among others).
+        Kind::Avx2 | Kind::AvxVnni | Kind::Avx512Vnni => unsafe { super::avx2::quantize_q8k(x, out) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON is baseline on aarch64.
         Kind::Neon | Kind::NeonDotprod => unsafe { super::neon::quantize_q8k(x, out) },
@@ -337,7 +342,9 @@ pub(crate) fn quantize_q8_32(isa: Isa, x: &[f32], out: &mut [BlockQ8_32]) {
     match isa.0 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Kind::Avx2 => unsafe { super::avx2::quantize_q8_32(x, out) },
+        Kind::Avx2 | Kind::AvxVnni | Kind::Avx512Vnni => unsafe {
+            super::avx2::quantize_q8_32(x, out)
+        },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: as above.
         Kind::Neon | Kind::NeonDotprod => unsafe { super::neon::quantize_q8_32(x, out) },
@@ -358,8 +365,9 @@ pub(crate) struct FloatOps {
 impl FloatOps {
     pub fn new(isa: Isa) -> FloatOps {
         match isa.0 {
+            // VNNI adds no float instructions: the x86 kinds share AVX2's.
             #[cfg(target_arch = "x86_64")]
-            Kind::Avx2 => FloatOps {
+            Kind::Avx2 | Kind::AvxVnni | Kind::Avx512Vnni => FloatOps {
                 dot: super::avx2::dot_f32,
                 axpy: super::avx2::axpy,
             },

@@ -1,0 +1,772 @@
+//! VNNI kernels (x86_64), twins of [`super::scalar`], in two flavours:
+//!
+//! - AVX-512 VNNI (`wide`): a K-quant super-block is unpacked straight into
+//!   registers, four 64-byte chunks of quants and their scale vectors, and
+//!   each position's block product is four `vpmaddubsw` (unsigned quants
+//!   times signed activations, pairs summed to i16) each followed by one
+//!   `vpdpwssd` (those i16 sums times the sub-block scales, pairs summed and
+//!   added into i32 lanes): two instructions per 64 weights where AVX2
+//!   needs six. 32-weight blocks use the 256-bit EVEX `vpdpbusd` (four byte
+//!   products summed into each i32 lane), which is the lane layout the
+//!   scalar twin already prescribes.
+//! - AVX-VNNI (the VEX form, 256 bits, on CPUs without AVX-512): the same
+//!   arithmetic on ymm, reading the canonical [`Unpacked`] block the AVX2
+//!   unpacking writes.
+//!
+//! Both also cut what AVX2 spends around the dot products: the integer sums
+//! of all positions of a block are reduced together (one transposing
+//! `hadd` tree for eight positions instead of one per position) and the
+//! per-block float step of [`accumulate`] runs on eight positions at once.
+//! That step is the same IEEE operations in the same order per lane
+//! (separate multiply and add, no fusing, as the scalar code), so results
+//! stay bit-identical to the scalar twin; the integer sums are exact in any
+//! order, and `vpdpwssd`/`vpdpbusd` do not saturate (the bounds of
+//! [`super::avx2`] keep `vpmaddubsw` from saturating as before).
+//!
+//! The quantizers and the float-weight kernels are AVX2's: VNNI adds only
+//! integer instructions.
+//!
+//! [`accumulate`]: super::kernels::accumulate
+
+use std::arch::x86_64::*;
+
+use super::avx2::{self, Unpack, Unpack32};
+use super::kernels::{
+    accumulate_min, row_kernel_for, Acts, Factors, Finish, RowKernel, Unpacked, MAX_POSITIONS,
+};
+use crate::quant::iq4_nl::BlockIQ4NL;
+use crate::quant::q3_k::BlockQ3K;
+use crate::quant::q4_0::BlockQ4_0;
+use crate::quant::q4_1::BlockQ4_1;
+use crate::quant::q4_k::BlockQ4K;
+use crate::quant::q5_0::BlockQ5_0;
+use crate::quant::q5_1::BlockQ5_1;
+use crate::quant::q5_k::BlockQ5K;
+use crate::quant::q6_k::BlockQ6K;
+use crate::quant::q8_0::BlockQ8_0;
+use crate::quant::q8_32::BlockQ8_32;
+use crate::quant::q8_k::BlockQ8K;
+use crate::quant::{as_blocks, ByteBlock, GgmlType};
+
+/// The kernel for `ty` and `np` positions: AVX-512 VNNI if `wide`, else
+/// AVX-VNNI. Float weights take the AVX2 kernels.
+pub(crate) fn select(ty: GgmlType, np: usize, wide: bool) -> RowKernel {
+    match (ty, wide) {
+        (GgmlType::Q3K, true) => row_kernel_for!(q3k_row_512, np),
+        (GgmlType::Q3K, false) => row_kernel_for!(q3k_row_avx, np),
+        (GgmlType::Q4K, true) => row_kernel_for!(q4k_row_512, np),
+        (GgmlType::Q4K, false) => row_kernel_for!(q4k_row_avx, np),
+        (GgmlType::Q5K, true) => row_kernel_for!(q5k_row_512, np),
+        (GgmlType::Q5K, false) => row_kernel_for!(q5k_row_avx, np),
+        (GgmlType::Q6K, true) => row_kernel_for!(q6k_row_512, np),
+        (GgmlType::Q6K, false) => row_kernel_for!(q6k_row_avx, np),
+        (GgmlType::Q4_0, true) => row_kernel_for!(q4_0_row_512, np),
+        (GgmlType::Q4_0, false) => row_kernel_for!(q4_0_row_avx, np),
+        (GgmlType::Q4_1, true) => row_kernel_for!(q4_1_row_512, np),
+        (GgmlType::Q4_1, false) => row_kernel_for!(q4_1_row_avx, np),
+        (GgmlType::Q5_0, true) => row_kernel_for!(q5_0_row_512, np),
+        (GgmlType::Q5_0, false) => row_kernel_for!(q5_0_row_avx, np),
+        (GgmlType::Q5_1, true) => row_kernel_for!(q5_1_row_512, np),
+        (GgmlType::Q5_1, false) => row_kernel_for!(q5_1_row_avx, np),
+        (GgmlType::Q8_0, true) => row_kernel_for!(q8_0_row_512, np),
+        (GgmlType::Q8_0, false) => row_kernel_for!(q8_0_row_avx, np),
+        (GgmlType::IQ4NL, true) => row_kernel_for!(iq4_nl_row_512, np),
+        (GgmlType::IQ4NL, false) => row_kernel_for!(iq4_nl_row_avx, np),
+        (GgmlType::F32 | GgmlType::F16 | GgmlType::BF16, _) => avx2::select(ty, np),
+        (other, _) => panic!("matmul: unsupported weight type {other}"),
+    }
+}
+
+/// The 256-bit VNNI instructions in their two encodings: EVEX (AVX-512 VL
+/// + VNNI) and VEX (AVX-VNNI). They compute the same thing; the kernels
+/// are written once over this trait.
+trait Dot256 {
+    /// `acc + sum of four u8 x i8 products` per i32 lane (`vpdpbusd`).
+    unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
+    /// `acc + sum of two i16 x i16 products` per i32 lane (`vpdpwssd`).
+    unsafe fn dpwssd(acc: __m256i, a: __m256i, b: __m256i) -> __m256i;
+}
+
+/// AVX-512 VL + VNNI encodings.
+struct Evex;
+/// AVX-VNNI encodings.
+struct Vex;
+
+impl Dot256 for Evex {
+    #[inline(always)]
+    unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(acc, u, s)
+    }
+    #[inline(always)]
+    unsafe fn dpwssd(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        _mm256_dpwssd_epi32(acc, a, b)
+    }
+}
+
+impl Dot256 for Vex {
+    #[inline(always)]
+    unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_avx_epi32(acc, u, s)
+    }
+    #[inline(always)]
+    unsafe fn dpwssd(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        _mm256_dpwssd_avx_epi32(acc, a, b)
+    }
+}
+
+#[inline(always)]
+unsafe fn load256<T>(p: *const T) -> __m256i {
+    _mm256_loadu_si256(p.cast())
+}
+
+#[inline(always)]
+unsafe fn load512<T>(p: *const T) -> __m512i {
+    _mm512_loadu_si512(p.cast())
+}
+
+/// Lane `p` of the result is the sum of the eight lanes of `v[p]` (exact:
+/// integer sums wrap identically in any order, and these never wrap).
+#[inline(always)]
+unsafe fn hsum8x8(v: [__m256i; 8]) -> __m256i {
+    // Each hadd level halves the lanes per vector; after two, 128-bit half
+    // h of `a` holds the sums of half h of v[0..4], of `b` of v[4..8].
+    let a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    let b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(a, b),
+        _mm256_permute2x128_si256::<0x31>(a, b),
+    )
+}
+
+/// [`super::kernels::accumulate`] on eight positions at once: lane `p` of
+/// the result is `accumulate(fin, acc[p], f, dy[p], main[p], corr[p])`,
+/// with the same roundings in the same order.
+#[inline(always)]
+unsafe fn accumulate8(
+    fin: Finish,
+    acc: __m256,
+    f: Factors,
+    dy: __m256,
+    main: __m256i,
+    corr: __m256i,
+) -> __m256 {
+    match fin {
+        // acc + (d * dy) * (main - corr) as f32
+        Finish::Offset => _mm256_add_ps(
+            acc,
+            _mm256_mul_ps(
+                _mm256_mul_ps(_mm256_set1_ps(f.d), dy),
+                _mm256_cvtepi32_ps(_mm256_sub_epi32(main, corr)),
+            ),
+        ),
+        // (acc + (d * dy) * main as f32) - (dmin * dy) * corr as f32
+        Finish::Min => _mm256_sub_ps(
+            _mm256_add_ps(
+                acc,
+                _mm256_mul_ps(
+                    _mm256_mul_ps(_mm256_set1_ps(f.d), dy),
+                    _mm256_cvtepi32_ps(main),
+                ),
+            ),
+            _mm256_mul_ps(
+                _mm256_mul_ps(_mm256_set1_ps(f.dmin), dy),
+                _mm256_cvtepi32_ps(corr),
+            ),
+        ),
+    }
+}
+
+/// The per-position Q8_K rows of positions `p0..p0 + N`.
+#[inline(always)]
+fn q8k_rows<const N: usize>(acts: Acts<'_>, p0: usize, blocks: usize) -> [&[BlockQ8K]; N] {
+    let Acts::Q8K {
+        blocks: ys,
+        per_pos,
+    } = acts
+    else {
+        unreachable!("K-quant kernel given non-Q8_K activations")
+    };
+    // Makes the callers' unchecked block reads sound.
+    assert_eq!(per_pos, blocks, "K-quant row length");
+    std::array::from_fn(|i| &ys[(p0 + i) * per_pos..(p0 + i + 1) * per_pos])
+}
+
+/// The eight positions' lanes of `acc`, first `N` into `out`.
+#[inline(always)]
+unsafe fn store_positions<const N: usize>(acc: __m256, out: &mut [f32; MAX_POSITIONS]) {
+    let mut all = [0.0f32; 8];
+    _mm256_storeu_ps(all.as_mut_ptr(), acc);
+    out[..N].copy_from_slice(&all[..N]);
+}
+
+// ---------------------------------------------------------------------------
+// K-quants, AVX-512.
+
+/// A K-quant super-block in registers: chunk `c` holds weights
+/// `64c..64c + 64`. `q[c]` are the unsigned quants (the bias of
+/// [`Unpacked::q`] included), `sc[c]` the 32 i16 multipliers of
+/// `vpmaddubsw`'s pair sums (lanes `8k..8k + 8` the scale of sub-block
+/// `4c + k`), `corr` as [`Unpacked::corr`].
+struct Regs {
+    q: [__m512i; 4],
+    sc: [__m512i; 4],
+    corr: __m256i,
+}
+
+/// `vpermw` indices of [`chunk_scales`]: lane `k` of chunk `c` takes
+/// sub-block scale `4c + k / 8`.
+static CHUNK_SCALE: [[i16; 32]; 4] = {
+    let mut t = [[0i16; 32]; 4];
+    let mut c = 0;
+    while c < 4 {
+        let mut k = 0;
+        while k < 32 {
+            t[c][k] = (4 * c + k / 8) as i16;
+            k += 1;
+        }
+        c += 1;
+    }
+    t
+};
+
+/// Spread sixteen i16 sub-block scales over the four chunk vectors.
+#[inline(always)]
+unsafe fn chunk_scales(sc16: __m256i) -> [__m512i; 4] {
+    let src = _mm512_zextsi256_si512(sc16);
+    std::array::from_fn(|c| _mm512_permutexvar_epi16(load512(CHUNK_SCALE[c].as_ptr()), src))
+}
+
+/// Eight bytes, each repeated twice, widened to sixteen i16 lanes.
+#[inline(always)]
+unsafe fn pairs_u8_to_i16(bytes: &[u8]) -> __m256i {
+    let v = _mm_loadl_epi64(bytes.as_ptr().cast());
+    _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(v, v))
+}
+
+/// A 64-byte vector of `lo` in the low 32 bytes and `hi` in the high ones.
+#[inline(always)]
+unsafe fn halves8(lo: u8, hi: u8) -> __m512i {
+    _mm512_inserti64x4::<1>(
+        _mm512_castsi256_si512(_mm256_set1_epi8(lo as i8)),
+        _mm256_set1_epi8(hi as i8),
+    )
+}
+
+/// A vector of i16 lanes, `lo` in the low 256 bits and `hi` in the high.
+#[inline(always)]
+unsafe fn halves16(lo: i16, hi: i16) -> __m512i {
+    _mm512_inserti64x4::<1>(
+        _mm512_castsi256_si512(_mm256_set1_epi16(lo)),
+        _mm256_set1_epi16(hi),
+    )
+}
+
+/// The 32 bytes at `p` in both halves of a vector.
+#[inline(always)]
+unsafe fn both_halves(p: *const u8) -> __m512i {
+    _mm512_broadcast_i64x4(load256(p))
+}
+
+/// Upper 16 of 32 i16 lanes: the high 256 bits.
+const HIGH_HALF: __mmask32 = 0xFFFF_0000;
+
+trait Unpack512: ByteBlock {
+    const FINISH: Finish;
+    unsafe fn unpack512(&self) -> (Regs, Factors);
+}
+
+impl Unpack512 for BlockQ4K {
+    const FINISH: Finish = Finish::Min;
+    #[inline(always)]
+    unsafe fn unpack512(&self) -> (Regs, Factors) {
+        let m4 = _mm512_set1_epi8(0x0F);
+        // Chunk c: the low nibbles of qs[32c..32c + 32], then the high ones.
+        let q = std::array::from_fn(|c| {
+            let v = both_halves(self.qs.as_ptr().add(32 * c));
+            _mm512_and_si512(_mm512_mask_srli_epi16::<4>(v, HIGH_HALF, v), m4)
+        });
+        let sm = super::kernels::q4k_scales_mins(&self.scales);
+        let regs = Regs {
+            q,
+            sc: chunk_scales(pairs_u8_to_i16(&sm[..8])),
+            corr: pairs_u8_to_i16(&sm[8..]),
+        };
+        (
+            regs,
+            Factors {
+                d: avx2::f16(self.d),
+                dmin: avx2::f16(self.dmin),
+            },
+        )
+    }
+}
+
+impl Unpack512 for BlockQ5K {
+    const FINISH: Finish = Finish::Min;
+    #[inline(always)]
+    unsafe fn unpack512(&self) -> (Regs, Factors) {
+        let m4 = _mm512_set1_epi8(0x0F);
+        let qh = both_halves(self.qh.as_ptr());
+        // As Q4_K, plus 16 where bit 2c (low half) or 2c + 1 (high half)
+        // of the byte of qh is set.
+        let q = std::array::from_fn(|c| {
+            let v = both_halves(self.qs.as_ptr().add(32 * c));
+            let v = _mm512_and_si512(_mm512_mask_srli_epi16::<4>(v, HIGH_HALF, v), m4);
+            let bit = _mm512_test_epi8_mask(qh, halves8(1 << (2 * c), 1 << (2 * c + 1)));
+            _mm512_mask_add_epi8(v, bit, v, _mm512_set1_epi8(16))
+        });
+        let sm = super::kernels::q4k_scales_mins(&self.scales);
+        let regs = Regs {
+            q,
+            sc: chunk_scales(pairs_u8_to_i16(&sm[..8])),
+            corr: pairs_u8_to_i16(&sm[8..]),
+        };
+        (
+            regs,
+            Factors {
+                d: avx2::f16(self.d),
+                dmin: avx2::f16(self.dmin),
+            },
+        )
+    }
+}
+
+impl Unpack512 for BlockQ6K {
+    const FINISH: Finish = Finish::Offset;
+    #[inline(always)]
+    unsafe fn unpack512(&self) -> (Regs, Factors) {
+        let m4 = _mm512_set1_epi8(0x0F);
+        let m2 = _mm512_set1_epi8(0x30);
+        let mut q = [_mm512_setzero_si512(); 4];
+        for h in 0..2 {
+            // Chunk 2h: the low nibbles of ql[64h..64h + 64] with bits 0-1
+            // (low half) or 2-3 (high half) of qh[32h..32h + 32] on top;
+            // chunk 2h + 1: the high nibbles with bits 4-5 or 6-7. 16-bit
+            // shifts move bits across bytes, but the mask keeps only bits
+            // that stayed within their byte.
+            let ql = load512(self.ql.as_ptr().add(64 * h));
+            let qh = both_halves(self.qh.as_ptr().add(32 * h));
+            let top0 = _mm512_and_si512(_mm512_sllv_epi16(qh, halves16(4, 2)), m2);
+            let top1 = _mm512_and_si512(_mm512_srlv_epi16(qh, halves16(0, 2)), m2);
+            q[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, m4), top0);
+            q[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4), top1);
+        }
+        let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(self.scales.as_ptr().cast()));
+        let regs = Regs {
+            q,
+            sc: chunk_scales(sc),
+            corr: _mm256_slli_epi16::<5>(sc),
+        };
+        (
+            regs,
+            Factors {
+                d: avx2::f16(self.d),
+                dmin: 0.0,
+            },
+        )
+    }
+}
+
+impl Unpack512 for BlockQ3K {
+    const FINISH: Finish = Finish::Offset;
+    #[inline(always)]
+    unsafe fn unpack512(&self) -> (Regs, Factors) {
+        let m3 = _mm512_set1_epi8(0x03);
+        let hm = both_halves(self.hmask.as_ptr());
+        let mut q = [_mm512_setzero_si512(); 4];
+        for h in 0..2 {
+            let qs = both_halves(self.qs.as_ptr().add(32 * h));
+            for kk in 0..2 {
+                // Chunk 2h + kk holds groups k = 2kk (low half) and 2kk + 1:
+                // bits 2k..2k + 2 of qs[32h..], plus 4 where bit 4h + k of
+                // hmask is set.
+                let k = 2 * kk;
+                let shift = halves16(2 * k as i16, 2 * k as i16 + 2);
+                let low = _mm512_and_si512(_mm512_srlv_epi16(qs, shift), m3);
+                let bits = halves8(1 << (4 * h + k), 1 << (4 * h + k + 1));
+                let high = _mm512_test_epi8_mask(hm, bits);
+                q[2 * h + kk] = _mm512_mask_add_epi8(low, high, low, _mm512_set1_epi8(4));
+            }
+        }
+        let biased = super::kernels::q3k_scales(&self.scales);
+        let sc = _mm256_sub_epi16(
+            _mm256_cvtepu8_epi16(_mm_loadu_si128(biased.as_ptr().cast())),
+            _mm256_set1_epi16(32),
+        );
+        let regs = Regs {
+            q,
+            sc: chunk_scales(sc),
+            corr: _mm256_slli_epi16::<2>(sc),
+        };
+        (
+            regs,
+            Factors {
+                d: avx2::f16(self.d),
+                dmin: 0.0,
+            },
+        )
+    }
+}
+
+/// One K-quant row against `N` positions, AVX-512: each super-block is
+/// unpacked once into registers and multiplied with every position's block.
+#[inline(always)]
+unsafe fn kquant_row_512<B: Unpack512, const N: usize>(
+    row: &[u8],
+    acts: Acts<'_>,
+    p0: usize,
+    out: &mut [f32; MAX_POSITIONS],
+) {
+    let blocks: &[B] = as_blocks(row);
+    let ys = q8k_rows::<N>(acts, p0, blocks.len());
+    let mut acc = _mm256_setzero_ps();
+    for (i, b) in blocks.iter().enumerate() {
+        let (r, f) = b.unpack512();
+        let mut main = [_mm256_setzero_si256(); 8];
+        let mut corr = [_mm256_setzero_si256(); 8];
+        let mut dy = [0.0f32; 8];
+        for p in 0..N {
+            let y = ys[p].get_unchecked(i);
+            let mut a = _mm512_setzero_si512();
+            for c in 0..4 {
+                let x = load512(y.qs.as_ptr().add(64 * c));
+                a = _mm512_dpwssd_epi32(a, _mm512_maddubs_epi16(r.q[c], x), r.sc[c]);
+            }
+            main[p] = _mm256_add_epi32(
+                _mm512_castsi512_si256(a),
+                _mm512_extracti64x4_epi64::<1>(a),
+            );
+            corr[p] = _mm256_madd_epi16(r.corr, load256(y.bsums.as_ptr()));
+            dy[p] = y.d;
+        }
+        acc = accumulate8(
+            B::FINISH,
+            acc,
+            f,
+            _mm256_loadu_ps(dy.as_ptr()),
+            hsum8x8(main),
+            hsum8x8(corr),
+        );
+    }
+    store_positions::<N>(acc, out);
+}
+
+macro_rules! kquant_rows_512 {
+    ($($name:ident: $block:ty;)*) => {$(
+        /// # Safety
+        /// See [`RowKernel`]; needs AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        unsafe fn $name<const N: usize>(row: &[u8], acts: Acts<'_>, p0: usize, out: &mut [f32; MAX_POSITIONS]) {
+            kquant_row_512::<$block, N>(row, acts, p0, out)
+        }
+    )*};
+}
+
+kquant_rows_512! {
+    q3k_row_512: BlockQ3K;
+    q4k_row_512: BlockQ4K;
+    q5k_row_512: BlockQ5K;
+    q6k_row_512: BlockQ6K;
+}
+
+// ---------------------------------------------------------------------------
+// K-quants, 256-bit.
+
+/// One K-quant row against `N` positions on ymm: the AVX2 unpacking into
+/// [`Unpacked`], then per group of 32 weights one `vpmaddubsw` and one
+/// `vpdpwssd` with the group's scale vector.
+#[inline(always)]
+unsafe fn kquant_row_256<D: Dot256, B: Unpack, const N: usize>(
+    row: &[u8],
+    acts: Acts<'_>,
+    p0: usize,
+    out: &mut [f32; MAX_POSITIONS],
+) {
+    let blocks: &[B] = as_blocks(row);
+    let ys = q8k_rows::<N>(acts, p0, blocks.len());
+    let mut u = Unpacked::ZERO;
+    let mut acc = _mm256_setzero_ps();
+    for (i, b) in blocks.iter().enumerate() {
+        let f = b.unpack(&mut u);
+        let mut main = [_mm256_setzero_si256(); 8];
+        let mut corr = [_mm256_setzero_si256(); 8];
+        let mut dy = [0.0f32; 8];
+        for p in 0..N {
+            let y = ys[p].get_unchecked(i);
+            let mut a = _mm256_setzero_si256();
+            for g in 0..8 {
+                let q = load256(u.q.as_ptr().add(32 * g));
+                let x = load256(y.qs.as_ptr().add(32 * g));
+                a = D::dpwssd(
+                    a,
+                    _mm256_maddubs_epi16(q, x),
+                    load256(u.scales[g].as_ptr()),
+                );
+            }
+            main[p] = a;
+            corr[p] = _mm256_madd_epi16(load256(u.corr.as_ptr()), load256(y.bsums.as_ptr()));
+            dy[p] = y.d;
+        }
+        acc = accumulate8(
+            B::FINISH,
+            acc,
+            f,
+            _mm256_loadu_ps(dy.as_ptr()),
+            hsum8x8(main),
+            hsum8x8(corr),
+        );
+    }
+    store_positions::<N>(acc, out);
+}
+
+macro_rules! kquant_rows_avx {
+    ($($name:ident: $block:ty;)*) => {$(
+        /// # Safety
+        /// See [`RowKernel`]; needs AVX2, FMA, F16C and AVX-VNNI.
+        #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+        unsafe fn $name<const N: usize>(row: &[u8], acts: Acts<'_>, p0: usize, out: &mut [f32; MAX_POSITIONS]) {
+            kquant_row_256::<Vex, $block, N>(row, acts, p0, out)
+        }
+    )*};
+}
+
+kquant_rows_avx! {
+    q3k_row_avx: BlockQ3K;
+    q4k_row_avx: BlockQ4K;
+    q5k_row_avx: BlockQ5K;
+    q6k_row_avx: BlockQ6K;
+}
+
+// ---------------------------------------------------------------------------
+// 32-weight blocks, 256-bit (both flavours).
+
+/// See the scalar twin: eight lanes of four-product sums per 32-block,
+/// which is exactly what one `vpdpbusd` makes, plus the minimum term.
+/// `vpdpbusd` needs an unsigned operand, so the weight sign moves onto the
+/// activations (`|w| * sign(w) y`), as in the AVX2 kernel.
+#[inline(always)]
+unsafe fn block32_row<D: Dot256, B: Unpack32, const N: usize>(
+    row: &[u8],
+    acts: Acts<'_>,
+    p0: usize,
+    out: &mut [f32; MAX_POSITIONS],
+) {
+    let blocks: &[B] = as_blocks(row);
+    let Acts::Q8_32 {
+        blocks: ys,
+        per_pos,
+    } = acts
+    else {
+        unreachable!("32-block kernel given non-Q8_32 activations")
+    };
+    // Makes the unchecked block reads below sound.
+    assert_eq!(per_pos, blocks.len(), "32-block row length");
+    let ys: [&[BlockQ8_32]; N] =
+        std::array::from_fn(|i| &ys[(p0 + i) * per_pos..(p0 + i + 1) * per_pos]);
+    let zero = _mm256_setzero_si256();
+    let ones8 = _mm256_set1_epi8(1);
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut mins = [0.0f32; N];
+    for (i, b) in blocks.iter().enumerate() {
+        let (w, d, m) = b.unpack();
+        let aw = _mm256_sign_epi8(w, w);
+        for ((a, min), y) in acc.iter_mut().zip(&mut mins).zip(&ys) {
+            let y = y.get_unchecked(i);
+            let yq = load256(y.qs.as_ptr());
+            let sum = D::dpbusd(zero, aw, _mm256_sign_epi8(yq, w));
+            *a = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(sum), *a);
+            if B::MIN {
+                let (ysum, _) = avx2::hsum_i32_pair(D::dpbusd(zero, ones8, yq), zero);
+                *min = accumulate_min(*min, m, y.d, ysum);
+            }
+        }
+    }
+    for ((o, a), min) in out.iter_mut().zip(acc).zip(mins) {
+        *o = if B::MIN {
+            avx2::reduce8(a) + min
+        } else {
+            avx2::reduce8(a)
+        };
+    }
+}
+
+macro_rules! block32_rows {
+    ($($name_512:ident, $name_avx:ident: $block:ty;)*) => {$(
+        /// # Safety
+        /// See [`RowKernel`]; needs AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        unsafe fn $name_512<const N: usize>(row: &[u8], acts: Acts<'_>, p0: usize, out: &mut [f32; MAX_POSITIONS]) {
+            block32_row::<Evex, $block, N>(row, acts, p0, out)
+        }
+
+        /// # Safety
+        /// See [`RowKernel`]; needs AVX2, FMA, F16C and AVX-VNNI.
+        #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+        unsafe fn $name_avx<const N: usize>(row: &[u8], acts: Acts<'_>, p0: usize, out: &mut [f32; MAX_POSITIONS]) {
+            block32_row::<Vex, $block, N>(row, acts, p0, out)
+        }
+    )*};
+}
+
+block32_rows! {
+    q4_0_row_512, q4_0_row_avx: BlockQ4_0;
+    q4_1_row_512, q4_1_row_avx: BlockQ4_1;
+    q5_0_row_512, q5_0_row_avx: BlockQ5_0;
+    q5_1_row_512, q5_1_row_avx: BlockQ5_1;
+    q8_0_row_512, q8_0_row_avx: BlockQ8_0;
+    iq4_nl_row_512, iq4_nl_row_avx: BlockIQ4NL;
+}
+
+/// The AVX-VNNI kernels are the 256-bit code over [`Vex`]; a CPU with
+/// AVX-512 VNNI but not AVX-VNNI (Ice Lake, Sapphire Rapids before the VEX
+/// form, Zen 4) cannot run them, so these tests run the same code over
+/// [`Evex`], which differs only in the instruction encoding.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::isa::{Isa, Kind};
+    use crate::backend::cpu::kernels::{self, ActFormat};
+    use crate::quant::q8_32;
+    use crate::quant::q8_k;
+
+    macro_rules! evex_256 {
+        ($($name:ident: $block:ty;)*) => {$(
+            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+            unsafe fn $name<const N: usize>(row: &[u8], acts: Acts<'_>, p0: usize, out: &mut [f32; MAX_POSITIONS]) {
+                kquant_row_256::<Evex, $block, N>(row, acts, p0, out)
+            }
+        )*};
+    }
+
+    evex_256! {
+        q3k_evex: BlockQ3K;
+        q4k_evex: BlockQ4K;
+        q5k_evex: BlockQ5K;
+        q6k_evex: BlockQ6K;
+    }
+
+    fn evex_kquant(ty: GgmlType, np: usize) -> RowKernel {
+        match ty {
+            GgmlType::Q3K => row_kernel_for!(q3k_evex, np),
+            GgmlType::Q4K => row_kernel_for!(q4k_evex, np),
+            GgmlType::Q5K => row_kernel_for!(q5k_evex, np),
+            GgmlType::Q6K => row_kernel_for!(q6k_evex, np),
+            _ => unreachable!(),
+        }
+    }
+
+    fn evex_block32(ty: GgmlType, np: usize) -> RowKernel {
+        match ty {
+            GgmlType::Q4_0 => row_kernel_for!(q4_0_row_512, np),
+            GgmlType::Q4_1 => row_kernel_for!(q4_1_row_512, np),
+            GgmlType::Q5_0 => row_kernel_for!(q5_0_row_512, np),
+            GgmlType::Q5_1 => row_kernel_for!(q5_1_row_512, np),
+            GgmlType::Q8_0 => row_kernel_for!(q8_0_row_512, np),
+            GgmlType::IQ4NL => row_kernel_for!(iq4_nl_row_512, np),
+            _ => unreachable!(),
+        }
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn float(&mut self) -> f32 {
+            (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        }
+    }
+
+    /// Random blocks of `ty` with every f16 scale field set to a small
+    /// finite value (fields at `scales` within each `block` bytes).
+    fn random_row(ty: GgmlType, cols: usize, rng: &mut Rng) -> Vec<u8> {
+        let (_, block) = ty.block_layout().unwrap();
+        let fields: &[usize] = match ty {
+            GgmlType::Q3K => &[108],
+            GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q4_1 | GgmlType::Q5_1 => &[0, 2],
+            GgmlType::Q6K => &[208],
+            _ => &[0],
+        };
+        let mut row: Vec<u8> = (0..ty.row_bytes(cols).unwrap())
+            .map(|_| rng.next() as u8)
+            .collect();
+        for b in row.chunks_exact_mut(block) {
+            for &f in fields {
+                b[f..f + 2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+            }
+        }
+        row
+    }
+
+    /// The 256-bit AVX-VNNI code (over EVEX) and the AVX-512 kernels against
+    /// the scalar twin, bit for bit, for every position count.
+    #[test]
+    fn vnni_256_code_matches_the_scalar_twin() {
+        if !Isa::available().contains(&Isa(Kind::Avx512Vnni)) {
+            eprintln!("no AVX-512 VNNI here: skipped");
+            return;
+        }
+        let mut rng = Rng(0x5eed_7a11);
+        let types = [
+            GgmlType::Q3K,
+            GgmlType::Q4K,
+            GgmlType::Q5K,
+            GgmlType::Q6K,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+            GgmlType::IQ4NL,
+        ];
+        for ty in types {
+            let cols = 768;
+            let n = MAX_POSITIONS + 3;
+            let x: Vec<f32> = (0..n * cols).map(|_| rng.float()).collect();
+            let kq = ActFormat::of(ty) == ActFormat::Q8K;
+            let mut q8k = vec![q8_k::BlockQ8K::ZERO; n * cols / 256];
+            let mut q832 = vec![q8_32::BlockQ8_32::ZERO; n * cols / 32];
+            let acts = if kq {
+                q8_k::quantize(&x, &mut q8k);
+                Acts::Q8K {
+                    blocks: &q8k,
+                    per_pos: cols / 256,
+                }
+            } else {
+                q8_32::quantize(&x, &mut q832);
+                Acts::Q8_32 {
+                    blocks: &q832,
+                    per_pos: cols / 32,
+                }
+            };
+            for _ in 0..4 {
+                let row = random_row(ty, cols, &mut rng);
+                for np in 1..=MAX_POSITIONS {
+                    for p0 in [0, n - np] {
+                        let mut want = [0.0f32; MAX_POSITIONS];
+                        let mut got = [f32::NAN; MAX_POSITIONS];
+                        let mut wide = [f32::NAN; MAX_POSITIONS];
+                        let kernel = if kq {
+                            evex_kquant(ty, np)
+                        } else {
+                            evex_block32(ty, np)
+                        };
+                        // SAFETY: AVX-512 VNNI (with AVX2, FMA, F16C) was
+                        // detected above; acts match the type; p0 + np <= n.
+                        unsafe {
+                            kernels::select(Isa::SCALAR, ty, np)(&row, acts, p0, &mut want);
+                            kernel(&row, acts, p0, &mut got);
+                            select(ty, np, true)(&row, acts, p0, &mut wide);
+                        }
+                        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&got[..np]), bits(&want[..np]), "{ty} 256-bit np={np}");
+                        assert_eq!(bits(&wide[..np]), bits(&want[..np]), "{ty} 512 np={np}");
+                    }
+                }
+            }
+        }
+    }
+}
