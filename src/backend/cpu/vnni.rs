@@ -1,21 +1,21 @@
 //! VNNI kernels (x86_64), twins of [`super::scalar`], in two flavours:
 //!
 //! - AVX-512 VNNI (`wide`): a K-quant super-block is unpacked straight into
-//!   registers, four 64-byte chunks of quants and their scale vectors, and
-//!   each position's block product is four `vpmaddubsw` (unsigned quants
-//!   times signed activations, pairs summed to i16) each followed by one
-//!   `vpdpwssd` (those i16 sums times the sub-block scales, pairs summed and
-//!   added into i32 lanes): two instructions per 64 weights where AVX2
-//!   needs six. 32-weight blocks use the 256-bit EVEX `vpdpbusd` (four byte
-//!   products summed into each i32 lane), which is the lane layout the
-//!   scalar twin already prescribes.
-//! - AVX-VNNI (the VEX form, 256 bits, on CPUs without AVX-512): the same
-//!   arithmetic on ymm, reading the canonical [`Unpacked`] block the AVX2
-//!   unpacking writes.
+//!   registers (four 64-byte chunks of quants and two scale vectors), and
+//!   each position's block product is four `vpdpbusd` (four byte products
+//!   summed into each i32 lane), two `vpackssdw` and two `vpmaddwd` (the
+//!   sub-block scales), see [`dot512`]. 32-weight blocks use the 256-bit
+//!   EVEX `vpdpbusd`, whose lanes are exactly the eight four-product sums
+//!   the scalar twin prescribes.
+//! - AVX-VNNI (the VEX form, 256 bits, on CPUs without AVX-512): the
+//!   canonical [`Unpacked`] block the AVX2 unpacking writes, then per 32
+//!   weights one `vpmaddubsw` (pairs of products to i16) and one
+//!   `vpdpwssd` (times the scales, into i32), where AVX2 needs three
+//!   instructions.
 //!
 //! Both also cut what AVX2 spends around the dot products: the integer sums
-//! of all positions of a block are reduced together (one transposing
-//! `hadd` tree for eight positions instead of one per position) and the
+//! of all positions of a block are reduced together (one transposing tree
+//! of unpacks for eight positions instead of `vphaddd` per position) and the
 //! per-block float step of [`accumulate`] runs on eight positions at once.
 //! That step is the same IEEE operations in the same order per lane
 //! (separate multiply and add, no fusing, as the scalar code), so results
@@ -126,12 +126,18 @@ unsafe fn load512<T>(p: *const T) -> __m512i {
 
 /// Lane `p` of the result is the sum of the eight lanes of `v[p]` (exact:
 /// integer sums wrap identically in any order, and these never wrap).
+///
+/// A transposing tree of unpacks and adds; `vphaddd`, which would do it in
+/// fewer instructions, takes two cycles each where these take half of one.
 #[inline(always)]
 unsafe fn hsum8x8(v: [__m256i; 8]) -> __m256i {
-    // Each hadd level halves the lanes per vector; after two, 128-bit half
-    // h of `a` holds the sums of half h of v[0..4], of `b` of v[4..8].
-    let a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-    let b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    // Per 128-bit half, lanes (a, b, c, d) of x and y become
+    // (xa + xc, ya + yc, xb + xd, yb + yd).
+    let pair = |x, y| _mm256_add_epi32(_mm256_unpacklo_epi32(x, y), _mm256_unpackhi_epi32(x, y));
+    let (t01, t23, t45, t67) = (pair(v[0], v[1]), pair(v[2], v[3]), pair(v[4], v[5]), pair(v[6], v[7]));
+    // Per 128-bit half: the half's sums of v[0..4] (and of v[4..8]).
+    let quad = |x, y| _mm256_add_epi32(_mm256_unpacklo_epi64(x, y), _mm256_unpackhi_epi64(x, y));
+    let (a, b) = (quad(t01, t23), quad(t45, t67));
     _mm256_add_epi32(
         _mm256_permute2x128_si256::<0x20>(a, b),
         _mm256_permute2x128_si256::<0x31>(a, b),
@@ -176,6 +182,28 @@ unsafe fn accumulate8(
     }
 }
 
+/// Reduce eight positions' partial sums of one super-block and add its
+/// float step to `acc`. With [`Finish::Offset`] only `main - corr` is
+/// needed, so the lanes are subtracted first (exact) and reduced once.
+#[inline(always)]
+unsafe fn finish8(
+    fin: Finish,
+    acc: __m256,
+    f: Factors,
+    dy: __m256,
+    main: [__m256i; 8],
+    corr: [__m256i; 8],
+) -> __m256 {
+    match fin {
+        Finish::Offset => {
+            let diff = std::array::from_fn(|p| _mm256_sub_epi32(main[p], corr[p]));
+            let zero = _mm256_setzero_si256();
+            accumulate8(Finish::Offset, acc, f, dy, hsum8x8(diff), zero)
+        }
+        Finish::Min => accumulate8(Finish::Min, acc, f, dy, hsum8x8(main), hsum8x8(corr)),
+    }
+}
+
 /// The per-position Q8_K rows of positions `p0..p0 + N`.
 #[inline(always)]
 fn q8k_rows<const N: usize>(acts: Acts<'_>, p0: usize, blocks: usize) -> [&[BlockQ8K]; N] {
@@ -202,38 +230,59 @@ unsafe fn store_positions<const N: usize>(acc: __m256, out: &mut [f32; MAX_POSIT
 // ---------------------------------------------------------------------------
 // K-quants, AVX-512.
 
-/// A K-quant super-block in registers: chunk `c` holds weights
-/// `64c..64c + 64`. `q[c]` are the unsigned quants (the bias of
-/// [`Unpacked::q`] included), `sc[c]` the 32 i16 multipliers of
-/// `vpmaddubsw`'s pair sums (lanes `8k..8k + 8` the scale of sub-block
-/// `4c + k`), `corr` as [`Unpacked::corr`].
+/// A K-quant super-block in registers: chunk `c` of `q` holds the
+/// unsigned quants of weights `64c..64c + 64` (the bias of [`Unpacked::q`]
+/// included); `sc` and `corr` are the scales in the order [`dot512`] needs
+/// them and [`Unpacked::corr`].
+#[derive(Clone, Copy)]
 struct Regs {
     q: [__m512i; 4],
-    sc: [__m512i; 4],
+    sc: [__m512i; 2],
     corr: __m256i,
 }
 
-/// `vpermw` indices of [`chunk_scales`]: lane `k` of chunk `c` takes
-/// sub-block scale `4c + k / 8`.
-static CHUNK_SCALE: [[i16; 32]; 4] = {
-    let mut t = [[0i16; 32]; 4];
-    let mut c = 0;
-    while c < 4 {
-        let mut k = 0;
-        while k < 32 {
-            t[c][k] = (4 * c + k / 8) as i16;
-            k += 1;
+/// One super-block's `main` sum against one position, as sixteen i32
+/// partial sums.
+///
+/// `vpdpbusd` makes, per chunk `c`, sixteen i32 lanes of four products
+/// each (lane `k`: weights `64c + 4k..64c + 4k + 4`, sub-block `4c + k/4`).
+/// Every such sum fits in i16 (at most `4 * 63 * 127 = 32004` in
+/// magnitude), so two chunks pack losslessly into one vector of 32 i16
+/// (`vpackssdw`, per 128-bit lane `L`: four lanes of the first chunk, then
+/// four of the second) and one `vpmaddwd`/`vpdpwssd` applies the sub-block
+/// scales to them: six multiplying instructions per 256 weights where
+/// `vpmaddubsw` then `vpdpwssd` per 64 weights would take eight.
+#[inline(always)]
+unsafe fn dot512(r: &Regs, x: *const i8) -> __m512i {
+    let zero = _mm512_setzero_si512();
+    let t: [__m512i; 4] =
+        std::array::from_fn(|c| _mm512_dpbusd_epi32(zero, r.q[c], load512(x.add(64 * c))));
+    let a = _mm512_madd_epi16(_mm512_packs_epi32(t[0], t[1]), r.sc[0]);
+    _mm512_dpwssd_epi32(a, _mm512_packs_epi32(t[2], t[3]), r.sc[1])
+}
+
+/// `vpermw` indices of [`pack_scales`]: i16 lane `m` of the packed pair
+/// `h` (chunks `2h`, `2h + 1`) belongs to sub-block `8h + 4 * (m % 8 / 4)
+/// + m / 8` (128-bit lane `m / 8` of chunk `2h + m % 8 / 4`).
+static PACKED_SCALE: [[i16; 32]; 2] = {
+    let mut t = [[0i16; 32]; 2];
+    let mut h = 0;
+    while h < 2 {
+        let mut m = 0;
+        while m < 32 {
+            t[h][m] = (8 * h + 4 * (m % 8 / 4) + m / 8) as i16;
+            m += 1;
         }
-        c += 1;
+        h += 1;
     }
     t
 };
 
-/// Spread sixteen i16 sub-block scales over the four chunk vectors.
+/// The scale vectors of [`dot512`] from sixteen i16 sub-block scales.
 #[inline(always)]
-unsafe fn chunk_scales(sc16: __m256i) -> [__m512i; 4] {
+unsafe fn pack_scales(sc16: __m256i) -> [__m512i; 2] {
     let src = _mm512_zextsi256_si512(sc16);
-    std::array::from_fn(|c| _mm512_permutexvar_epi16(load512(CHUNK_SCALE[c].as_ptr()), src))
+    std::array::from_fn(|h| _mm512_permutexvar_epi16(load512(PACKED_SCALE[h].as_ptr()), src))
 }
 
 /// Eight bytes, each repeated twice, widened to sixteen i16 lanes.
@@ -288,7 +337,7 @@ impl Unpack512 for BlockQ4K {
         let sm = super::kernels::q4k_scales_mins(&self.scales);
         let regs = Regs {
             q,
-            sc: chunk_scales(pairs_u8_to_i16(&sm[..8])),
+            sc: pack_scales(pairs_u8_to_i16(&sm[..8])),
             corr: pairs_u8_to_i16(&sm[8..]),
         };
         (
@@ -318,7 +367,7 @@ impl Unpack512 for BlockQ5K {
         let sm = super::kernels::q4k_scales_mins(&self.scales);
         let regs = Regs {
             q,
-            sc: chunk_scales(pairs_u8_to_i16(&sm[..8])),
+            sc: pack_scales(pairs_u8_to_i16(&sm[..8])),
             corr: pairs_u8_to_i16(&sm[8..]),
         };
         (
@@ -354,7 +403,7 @@ impl Unpack512 for BlockQ6K {
         let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(self.scales.as_ptr().cast()));
         let regs = Regs {
             q,
-            sc: chunk_scales(sc),
+            sc: pack_scales(sc),
             corr: _mm256_slli_epi16::<5>(sc),
         };
         (
@@ -395,7 +444,7 @@ impl Unpack512 for BlockQ3K {
         );
         let regs = Regs {
             q,
-            sc: chunk_scales(sc),
+            sc: pack_scales(sc),
             corr: _mm256_slli_epi16::<2>(sc),
         };
         (
@@ -427,11 +476,7 @@ unsafe fn kquant_row_512<B: Unpack512, const N: usize>(
         let mut dy = [0.0f32; 8];
         for p in 0..N {
             let y = ys[p].get_unchecked(i);
-            let mut a = _mm512_setzero_si512();
-            for c in 0..4 {
-                let x = load512(y.qs.as_ptr().add(64 * c));
-                a = _mm512_dpwssd_epi32(a, _mm512_maddubs_epi16(r.q[c], x), r.sc[c]);
-            }
+            let a = dot512(&r, y.qs.as_ptr());
             main[p] = _mm256_add_epi32(
                 _mm512_castsi512_si256(a),
                 _mm512_extracti64x4_epi64::<1>(a),
@@ -439,14 +484,7 @@ unsafe fn kquant_row_512<B: Unpack512, const N: usize>(
             corr[p] = _mm256_madd_epi16(r.corr, load256(y.bsums.as_ptr()));
             dy[p] = y.d;
         }
-        acc = accumulate8(
-            B::FINISH,
-            acc,
-            f,
-            _mm256_loadu_ps(dy.as_ptr()),
-            hsum8x8(main),
-            hsum8x8(corr),
-        );
+        acc = finish8(B::FINISH, acc, f, _mm256_loadu_ps(dy.as_ptr()), main, corr);
     }
     store_positions::<N>(acc, out);
 }
@@ -507,14 +545,7 @@ unsafe fn kquant_row_256<D: Dot256, B: Unpack, const N: usize>(
             corr[p] = _mm256_madd_epi16(load256(u.corr.as_ptr()), load256(y.bsums.as_ptr()));
             dy[p] = y.d;
         }
-        acc = accumulate8(
-            B::FINISH,
-            acc,
-            f,
-            _mm256_loadu_ps(dy.as_ptr()),
-            hsum8x8(main),
-            hsum8x8(corr),
-        );
+        acc = finish8(B::FINISH, acc, f, _mm256_loadu_ps(dy.as_ptr()), main, corr);
     }
     store_positions::<N>(acc, out);
 }
