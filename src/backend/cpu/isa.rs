@@ -123,9 +123,7 @@ impl Isa {
 
     /// The fastest kernels this CPU runs, whatever `FLEA_CPU_ISA` says.
     pub fn fastest() -> Isa {
-        *Isa::available()
-            .last()
-            .expect("scalar is always available")
+        *Isa::available().last().expect("scalar is always available")
     }
 
     /// Every kernel set this CPU runs, slowest (scalar) first. Tests and

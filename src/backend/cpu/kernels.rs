@@ -328,7 +328,9 @@ pub(crate) fn quantize_q8k(isa: Isa, x: &[f32], out: &mut [BlockQ8K]) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: an Avx2, AvxVnni or Avx512Vnni Isa is only made after
         // detecting AVX2, FMA and F16C (among others).
-        Kind::Avx2 | Kind::AvxVnni | Kind::Avx512Vnni => unsafe { super::avx2::quantize_q8k(x, out) },
+        Kind::Avx2 | Kind::AvxVnni | Kind::Avx512Vnni => unsafe {
+            super::avx2::quantize_q8k(x, out)
+        },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON is baseline on aarch64.
         Kind::Neon | Kind::NeonDotprod => unsafe { super::neon::quantize_q8k(x, out) },

@@ -66,7 +66,9 @@ impl CpuBackend {
     /// A backend with `threads` participants (the caller and `threads - 1`
     /// workers, spawned now) and the best kernels for this CPU.
     pub fn new(threads: usize) -> CpuBackend {
-        CpuBackend::with_isa(threads, Isa::best())
+        let isa = Isa::best();
+        log::debug!("CPU kernels: {isa} ({threads} threads)");
+        CpuBackend::with_isa(threads, isa)
     }
 
     /// As [`CpuBackend::new`], with the given kernels (tests and benchmarks

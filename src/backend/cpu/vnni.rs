@@ -134,7 +134,12 @@ unsafe fn hsum8x8(v: [__m256i; 8]) -> __m256i {
     // Per 128-bit half, lanes (a, b, c, d) of x and y become
     // (xa + xc, ya + yc, xb + xd, yb + yd).
     let pair = |x, y| _mm256_add_epi32(_mm256_unpacklo_epi32(x, y), _mm256_unpackhi_epi32(x, y));
-    let (t01, t23, t45, t67) = (pair(v[0], v[1]), pair(v[2], v[3]), pair(v[4], v[5]), pair(v[6], v[7]));
+    let (t01, t23, t45, t67) = (
+        pair(v[0], v[1]),
+        pair(v[2], v[3]),
+        pair(v[4], v[5]),
+        pair(v[6], v[7]),
+    );
     // Per 128-bit half: the half's sums of v[0..4] (and of v[4..8]).
     let quad = |x, y| _mm256_add_epi32(_mm256_unpacklo_epi64(x, y), _mm256_unpackhi_epi64(x, y));
     let (a, b) = (quad(t01, t23), quad(t45, t67));
@@ -477,10 +482,8 @@ unsafe fn kquant_row_512<B: Unpack512, const N: usize>(
         for p in 0..N {
             let y = ys[p].get_unchecked(i);
             let a = dot512(&r, y.qs.as_ptr());
-            main[p] = _mm256_add_epi32(
-                _mm512_castsi512_si256(a),
-                _mm512_extracti64x4_epi64::<1>(a),
-            );
+            main[p] =
+                _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64::<1>(a));
             corr[p] = _mm256_madd_epi16(r.corr, load256(y.bsums.as_ptr()));
             dy[p] = y.d;
         }
@@ -535,11 +538,7 @@ unsafe fn kquant_row_256<D: Dot256, B: Unpack, const N: usize>(
             for g in 0..8 {
                 let q = load256(u.q.as_ptr().add(32 * g));
                 let x = load256(y.qs.as_ptr().add(32 * g));
-                a = D::dpwssd(
-                    a,
-                    _mm256_maddubs_epi16(q, x),
-                    load256(u.scales[g].as_ptr()),
-                );
+                a = D::dpwssd(a, _mm256_maddubs_epi16(q, x), load256(u.scales[g].as_ptr()));
             }
             main[p] = a;
             corr[p] = _mm256_madd_epi16(load256(u.corr.as_ptr()), load256(y.bsums.as_ptr()));
