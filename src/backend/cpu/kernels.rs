@@ -256,6 +256,32 @@ impl ActFormat {
 pub(crate) type RowKernel =
     unsafe fn(row: &[u8], acts: Acts<'_>, p0: usize, out: &mut [f32; MAX_POSITIONS]);
 
+/// Rows one tile kernel call computes: one per i32 lane of a 512-bit
+/// vector.
+pub(crate) const TILE_ROWS: usize = 16;
+
+/// Most positions one tile kernel call computes.
+pub(crate) const TILE_POSITIONS: usize = 64;
+
+/// Fewest positions of a matrix product for which tile kernels are used:
+/// below, unpacking sixteen rows into lanes costs more than it saves.
+pub(crate) const TILE_MIN_POSITIONS: usize = 16;
+
+/// Computes [`TILE_ROWS`] consecutive weight rows (`rows`, whole rows)
+/// against positions `p0..p0 + np` of `acts` (`np <= TILE_POSITIONS`),
+/// writing `out[p][r]` for position `p0 + p` and row `r`. Each element is
+/// bit-identical to what the [`RowKernel`] of the same weight type gives.
+///
+/// # Safety
+/// As [`RowKernel`], with `p0 + np` for `p0 + N`.
+pub(crate) type TileKernel = unsafe fn(
+    rows: &[u8],
+    acts: Acts<'_>,
+    p0: usize,
+    np: usize,
+    out: &mut [[f32; TILE_ROWS]; TILE_POSITIONS],
+);
+
 /// Expand `$f::<N>` for a runtime `np` in `1..=MAX_POSITIONS` into a
 /// [`RowKernel`] pointer.
 macro_rules! row_kernel_for {
@@ -318,6 +344,20 @@ pub(crate) fn select(isa: Isa, ty: GgmlType, np: usize) -> RowKernel {
         Kind::NeonDotprod => super::neon::select(ty, np, true),
         #[allow(unreachable_patterns)]
         other => unreachable!("{other:?} kernels are not built for this target"),
+    }
+}
+
+/// The tile kernel for weight type `ty` on `isa`, if there is one (K-quants
+/// with AVX-512 VNNI), for products of `n` positions: only from
+/// [`TILE_MIN_POSITIONS`] on.
+pub(crate) fn select_tile(isa: Isa, ty: GgmlType, n: usize) -> Option<TileKernel> {
+    if n < TILE_MIN_POSITIONS {
+        return None;
+    }
+    match isa.0 {
+        #[cfg(target_arch = "x86_64")]
+        Kind::Avx512Vnni => super::vnni::select_tile(ty),
+        _ => None,
     }
 }
 

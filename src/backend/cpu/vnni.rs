@@ -32,7 +32,8 @@ use std::arch::x86_64::*;
 
 use super::avx2::{self, Unpack, Unpack32};
 use super::kernels::{
-    accumulate_min, row_kernel_for, Acts, Factors, Finish, RowKernel, Unpacked, MAX_POSITIONS,
+    accumulate_min, row_kernel_for, Acts, Factors, Finish, RowKernel, TileKernel, Unpacked,
+    MAX_POSITIONS, TILE_POSITIONS, TILE_ROWS,
 };
 use crate::quant::iq4_nl::BlockIQ4NL;
 use crate::quant::q3_k::BlockQ3K;
@@ -237,12 +238,12 @@ unsafe fn store_positions<const N: usize>(acc: __m256, out: &mut [f32; MAX_POSIT
 
 /// A K-quant super-block in registers: chunk `c` of `q` holds the
 /// unsigned quants of weights `64c..64c + 64` (the bias of [`Unpacked::q`]
-/// included); `sc` and `corr` are the scales in the order [`dot512`] needs
-/// them and [`Unpacked::corr`].
+/// included); `sc16` the sixteen i16 sub-block scales; `corr` as
+/// [`Unpacked::corr`].
 #[derive(Clone, Copy)]
 struct Regs {
     q: [__m512i; 4],
-    sc: [__m512i; 2],
+    sc16: __m256i,
     corr: __m256i,
 }
 
@@ -258,12 +259,12 @@ struct Regs {
 /// scales to them: six multiplying instructions per 256 weights where
 /// `vpmaddubsw` then `vpdpwssd` per 64 weights would take eight.
 #[inline(always)]
-unsafe fn dot512(r: &Regs, x: *const i8) -> __m512i {
+unsafe fn dot512(q: &[__m512i; 4], sc: &[__m512i; 2], x: *const i8) -> __m512i {
     let zero = _mm512_setzero_si512();
     let t: [__m512i; 4] =
-        std::array::from_fn(|c| _mm512_dpbusd_epi32(zero, r.q[c], load512(x.add(64 * c))));
-    let a = _mm512_madd_epi16(_mm512_packs_epi32(t[0], t[1]), r.sc[0]);
-    _mm512_dpwssd_epi32(a, _mm512_packs_epi32(t[2], t[3]), r.sc[1])
+        std::array::from_fn(|c| _mm512_dpbusd_epi32(zero, q[c], load512(x.add(64 * c))));
+    let a = _mm512_madd_epi16(_mm512_packs_epi32(t[0], t[1]), sc[0]);
+    _mm512_dpwssd_epi32(a, _mm512_packs_epi32(t[2], t[3]), sc[1])
 }
 
 /// `vpermw` indices of [`pack_scales`]: i16 lane `m` of the packed pair
@@ -326,11 +327,15 @@ const HIGH_HALF: __mmask32 = 0xFFFF_0000;
 
 trait Unpack512: ByteBlock {
     const FINISH: Finish;
+    /// Consecutive 16-weight sub-blocks that share one scale (Q4_K and
+    /// Q5_K scale 32 weights at a time).
+    const SCALE_SUBS: usize;
     unsafe fn unpack512(&self) -> (Regs, Factors);
 }
 
 impl Unpack512 for BlockQ4K {
     const FINISH: Finish = Finish::Min;
+    const SCALE_SUBS: usize = 2;
     #[inline(always)]
     unsafe fn unpack512(&self) -> (Regs, Factors) {
         let m4 = _mm512_set1_epi8(0x0F);
@@ -342,7 +347,7 @@ impl Unpack512 for BlockQ4K {
         let sm = super::kernels::q4k_scales_mins(&self.scales);
         let regs = Regs {
             q,
-            sc: pack_scales(pairs_u8_to_i16(&sm[..8])),
+            sc16: pairs_u8_to_i16(&sm[..8]),
             corr: pairs_u8_to_i16(&sm[8..]),
         };
         (
@@ -357,6 +362,7 @@ impl Unpack512 for BlockQ4K {
 
 impl Unpack512 for BlockQ5K {
     const FINISH: Finish = Finish::Min;
+    const SCALE_SUBS: usize = 2;
     #[inline(always)]
     unsafe fn unpack512(&self) -> (Regs, Factors) {
         let m4 = _mm512_set1_epi8(0x0F);
@@ -372,7 +378,7 @@ impl Unpack512 for BlockQ5K {
         let sm = super::kernels::q4k_scales_mins(&self.scales);
         let regs = Regs {
             q,
-            sc: pack_scales(pairs_u8_to_i16(&sm[..8])),
+            sc16: pairs_u8_to_i16(&sm[..8]),
             corr: pairs_u8_to_i16(&sm[8..]),
         };
         (
@@ -387,6 +393,7 @@ impl Unpack512 for BlockQ5K {
 
 impl Unpack512 for BlockQ6K {
     const FINISH: Finish = Finish::Offset;
+    const SCALE_SUBS: usize = 1;
     #[inline(always)]
     unsafe fn unpack512(&self) -> (Regs, Factors) {
         let m4 = _mm512_set1_epi8(0x0F);
@@ -408,7 +415,7 @@ impl Unpack512 for BlockQ6K {
         let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(self.scales.as_ptr().cast()));
         let regs = Regs {
             q,
-            sc: pack_scales(sc),
+            sc16: sc,
             corr: _mm256_slli_epi16::<5>(sc),
         };
         (
@@ -423,6 +430,7 @@ impl Unpack512 for BlockQ6K {
 
 impl Unpack512 for BlockQ3K {
     const FINISH: Finish = Finish::Offset;
+    const SCALE_SUBS: usize = 1;
     #[inline(always)]
     unsafe fn unpack512(&self) -> (Regs, Factors) {
         let m3 = _mm512_set1_epi8(0x03);
@@ -449,7 +457,7 @@ impl Unpack512 for BlockQ3K {
         );
         let regs = Regs {
             q,
-            sc: pack_scales(sc),
+            sc16: sc,
             corr: _mm256_slli_epi16::<2>(sc),
         };
         (
@@ -476,12 +484,13 @@ unsafe fn kquant_row_512<B: Unpack512, const N: usize>(
     let mut acc = _mm256_setzero_ps();
     for (i, b) in blocks.iter().enumerate() {
         let (r, f) = b.unpack512();
+        let sc = pack_scales(r.sc16);
         let mut main = [_mm256_setzero_si256(); 8];
         let mut corr = [_mm256_setzero_si256(); 8];
         let mut dy = [0.0f32; 8];
         for p in 0..N {
             let y = ys[p].get_unchecked(i);
-            let a = dot512(&r, y.qs.as_ptr());
+            let a = dot512(&r.q, &sc, y.qs.as_ptr());
             main[p] =
                 _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64::<1>(a));
             corr[p] = _mm256_madd_epi16(r.corr, load256(y.bsums.as_ptr()));
@@ -508,6 +517,484 @@ kquant_rows_512! {
     q4k_row_512: BlockQ4K;
     q5k_row_512: BlockQ5K;
     q6k_row_512: BlockQ6K;
+}
+
+// ---------------------------------------------------------------------------
+// K-quants, AVX-512, sixteen rows at a time (prefill).
+
+/// Sixteen rows' super-blocks `b`, rows in lanes: lane `r` of every vector
+/// belongs to row `r`. What [`kquant_tile`] multiplies with broadcast
+/// activations, so that no product needs a horizontal sum.
+#[repr(C, align(64))]
+struct TileBlock {
+    /// Group `g`: the quants `4g..4g + 4` of each row (for `vpdpbusd`).
+    q: [[u32; TILE_ROWS]; 64],
+    /// Sub-block `s`: each row's scale.
+    sc: [[i32; TILE_ROWS]; 16],
+    /// Pair `h`: each row's `corr` of sub-blocks `2h` (low i16) and
+    /// `2h + 1` (high), for `vpdpwssd` with two activation sums.
+    corr: [[u32; TILE_ROWS]; 8],
+    d: [f32; TILE_ROWS],
+    dmin: [f32; TILE_ROWS],
+}
+
+/// Transpose sixteen vectors of sixteen u32: lane `j` of output `i` is lane
+/// `i` of input `j`. Unpacks of 32 and 64 bits within 128-bit lanes, then
+/// two rounds of 128-bit lane shuffles.
+#[inline(always)]
+unsafe fn transpose16(a: [__m512i; 16]) -> [__m512i; 16] {
+    // b: per 128-bit lane L, rows 2m, 2m + 1 of columns 4L..4L + 2 (even
+    // b) or 4L + 2..4L + 4 (odd b).
+    let b: [__m512i; 16] = std::array::from_fn(|i| {
+        let (x, y) = (a[i & !1], a[i | 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_epi32(x, y)
+        } else {
+            _mm512_unpackhi_epi32(x, y)
+        }
+    });
+    // c[4m + k]: per 128-bit lane L, rows 4m..4m + 4 of column 4L + k.
+    let c: [__m512i; 16] = std::array::from_fn(|i| {
+        let (m, k) = (i / 4, i % 4);
+        let (x, y) = (b[4 * m + k / 2], b[4 * m + 2 + k / 2]);
+        if k % 2 == 0 {
+            _mm512_unpacklo_epi64(x, y)
+        } else {
+            _mm512_unpackhi_epi64(x, y)
+        }
+    });
+    // For each k, a 4 x 4 transpose of 128-bit lanes over c[k], c[4 + k],
+    // c[8 + k], c[12 + k]: output 4L + k takes lane L of each.
+    let mut out = [_mm512_setzero_si512(); 16];
+    for k in 0..4 {
+        let e0 = _mm512_shuffle_i32x4::<0x44>(c[k], c[4 + k]);
+        let e1 = _mm512_shuffle_i32x4::<0xEE>(c[k], c[4 + k]);
+        let e2 = _mm512_shuffle_i32x4::<0x44>(c[8 + k], c[12 + k]);
+        let e3 = _mm512_shuffle_i32x4::<0xEE>(c[8 + k], c[12 + k]);
+        out[k] = _mm512_shuffle_i32x4::<0x88>(e0, e2);
+        out[4 + k] = _mm512_shuffle_i32x4::<0xDD>(e0, e2);
+        out[8 + k] = _mm512_shuffle_i32x4::<0x88>(e1, e3);
+        out[12 + k] = _mm512_shuffle_i32x4::<0xDD>(e1, e3);
+    }
+    out
+}
+
+/// Row scratch of [`prepare`]: each row's unpacked block, rows in memory.
+#[repr(C, align(64))]
+struct RowScratch {
+    q: [[u8; 256]; TILE_ROWS],
+    sc: [[i32; 16]; TILE_ROWS],
+    corr: [[u32; 16]; TILE_ROWS],
+}
+
+/// Block `b` of sixteen rows into `tb`, the generic way: each row unpacked
+/// as the row kernel does, then the quants, scales and `corr` transposed.
+#[inline(always)]
+unsafe fn prepare_by_rows<B: Unpack512>(
+    rows: &[&[B]; TILE_ROWS],
+    b: usize,
+    tmp: &mut RowScratch,
+    tb: &mut TileBlock,
+) {
+    for (r, row) in rows.iter().enumerate() {
+        let (regs, f) = row.get_unchecked(b).unpack512();
+        for (c, q) in regs.q.iter().enumerate() {
+            _mm512_store_si512(tmp.q[r].as_mut_ptr().add(64 * c).cast(), *q);
+        }
+        _mm512_store_si512(
+            tmp.sc[r].as_mut_ptr().cast(),
+            _mm512_cvtepi16_epi32(regs.sc16),
+        );
+        _mm512_store_si512(
+            tmp.corr[r].as_mut_ptr().cast(),
+            _mm512_zextsi256_si512(regs.corr),
+        );
+        tb.d[r] = f.d;
+        tb.dmin[r] = f.dmin;
+    }
+    let rows_of = |m: &[[u32; 16]; TILE_ROWS]| -> [__m512i; 16] {
+        std::array::from_fn(|r| _mm512_load_si512(m[r].as_ptr().cast()))
+    };
+    for c in 0..4 {
+        let v: [__m512i; 16] =
+            std::array::from_fn(|r| _mm512_load_si512(tmp.q[r].as_ptr().add(64 * c).cast()));
+        for (j, t) in transpose16(v).into_iter().enumerate() {
+            _mm512_store_si512(tb.q[16 * c + j].as_mut_ptr().cast(), t);
+        }
+    }
+    let sc: &[[u32; 16]; TILE_ROWS] = &*(&tmp.sc as *const [[i32; 16]; TILE_ROWS]).cast();
+    for (s, t) in transpose16(rows_of(sc)).into_iter().enumerate() {
+        _mm512_store_si512(tb.sc[s].as_mut_ptr().cast(), t);
+    }
+    for (h, t) in transpose16(rows_of(&tmp.corr))
+        .into_iter()
+        .take(8)
+        .enumerate()
+    {
+        _mm512_store_si512(tb.corr[h].as_mut_ptr().cast(), t);
+    }
+}
+
+/// Lane `r`: the word (four bytes) at `p + r * row_bytes`, for each of the
+/// first `count` words from `p` (at most 16; later outputs are zero): a
+/// transpose of sixteen rows' bytes. Masked loads read nothing past the
+/// words asked for.
+#[inline(always)]
+unsafe fn row_words(p: *const u8, row_bytes: usize, count: u32) -> [__m512i; 16] {
+    let mask = ((1u32 << count) - 1) as __mmask16;
+    transpose16(std::array::from_fn(|r| {
+        _mm512_maskz_loadu_epi32(mask, p.add(r * row_bytes).cast())
+    }))
+}
+
+/// Lane `r`: the word at `p + idx[r]`.
+#[inline(always)]
+unsafe fn gather_words(p: *const u8, idx: __m512i) -> __m512i {
+    _mm512_i32gather_epi32::<1>(idx, p.cast())
+}
+
+/// `(v >> n) & mask` on every u32 lane.
+#[inline(always)]
+unsafe fn bits(v: __m512i, n: u32, mask: u32) -> __m512i {
+    _mm512_and_si512(
+        _mm512_srlv_epi32(v, _mm512_set1_epi32(n as i32)),
+        _mm512_set1_epi32(mask as i32),
+    )
+}
+
+/// f16 values in the low (or, with `high`, upper) half of every u32 lane
+/// to f32, exactly.
+#[inline(always)]
+unsafe fn f16_lanes(v: __m512i, high: bool) -> __m512 {
+    let v = if high { _mm512_srli_epi32::<16>(v) } else { v };
+    _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v))
+}
+
+/// A [`TileBlock`] from sixteen rows' block `b`; `base` points at row 0's
+/// block `b` and `idx` holds `r * row_bytes` in lane `r`.
+trait TilePrep: Unpack512 {
+    unsafe fn prepare(
+        rows: &[&[Self]; TILE_ROWS],
+        b: usize,
+        base: *const u8,
+        idx: __m512i,
+        row_bytes: usize,
+        tmp: &mut RowScratch,
+        tb: &mut TileBlock,
+    ) {
+        let _ = (base, idx, row_bytes);
+        prepare_by_rows(rows, b, tmp, tb)
+    }
+}
+
+impl TilePrep for BlockQ3K {}
+
+/// Q4_K and Q5_K: the quants of 16 rows come straight out of a transpose
+/// of their packed bytes, and the scales and minimums are decoded on 16
+/// rows at once ([`super::kernels::q4k_scales_mins`] on vectors).
+#[inline(always)]
+unsafe fn prepare_q45k(
+    base: *const u8,
+    idx: __m512i,
+    row_bytes: usize,
+    qh: Option<usize>,
+    qs: usize,
+    tb: &mut TileBlock,
+) {
+    let w0 = gather_words(base, idx);
+    let s: [__m512i; 3] = std::array::from_fn(|k| gather_words(base.add(4 + 4 * k), idx));
+    let or = _mm512_or_si512;
+    let sw = [
+        bits(s[0], 0, 0x3f3f_3f3f),
+        or(
+            bits(s[2], 0, 0x0f0f_0f0f),
+            _mm512_slli_epi32::<4>(bits(s[0], 6, 0x0303_0303)),
+        ),
+    ];
+    let mw = [
+        bits(s[1], 0, 0x3f3f_3f3f),
+        or(
+            bits(s[2], 4, 0x0f0f_0f0f),
+            _mm512_slli_epi32::<4>(bits(s[1], 6, 0x0303_0303)),
+        ),
+    ];
+    for j in 0..8 {
+        let shift = 8 * (j as u32 % 4);
+        let sc = bits(sw[j / 4], shift, 0xFF);
+        let m = bits(mw[j / 4], shift, 0xFF);
+        _mm512_store_si512(tb.sc[2 * j].as_mut_ptr().cast(), sc);
+        _mm512_store_si512(
+            tb.corr[j].as_mut_ptr().cast(),
+            or(m, _mm512_slli_epi32::<16>(m)),
+        );
+    }
+    // Quant word w (bytes 4w..4w + 4 of qs) is in chunk c = w / 8: its low
+    // nibbles are weights 64c + 4(w % 8).., its high ones 32 further on.
+    // Q5_K's fifth bits: bit 2c (low) or 2c + 1 (high) of qh word w % 8.
+    let hw = qh.map(|off| row_words(base.add(off), row_bytes, 8));
+    for half in 0..2 {
+        let t = row_words(base.add(qs + 64 * half), row_bytes, 16);
+        for (j, t) in t.into_iter().enumerate() {
+            let w = 16 * half + j;
+            let (c, wi) = (w / 8, w % 8);
+            let mut lo = bits(t, 0, 0x0f0f_0f0f);
+            let mut hi = bits(t, 4, 0x0f0f_0f0f);
+            if let Some(h) = &hw {
+                let c = c as u32;
+                lo = or(lo, _mm512_slli_epi32::<4>(bits(h[wi], 2 * c, 0x0101_0101)));
+                hi = or(
+                    hi,
+                    _mm512_slli_epi32::<4>(bits(h[wi], 2 * c + 1, 0x0101_0101)),
+                );
+            }
+            _mm512_store_si512(tb.q[16 * c + wi].as_mut_ptr().cast(), lo);
+            _mm512_store_si512(tb.q[16 * c + 8 + wi].as_mut_ptr().cast(), hi);
+        }
+    }
+    _mm512_store_ps(tb.d.as_mut_ptr(), f16_lanes(w0, false));
+    _mm512_store_ps(tb.dmin.as_mut_ptr(), f16_lanes(w0, true));
+}
+
+impl TilePrep for BlockQ4K {
+    #[inline(always)]
+    unsafe fn prepare(
+        _: &[&[Self]; TILE_ROWS],
+        _: usize,
+        base: *const u8,
+        idx: __m512i,
+        row_bytes: usize,
+        _: &mut RowScratch,
+        tb: &mut TileBlock,
+    ) {
+        prepare_q45k(base, idx, row_bytes, None, 16, tb)
+    }
+}
+
+impl TilePrep for BlockQ5K {
+    #[inline(always)]
+    unsafe fn prepare(
+        _: &[&[Self]; TILE_ROWS],
+        _: usize,
+        base: *const u8,
+        idx: __m512i,
+        row_bytes: usize,
+        _: &mut RowScratch,
+        tb: &mut TileBlock,
+    ) {
+        prepare_q45k(base, idx, row_bytes, Some(16), 48, tb)
+    }
+}
+
+impl TilePrep for BlockQ6K {
+    /// Weight group g (of 4) in half h = g / 32, j = g % 32: nibble j / 16
+    /// of ql word 16h + j % 16, with bits 2(j / 8).. of qh word 8h + j % 8
+    /// on top (see [`super::scalar::unpack_q6k`]).
+    #[inline(always)]
+    unsafe fn prepare(
+        _: &[&[Self]; TILE_ROWS],
+        _: usize,
+        base: *const u8,
+        idx: __m512i,
+        row_bytes: usize,
+        _: &mut RowScratch,
+        tb: &mut TileBlock,
+    ) {
+        let ql = [
+            row_words(base, row_bytes, 16),
+            row_words(base.add(64), row_bytes, 16),
+        ];
+        let qh = row_words(base.add(128), row_bytes, 16);
+        for g in 0..64 {
+            let (h, j) = (g / 32, g % 32);
+            let lo = bits(ql[h][j % 16], 4 * (j as u32 / 16), 0x0f0f_0f0f);
+            let top = bits(qh[8 * h + j % 8], 2 * (j as u32 / 8), 0x0303_0303);
+            let q = _mm512_or_si512(lo, _mm512_slli_epi32::<4>(top));
+            _mm512_store_si512(tb.q[g].as_mut_ptr().cast(), q);
+        }
+        // Scales: i8 s at byte s of 192..208; d: the high half of the word
+        // at 206 (reading 208..212 could pass the end of the last row).
+        let sw: [__m512i; 4] = std::array::from_fn(|k| gather_words(base.add(192 + 4 * k), idx));
+        let sc: [__m512i; 16] = std::array::from_fn(|s| {
+            let left = 24 - 8 * (s as i32 % 4);
+            _mm512_srai_epi32::<24>(_mm512_sllv_epi32(sw[s / 4], _mm512_set1_epi32(left)))
+        });
+        for (s, v) in sc.iter().enumerate() {
+            _mm512_store_si512(tb.sc[s].as_mut_ptr().cast(), *v);
+        }
+        for h in 0..8 {
+            let lo = _mm512_and_si512(_mm512_slli_epi32::<5>(sc[2 * h]), _mm512_set1_epi32(0xFFFF));
+            let hi = _mm512_slli_epi32::<21>(sc[2 * h + 1]);
+            _mm512_store_si512(tb.corr[h].as_mut_ptr().cast(), _mm512_or_si512(lo, hi));
+        }
+        let dw = gather_words(base.add(206), idx);
+        _mm512_store_ps(tb.d.as_mut_ptr(), f16_lanes(dw, true));
+        _mm512_store_ps(tb.dmin.as_mut_ptr(), _mm512_setzero_ps());
+    }
+}
+
+/// [`super::kernels::accumulate`] for sixteen rows at once (one position):
+/// the same roundings in the same order in every lane.
+#[inline(always)]
+unsafe fn accumulate16(
+    fin: Finish,
+    acc: __m512,
+    d: __m512,
+    dmin: __m512,
+    dy: __m512,
+    main: __m512i,
+    corr: __m512i,
+) -> __m512 {
+    match fin {
+        Finish::Offset => _mm512_add_ps(
+            acc,
+            _mm512_mul_ps(
+                _mm512_mul_ps(d, dy),
+                _mm512_cvtepi32_ps(_mm512_sub_epi32(main, corr)),
+            ),
+        ),
+        Finish::Min => _mm512_sub_ps(
+            _mm512_add_ps(
+                acc,
+                _mm512_mul_ps(_mm512_mul_ps(d, dy), _mm512_cvtepi32_ps(main)),
+            ),
+            _mm512_mul_ps(_mm512_mul_ps(dmin, dy), _mm512_cvtepi32_ps(corr)),
+        ),
+    }
+}
+
+/// Four bytes (or two i16) at `p` in every i32 lane.
+#[inline(always)]
+unsafe fn broadcast4<T>(p: *const T) -> __m512i {
+    _mm512_set1_epi32(p.cast::<i32>().read_unaligned())
+}
+
+/// One prepared block of sixteen rows against the `P` positions `y`:
+/// per scale group, `vpdpbusd` of each 4-weight group of the rows with the
+/// position's four activations in every lane, then one multiply by the
+/// rows' scales; the activation sums by `corr` with `vpdpwssd`.
+#[inline(always)]
+unsafe fn tile_block<B: Unpack512, const P: usize>(
+    tb: &TileBlock,
+    y: [&BlockQ8K; P],
+    acc: &mut [__m512],
+) {
+    let zero = _mm512_setzero_si512();
+    let mut main = [zero; P];
+    let groups = 4 * B::SCALE_SUBS;
+    for sg in 0..16 / B::SCALE_SUBS {
+        let mut s = [zero; P];
+        for g in groups * sg..groups * (sg + 1) {
+            let q = _mm512_load_si512(tb.q[g].as_ptr().cast());
+            for (s, y) in s.iter_mut().zip(&y) {
+                *s = _mm512_dpbusd_epi32(*s, q, broadcast4(y.qs.as_ptr().add(4 * g)));
+            }
+        }
+        let sc = _mm512_load_si512(tb.sc[B::SCALE_SUBS * sg].as_ptr().cast());
+        for (m, s) in main.iter_mut().zip(s) {
+            *m = _mm512_add_epi32(*m, _mm512_mullo_epi32(s, sc));
+        }
+    }
+    let mut corr = [zero; P];
+    for h in 0..8 {
+        let c = _mm512_load_si512(tb.corr[h].as_ptr().cast());
+        for (k, y) in corr.iter_mut().zip(&y) {
+            *k = _mm512_dpwssd_epi32(*k, c, broadcast4(y.bsums.as_ptr().add(2 * h)));
+        }
+    }
+    let d = _mm512_load_ps(tb.d.as_ptr());
+    let dmin = _mm512_load_ps(tb.dmin.as_ptr());
+    for (i, a) in acc[..P].iter_mut().enumerate() {
+        let dy = _mm512_set1_ps(y[i].d);
+        *a = accumulate16(B::FINISH, *a, d, dmin, dy, main[i], corr[i]);
+    }
+}
+
+/// Sixteen K-quant rows (`rows`, consecutive) against positions
+/// `p0..p0 + np`, `np <= TILE_POSITIONS`: `out[p][r]` for position
+/// `p0 + p` and row `r`. Each output element gets exactly the integer sums
+/// and float steps of the row kernel, so the two are interchangeable bit
+/// for bit.
+#[inline(always)]
+unsafe fn kquant_tile<B: TilePrep>(
+    rows: &[u8],
+    acts: Acts<'_>,
+    p0: usize,
+    np: usize,
+    out: &mut [[f32; TILE_ROWS]; TILE_POSITIONS],
+) {
+    assert!(np <= TILE_POSITIONS, "tile of {np} positions");
+    assert!(rows.len().is_multiple_of(TILE_ROWS), "tile of 16 rows");
+    let (rows_len, row_bytes) = (rows.len(), rows.len() / TILE_ROWS);
+    let rows: [&[B]; TILE_ROWS] =
+        std::array::from_fn(|r| as_blocks(&rows[r * row_bytes..(r + 1) * row_bytes]));
+    let Acts::Q8K {
+        blocks: ys,
+        per_pos,
+    } = acts
+    else {
+        unreachable!("K-quant kernel given non-Q8_K activations")
+    };
+    let nb = rows[0].len();
+    // Makes the unchecked block reads sound.
+    assert_eq!(per_pos, nb, "K-quant row length");
+    let ys = &ys[p0 * per_pos..(p0 + np) * per_pos];
+    let mut acc = [_mm512_setzero_ps(); TILE_POSITIONS];
+    let mut tmp: RowScratch = std::mem::zeroed();
+    let mut tb: TileBlock = std::mem::zeroed();
+    // Byte offsets of the rows, for gathers (i32 lanes).
+    assert!(i32::try_from(rows_len).is_ok(), "tile of {rows_len} bytes");
+    let idx = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(row_bytes as i32),
+    );
+    for b in 0..nb {
+        let base = rows[0].as_ptr().add(b).cast::<u8>();
+        B::prepare(&rows, b, base, idx, row_bytes, &mut tmp, &mut tb);
+        let y = |p: usize| ys.get_unchecked(p * per_pos + b);
+        let mut p = 0;
+        while p + 4 <= np {
+            tile_block::<B, 4>(&tb, [y(p), y(p + 1), y(p + 2), y(p + 3)], &mut acc[p..]);
+            p += 4;
+        }
+        match np - p {
+            3 => tile_block::<B, 3>(&tb, [y(p), y(p + 1), y(p + 2)], &mut acc[p..]),
+            2 => tile_block::<B, 2>(&tb, [y(p), y(p + 1)], &mut acc[p..]),
+            1 => tile_block::<B, 1>(&tb, [y(p)], &mut acc[p..]),
+            _ => {}
+        }
+    }
+    for (o, a) in out.iter_mut().zip(&acc).take(np) {
+        _mm512_storeu_ps(o.as_mut_ptr(), *a);
+    }
+}
+
+macro_rules! kquant_tiles {
+    ($($name:ident: $block:ty;)*) => {$(
+        /// # Safety
+        /// See [`TileKernel`]; needs AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        unsafe fn $name(rows: &[u8], acts: Acts<'_>, p0: usize, np: usize, out: &mut [[f32; TILE_ROWS]; TILE_POSITIONS]) {
+            kquant_tile::<$block>(rows, acts, p0, np, out)
+        }
+    )*};
+}
+
+kquant_tiles! {
+    q3k_tile: BlockQ3K;
+    q4k_tile: BlockQ4K;
+    q5k_tile: BlockQ5K;
+    q6k_tile: BlockQ6K;
+}
+
+/// The sixteen-row kernel for `ty`, if it has one (K-quants).
+pub(crate) fn select_tile(ty: GgmlType) -> Option<TileKernel> {
+    match ty {
+        GgmlType::Q3K => Some(q3k_tile),
+        GgmlType::Q4K => Some(q4k_tile),
+        GgmlType::Q5K => Some(q5k_tile),
+        GgmlType::Q6K => Some(q6k_tile),
+        _ => None,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -729,6 +1216,32 @@ mod tests {
             }
         }
         row
+    }
+
+    #[test]
+    fn transpose16_transposes() {
+        if !Isa::available().contains(&Isa(Kind::Avx512Vnni)) {
+            return;
+        }
+        let m: [[u32; 16]; 16] =
+            std::array::from_fn(|i| std::array::from_fn(|j| (i * 16 + j) as u32));
+        #[target_feature(enable = "avx512f")]
+        unsafe fn run(m: &[[u32; 16]; 16]) -> [[u32; 16]; 16] {
+            let v = std::array::from_fn(|i| _mm512_loadu_si512(m[i].as_ptr().cast()));
+            let t = transpose16(v);
+            let mut out = [[0u32; 16]; 16];
+            for (o, t) in out.iter_mut().zip(t) {
+                _mm512_storeu_si512(o.as_mut_ptr().cast(), t);
+            }
+            out
+        }
+        // SAFETY: AVX-512 F was detected (part of the VNNI set).
+        let t = unsafe { run(&m) };
+        for i in 0..16 {
+            for j in 0..16 {
+                assert_eq!(t[i][j], m[j][i], "({i}, {j})");
+            }
+        }
     }
 
     /// The 256-bit AVX-VNNI code (over EVEX) and the AVX-512 kernels against
