@@ -407,9 +407,13 @@ pub(crate) struct FloatOps {
 impl FloatOps {
     pub fn new(isa: Isa) -> FloatOps {
         match isa.0 {
-            // VNNI adds no float instructions: the x86 kinds share AVX2's.
             #[cfg(target_arch = "x86_64")]
-            Kind::Avx2 | Kind::AvxVnni | Kind::Avx512Vnni => FloatOps {
+            Kind::Avx512Vnni => FloatOps {
+                dot: super::vnni::dot_f32,
+                axpy: super::vnni::axpy,
+            },
+            #[cfg(target_arch = "x86_64")]
+            Kind::Avx2 | Kind::AvxVnni => FloatOps {
                 dot: super::avx2::dot_f32,
                 axpy: super::avx2::axpy,
             },
@@ -517,6 +521,38 @@ mod tests {
                 let mut got32 = vec![BlockQ8_32::ZERO; want32.len()];
                 quantize_q8_32(isa, x, &mut got32);
                 assert_eq!(got32, want32, "Q8_32 {isa}");
+            }
+        }
+    }
+
+    #[test]
+    fn float_ops_match_the_scalar_twin_bit_for_bit() {
+        let mut state = 0xf10a7;
+        for len in [0, 1, 7, 16, 31, 32, 33, 64, 100, 128, 200] {
+            let vals = |state: &mut u64| -> Vec<f32> {
+                (0..len)
+                    .map(|_| {
+                        let b: [u8; 2] = bytes(state);
+                        f32::from(i16::from_le_bytes(b)) / 301.0
+                    })
+                    .collect()
+            };
+            let (a, b, y0) = (vals(&mut state), vals(&mut state), vals(&mut state));
+            let scalar = FloatOps::new(Isa::SCALAR);
+            let want_dot = scalar.dot(&a, &b);
+            let mut want_y = y0.clone();
+            scalar.axpy(&mut want_y, 0.37, &a);
+            for isa in Isa::available() {
+                let ops = FloatOps::new(isa);
+                assert_eq!(
+                    ops.dot(&a, &b).to_bits(),
+                    want_dot.to_bits(),
+                    "dot {len} {isa}"
+                );
+                let mut y = y0.clone();
+                ops.axpy(&mut y, 0.37, &a);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&y), bits(&want_y), "axpy {len} {isa}");
             }
         }
     }

@@ -134,16 +134,20 @@ unsafe fn load512<T>(p: *const T) -> __m512i {
 unsafe fn hsum8x8(v: [__m256i; 8]) -> __m256i {
     // Per 128-bit half, lanes (a, b, c, d) of x and y become
     // (xa + xc, ya + yc, xb + xd, yb + yd).
-    let pair = |x, y| _mm256_add_epi32(_mm256_unpacklo_epi32(x, y), _mm256_unpackhi_epi32(x, y));
-    let (t01, t23, t45, t67) = (
-        pair(v[0], v[1]),
-        pair(v[2], v[3]),
-        pair(v[4], v[5]),
-        pair(v[6], v[7]),
+    let mut t = [v[0]; 4];
+    for (i, t) in t.iter_mut().enumerate() {
+        let (x, y) = (v[2 * i], v[2 * i + 1]);
+        *t = _mm256_add_epi32(_mm256_unpacklo_epi32(x, y), _mm256_unpackhi_epi32(x, y));
+    }
+    // Per 128-bit half: the half's sums of v[0..4] (in a) and v[4..8] (b).
+    let a = _mm256_add_epi32(
+        _mm256_unpacklo_epi64(t[0], t[1]),
+        _mm256_unpackhi_epi64(t[0], t[1]),
     );
-    // Per 128-bit half: the half's sums of v[0..4] (and of v[4..8]).
-    let quad = |x, y| _mm256_add_epi32(_mm256_unpacklo_epi64(x, y), _mm256_unpackhi_epi64(x, y));
-    let (a, b) = (quad(t01, t23), quad(t45, t67));
+    let b = _mm256_add_epi32(
+        _mm256_unpacklo_epi64(t[2], t[3]),
+        _mm256_unpackhi_epi64(t[2], t[3]),
+    );
     _mm256_add_epi32(
         _mm256_permute2x128_si256::<0x20>(a, b),
         _mm256_permute2x128_si256::<0x31>(a, b),
@@ -202,7 +206,10 @@ unsafe fn finish8(
 ) -> __m256 {
     match fin {
         Finish::Offset => {
-            let diff = std::array::from_fn(|p| _mm256_sub_epi32(main[p], corr[p]));
+            let mut diff = main;
+            for (d, c) in diff.iter_mut().zip(corr) {
+                *d = _mm256_sub_epi32(*d, c);
+            }
             let zero = _mm256_setzero_si256();
             accumulate8(Finish::Offset, acc, f, dy, hsum8x8(diff), zero)
         }
@@ -222,7 +229,12 @@ fn q8k_rows<const N: usize>(acts: Acts<'_>, p0: usize, blocks: usize) -> [&[Bloc
     };
     // Makes the callers' unchecked block reads sound.
     assert_eq!(per_pos, blocks, "K-quant row length");
-    std::array::from_fn(|i| &ys[(p0 + i) * per_pos..(p0 + i + 1) * per_pos])
+    // A loop rather than `array::from_fn`, which is not always inlined.
+    let mut rows: [&[BlockQ8K]; N] = [&[]; N];
+    for (i, r) in rows.iter_mut().enumerate() {
+        *r = &ys[(p0 + i) * per_pos..(p0 + i + 1) * per_pos];
+    }
+    rows
 }
 
 /// The eight positions' lanes of `acc`, first `N` into `out`.
@@ -261,8 +273,10 @@ struct Regs {
 #[inline(always)]
 unsafe fn dot512(q: &[__m512i; 4], sc: &[__m512i; 2], x: *const i8) -> __m512i {
     let zero = _mm512_setzero_si512();
-    let t: [__m512i; 4] =
-        std::array::from_fn(|c| _mm512_dpbusd_epi32(zero, q[c], load512(x.add(64 * c))));
+    let mut t = [zero; 4];
+    for (c, t) in t.iter_mut().enumerate() {
+        *t = _mm512_dpbusd_epi32(zero, q[c], load512(x.add(64 * c)));
+    }
     let a = _mm512_madd_epi16(_mm512_packs_epi32(t[0], t[1]), sc[0]);
     _mm512_dpwssd_epi32(a, _mm512_packs_epi32(t[2], t[3]), sc[1])
 }
@@ -288,7 +302,11 @@ static PACKED_SCALE: [[i16; 32]; 2] = {
 #[inline(always)]
 unsafe fn pack_scales(sc16: __m256i) -> [__m512i; 2] {
     let src = _mm512_zextsi256_si512(sc16);
-    std::array::from_fn(|h| _mm512_permutexvar_epi16(load512(PACKED_SCALE[h].as_ptr()), src))
+    let mut out = [src; 2];
+    for (o, idx) in out.iter_mut().zip(&PACKED_SCALE) {
+        *o = _mm512_permutexvar_epi16(load512(idx.as_ptr()), src);
+    }
+    out
 }
 
 /// Eight bytes, each repeated twice, widened to sixteen i16 lanes.
@@ -340,10 +358,11 @@ impl Unpack512 for BlockQ4K {
     unsafe fn unpack512(&self) -> (Regs, Factors) {
         let m4 = _mm512_set1_epi8(0x0F);
         // Chunk c: the low nibbles of qs[32c..32c + 32], then the high ones.
-        let q = std::array::from_fn(|c| {
+        let mut q = [m4; 4];
+        for (c, q) in q.iter_mut().enumerate() {
             let v = both_halves(self.qs.as_ptr().add(32 * c));
-            _mm512_and_si512(_mm512_mask_srli_epi16::<4>(v, HIGH_HALF, v), m4)
-        });
+            *q = _mm512_and_si512(_mm512_mask_srli_epi16::<4>(v, HIGH_HALF, v), m4);
+        }
         let sm = super::kernels::q4k_scales_mins(&self.scales);
         let regs = Regs {
             q,
@@ -369,12 +388,13 @@ impl Unpack512 for BlockQ5K {
         let qh = both_halves(self.qh.as_ptr());
         // As Q4_K, plus 16 where bit 2c (low half) or 2c + 1 (high half)
         // of the byte of qh is set.
-        let q = std::array::from_fn(|c| {
+        let mut q = [m4; 4];
+        for (c, q) in q.iter_mut().enumerate() {
             let v = both_halves(self.qs.as_ptr().add(32 * c));
             let v = _mm512_and_si512(_mm512_mask_srli_epi16::<4>(v, HIGH_HALF, v), m4);
             let bit = _mm512_test_epi8_mask(qh, halves8(1 << (2 * c), 1 << (2 * c + 1)));
-            _mm512_mask_add_epi8(v, bit, v, _mm512_set1_epi8(16))
-        });
+            *q = _mm512_mask_add_epi8(v, bit, v, _mm512_set1_epi8(16));
+        }
         let sm = super::kernels::q4k_scales_mins(&self.scales);
         let regs = Regs {
             q,
@@ -545,27 +565,23 @@ struct TileBlock {
 unsafe fn transpose16(a: [__m512i; 16]) -> [__m512i; 16] {
     // b: per 128-bit lane L, rows 2m, 2m + 1 of columns 4L..4L + 2 (even
     // b) or 4L + 2..4L + 4 (odd b).
-    let b: [__m512i; 16] = std::array::from_fn(|i| {
-        let (x, y) = (a[i & !1], a[i | 1]);
-        if i % 2 == 0 {
-            _mm512_unpacklo_epi32(x, y)
-        } else {
-            _mm512_unpackhi_epi32(x, y)
-        }
-    });
+    let mut b = a;
+    for i in (0..16).step_by(2) {
+        b[i] = _mm512_unpacklo_epi32(a[i], a[i + 1]);
+        b[i + 1] = _mm512_unpackhi_epi32(a[i], a[i + 1]);
+    }
     // c[4m + k]: per 128-bit lane L, rows 4m..4m + 4 of column 4L + k.
-    let c: [__m512i; 16] = std::array::from_fn(|i| {
-        let (m, k) = (i / 4, i % 4);
-        let (x, y) = (b[4 * m + k / 2], b[4 * m + 2 + k / 2]);
-        if k % 2 == 0 {
-            _mm512_unpacklo_epi64(x, y)
-        } else {
-            _mm512_unpackhi_epi64(x, y)
+    let mut c = b;
+    for m in 0..4 {
+        for h in 0..2 {
+            let (x, y) = (b[4 * m + h], b[4 * m + 2 + h]);
+            c[4 * m + 2 * h] = _mm512_unpacklo_epi64(x, y);
+            c[4 * m + 2 * h + 1] = _mm512_unpackhi_epi64(x, y);
         }
-    });
+    }
     // For each k, a 4 x 4 transpose of 128-bit lanes over c[k], c[4 + k],
     // c[8 + k], c[12 + k]: output 4L + k takes lane L of each.
-    let mut out = [_mm512_setzero_si512(); 16];
+    let mut out = c;
     for k in 0..4 {
         let e0 = _mm512_shuffle_i32x4::<0x44>(c[k], c[4 + k]);
         let e1 = _mm512_shuffle_i32x4::<0xEE>(c[k], c[4 + k]);
@@ -612,25 +628,25 @@ unsafe fn prepare_by_rows<B: Unpack512>(
         tb.d[r] = f.d;
         tb.dmin[r] = f.dmin;
     }
-    let rows_of = |m: &[[u32; 16]; TILE_ROWS]| -> [__m512i; 16] {
-        std::array::from_fn(|r| _mm512_load_si512(m[r].as_ptr().cast()))
-    };
+
     for c in 0..4 {
-        let v: [__m512i; 16] =
-            std::array::from_fn(|r| _mm512_load_si512(tmp.q[r].as_ptr().add(64 * c).cast()));
+        let mut v = [_mm512_setzero_si512(); 16];
+        for (v, q) in v.iter_mut().zip(&tmp.q) {
+            *v = _mm512_load_si512(q.as_ptr().add(64 * c).cast());
+        }
         for (j, t) in transpose16(v).into_iter().enumerate() {
             _mm512_store_si512(tb.q[16 * c + j].as_mut_ptr().cast(), t);
         }
     }
-    let sc: &[[u32; 16]; TILE_ROWS] = &*(&tmp.sc as *const [[i32; 16]; TILE_ROWS]).cast();
-    for (s, t) in transpose16(rows_of(sc)).into_iter().enumerate() {
+    let (mut sc, mut corr) = ([_mm512_setzero_si512(); 16], [_mm512_setzero_si512(); 16]);
+    for r in 0..TILE_ROWS {
+        sc[r] = _mm512_load_si512(tmp.sc[r].as_ptr().cast());
+        corr[r] = _mm512_load_si512(tmp.corr[r].as_ptr().cast());
+    }
+    for (s, t) in transpose16(sc).into_iter().enumerate() {
         _mm512_store_si512(tb.sc[s].as_mut_ptr().cast(), t);
     }
-    for (h, t) in transpose16(rows_of(&tmp.corr))
-        .into_iter()
-        .take(8)
-        .enumerate()
-    {
+    for (h, t) in transpose16(corr).into_iter().take(8).enumerate() {
         _mm512_store_si512(tb.corr[h].as_mut_ptr().cast(), t);
     }
 }
@@ -642,9 +658,11 @@ unsafe fn prepare_by_rows<B: Unpack512>(
 #[inline(always)]
 unsafe fn row_words(p: *const u8, row_bytes: usize, count: u32) -> [__m512i; 16] {
     let mask = ((1u32 << count) - 1) as __mmask16;
-    transpose16(std::array::from_fn(|r| {
-        _mm512_maskz_loadu_epi32(mask, p.add(r * row_bytes).cast())
-    }))
+    let mut v = [_mm512_setzero_si512(); 16];
+    for (r, v) in v.iter_mut().enumerate() {
+        *v = _mm512_maskz_loadu_epi32(mask, p.add(r * row_bytes).cast());
+    }
+    transpose16(v)
 }
 
 /// Lane `r`: the word at `p + idx[r]`.
@@ -673,6 +691,7 @@ unsafe fn f16_lanes(v: __m512i, high: bool) -> __m512 {
 /// A [`TileBlock`] from sixteen rows' block `b`; `base` points at row 0's
 /// block `b` and `idx` holds `r * row_bytes` in lane `r`.
 trait TilePrep: Unpack512 {
+    #[inline(always)]
     unsafe fn prepare(
         rows: &[&[Self]; TILE_ROWS],
         b: usize,
@@ -702,18 +721,20 @@ unsafe fn prepare_q45k(
     tb: &mut TileBlock,
 ) {
     let w0 = gather_words(base, idx);
-    let s: [__m512i; 3] = std::array::from_fn(|k| gather_words(base.add(4 + 4 * k), idx));
-    let or = _mm512_or_si512;
+    let mut s = [w0; 3];
+    for (k, s) in s.iter_mut().enumerate() {
+        *s = gather_words(base.add(4 + 4 * k), idx);
+    }
     let sw = [
         bits(s[0], 0, 0x3f3f_3f3f),
-        or(
+        _mm512_or_si512(
             bits(s[2], 0, 0x0f0f_0f0f),
             _mm512_slli_epi32::<4>(bits(s[0], 6, 0x0303_0303)),
         ),
     ];
     let mw = [
         bits(s[1], 0, 0x3f3f_3f3f),
-        or(
+        _mm512_or_si512(
             bits(s[2], 4, 0x0f0f_0f0f),
             _mm512_slli_epi32::<4>(bits(s[1], 6, 0x0303_0303)),
         ),
@@ -725,7 +746,7 @@ unsafe fn prepare_q45k(
         _mm512_store_si512(tb.sc[2 * j].as_mut_ptr().cast(), sc);
         _mm512_store_si512(
             tb.corr[j].as_mut_ptr().cast(),
-            or(m, _mm512_slli_epi32::<16>(m)),
+            _mm512_or_si512(m, _mm512_slli_epi32::<16>(m)),
         );
     }
     // Quant word w (bytes 4w..4w + 4 of qs) is in chunk c = w / 8: its low
@@ -741,8 +762,8 @@ unsafe fn prepare_q45k(
             let mut hi = bits(t, 4, 0x0f0f_0f0f);
             if let Some(h) = &hw {
                 let c = c as u32;
-                lo = or(lo, _mm512_slli_epi32::<4>(bits(h[wi], 2 * c, 0x0101_0101)));
-                hi = or(
+                lo = _mm512_or_si512(lo, _mm512_slli_epi32::<4>(bits(h[wi], 2 * c, 0x0101_0101)));
+                hi = _mm512_or_si512(
                     hi,
                     _mm512_slli_epi32::<4>(bits(h[wi], 2 * c + 1, 0x0101_0101)),
                 );
@@ -813,11 +834,15 @@ impl TilePrep for BlockQ6K {
         }
         // Scales: i8 s at byte s of 192..208; d: the high half of the word
         // at 206 (reading 208..212 could pass the end of the last row).
-        let sw: [__m512i; 4] = std::array::from_fn(|k| gather_words(base.add(192 + 4 * k), idx));
-        let sc: [__m512i; 16] = std::array::from_fn(|s| {
+        let mut sw = [_mm512_setzero_si512(); 4];
+        for (k, sw) in sw.iter_mut().enumerate() {
+            *sw = gather_words(base.add(192 + 4 * k), idx);
+        }
+        let mut sc = [_mm512_setzero_si512(); 16];
+        for (s, v) in sc.iter_mut().enumerate() {
             let left = 24 - 8 * (s as i32 % 4);
-            _mm512_srai_epi32::<24>(_mm512_sllv_epi32(sw[s / 4], _mm512_set1_epi32(left)))
-        });
+            *v = _mm512_srai_epi32::<24>(_mm512_sllv_epi32(sw[s / 4], _mm512_set1_epi32(left)));
+        }
         for (s, v) in sc.iter().enumerate() {
             _mm512_store_si512(tb.sc[s].as_mut_ptr().cast(), *v);
         }
@@ -925,8 +950,11 @@ unsafe fn kquant_tile<B: TilePrep>(
     assert!(np <= TILE_POSITIONS, "tile of {np} positions");
     assert!(rows.len().is_multiple_of(TILE_ROWS), "tile of 16 rows");
     let (rows_len, row_bytes) = (rows.len(), rows.len() / TILE_ROWS);
-    let rows: [&[B]; TILE_ROWS] =
-        std::array::from_fn(|r| as_blocks(&rows[r * row_bytes..(r + 1) * row_bytes]));
+    let mut row: [&[B]; TILE_ROWS] = [&[]; TILE_ROWS];
+    for (r, row) in row.iter_mut().enumerate() {
+        *row = as_blocks(&rows[r * row_bytes..(r + 1) * row_bytes]);
+    }
+    let rows = row;
     let Acts::Q8K {
         blocks: ys,
         per_pos,
@@ -1078,8 +1106,11 @@ unsafe fn block32_row<D: Dot256, B: Unpack32, const N: usize>(
     };
     // Makes the unchecked block reads below sound.
     assert_eq!(per_pos, blocks.len(), "32-block row length");
-    let ys: [&[BlockQ8_32]; N] =
-        std::array::from_fn(|i| &ys[(p0 + i) * per_pos..(p0 + i + 1) * per_pos]);
+    let mut rows: [&[BlockQ8_32]; N] = [&[]; N];
+    for (i, r) in rows.iter_mut().enumerate() {
+        *r = &ys[(p0 + i) * per_pos..(p0 + i + 1) * per_pos];
+    }
+    let ys = rows;
     let zero = _mm256_setzero_si256();
     let ones8 = _mm256_set1_epi8(1);
     let mut acc = [_mm256_setzero_ps(); N];
@@ -1132,6 +1163,59 @@ block32_rows! {
     q5_1_row_512, q5_1_row_avx: BlockQ5_1;
     q8_0_row_512, q8_0_row_avx: BlockQ8_0;
     iq4_nl_row_512, iq4_nl_row_avx: BlockIQ4NL;
+}
+
+// ---------------------------------------------------------------------------
+// f32 vector operations (attention), AVX-512: sixteen lanes per instruction,
+// the same arithmetic per lane as the AVX2 and scalar twins.
+
+/// `sum a[i] * b[i]` in the fixed 32-lane layout of
+/// [`super::kernels::reduce32`]: lanes 0-15 and 16-31 in two accumulators,
+/// fused multiply-adds, then `(l[i] + l[i + 16]) + (l[i + 8] + l[i + 24])`
+/// and [`super::kernels::reduce8`]; a tail shorter than 32 added in order.
+///
+/// # Safety
+/// Needs AVX2, FMA, F16C and AVX-512 F; `a.len() == b.len()`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(crate) unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let full = b.len() / 32 * 32;
+    let (mut lo, mut hi) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    for c in (0..full).step_by(32) {
+        let (pa, pb) = (a.as_ptr().add(c), b.as_ptr().add(c));
+        lo = _mm512_fmadd_ps(_mm512_loadu_ps(pa), _mm512_loadu_ps(pb), lo);
+        hi = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(16)), _mm512_loadu_ps(pb.add(16)), hi);
+    }
+    let t = _mm512_add_ps(lo, hi);
+    let u = _mm256_add_ps(
+        _mm512_castps512_ps256(t),
+        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(t))),
+    );
+    let mut r = avx2::reduce8(u);
+    for (&ai, &bi) in a[full..].iter().zip(&b[full..]) {
+        r = ai.mul_add(bi, r);
+    }
+    r
+}
+
+/// `y[i] += a * x[i]`, a rounded product then a rounded sum, as the twins.
+///
+/// # Safety
+/// Needs AVX2, FMA, F16C and AVX-512 F; `y.len() == x.len()`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(crate) unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    let full = x.len() / 16 * 16;
+    let va = _mm512_set1_ps(a);
+    for i in (0..full).step_by(16) {
+        let p = y.as_mut_ptr().add(i);
+        let v = _mm512_add_ps(
+            _mm512_loadu_ps(p),
+            _mm512_mul_ps(va, _mm512_loadu_ps(x.as_ptr().add(i))),
+        );
+        _mm512_storeu_ps(p, v);
+    }
+    for (yi, &xi) in y[full..].iter_mut().zip(&x[full..]) {
+        *yi += a * xi;
+    }
 }
 
 /// The AVX-VNNI kernels are the 256-bit code over [`Vex`]; a CPU with
@@ -1227,7 +1311,10 @@ mod tests {
             std::array::from_fn(|i| std::array::from_fn(|j| (i * 16 + j) as u32));
         #[target_feature(enable = "avx512f")]
         unsafe fn run(m: &[[u32; 16]; 16]) -> [[u32; 16]; 16] {
-            let v = std::array::from_fn(|i| _mm512_loadu_si512(m[i].as_ptr().cast()));
+            let mut v = [_mm512_setzero_si512(); 16];
+            for (v, m) in v.iter_mut().zip(m) {
+                *v = _mm512_loadu_si512(m.as_ptr().cast());
+            }
             let t = transpose16(v);
             let mut out = [[0u32; 16]; 16];
             for (o, t) in out.iter_mut().zip(t) {
