@@ -31,6 +31,12 @@
 //! thereby reads and unpacks each weight block once (prefill and batched
 //! decode), and one dot routine per instruction set serves all four formats.
 //!
+//! With AVX-512 VNNI, prefill also has *tile kernels* ([`TileKernel`]):
+//! sixteen rows at once, one row per i32 lane, so that the integer sums
+//! need no horizontal reduction. They compute the same integer `main` and
+//! `corr` per block and apply the same [`accumulate`] step per lane, so a
+//! tile kernel and a row kernel give the same bits for the same element.
+//!
 //! # 32-weight blocks: unpack to signed bytes, Q8_0's dot
 //!
 //! Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and IQ4_NL likewise differ only in packing.

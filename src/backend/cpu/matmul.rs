@@ -19,10 +19,27 @@
 //!
 //! so a weight block is read and unpacked once per chunk of positions, not
 //! once per position, and a decode step (one position) streams each weight
-//! row exactly once. Every output element is produced by one kernel call
-//! whose arithmetic does not depend on the tile, the chunk or the thread
-//! (see [`super::kernels`]): results are bit-identical for any thread count
-//! and any number of positions per call.
+//! row exactly once.
+//!
+//! Prefill on AVX-512 VNNI (K-quants, from [`kernels::TILE_MIN_POSITIONS`]
+//! positions): tiles are whole sixteens of rows, and each sixteen goes to a
+//! tile kernel, which puts the rows in the lanes of its vectors:
+//!
+//! ```text
+//! for each chunk of up to 64 positions:
+//!     for each super-block of the sixteen rows:  (unpacked once: 4 KiB + scales, in L1)
+//!         for each position of the chunk:        (its Q8_K block broadcast 4 bytes at a time)
+//!             16 rows x 256 weights of vpdpbusd, no horizontal sums
+//! ```
+//!
+//! Rows left over (fewer than sixteen at the end of a matrix) take the row
+//! kernel. The L2 blocking is the tile itself: at most 64 rows of the
+//! widest input (FFN 5632: 64 x 4.6 KB of Q6_K) plus a chunk's activations.
+//!
+//! Every output element is produced by one kernel call whose arithmetic does
+//! not depend on the tile, the chunk, the thread or the kind of kernel (see
+//! [`super::kernels`]): results are bit-identical for any thread count and
+//! any number of positions per call.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
