@@ -79,7 +79,7 @@ pub(crate) fn select(ty: GgmlType, np: usize, wide: bool) -> RowKernel {
 }
 
 /// The 256-bit VNNI instructions in their two encodings: EVEX (AVX-512 VL
-/// + VNNI) and VEX (AVX-VNNI). They compute the same thing; the kernels
+/// with VNNI) and VEX (AVX-VNNI). They compute the same thing; the kernels
 /// are written once over this trait.
 trait Dot256 {
     /// `acc + sum of four u8 x i8 products` per i32 lane (`vpdpbusd`).
