@@ -248,9 +248,9 @@ fn every_isa_matches_the_scalar_twin_on_random_blocks() {
         let (rows, cols) = (37, cols_for(ty));
         let data = random_matrix(ty, rows, cols, &mut rng);
         let w = weight(ty, rows, cols, &data);
-        // Up to 8 positions per row-kernel call, from 16 sixteen-row tile
-        // kernels (AVX-512 VNNI) with position tails and more than one
-        // call's worth (70 > 64).
+        // Row kernels (up to 8 positions per call) and, from a dozen
+        // positions, sixteen-row tile kernels (AVX-512 VNNI) with position
+        // tails and more than one call's worth (70 > 64).
         for n in [1, 2, 8, 13, 16, 21, 70] {
             let x = rng.floats(n * cols);
             check_against_scalar_and_oracle(&format!("{ty} n={n}"), w, &x, n, oracle_tol(ty));
