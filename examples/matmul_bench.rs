@@ -4,8 +4,12 @@
 //! measured by the same program.
 //!
 //! ```sh
-//! cargo run --release --example matmul_bench -- [--threads 1,2] [--iters 5] [--prefill-layers 2] [--scalar] [--only decode|prefill]
+//! cargo run --release --example matmul_bench -- [--threads 1,2] [--iters 5] [--prefill-layers 2] [--scalar | --isa NAME] [--only decode|prefill]
 //! ```
+//!
+//! `--isa` takes a name `FLEA_CPU_ISA` takes (`scalar`, `avx2`, `avx512vnni`, ...).
+//! Beside wall time, prefill reports the process CPU time, which a machine
+//! shared with other jobs disturbs much less.
 //!
 //! - decode: one token's matmuls (every layer, then the output head), as the
 //!   engine groups them: QKV in one call, O, gate+up in one call, down.
@@ -220,6 +224,10 @@ fn main() {
                     .expect("layer count")
             }
             "--scalar" => isa = Isa::SCALAR,
+            "--isa" => {
+                isa = Isa::from_name(&args.next().expect("--isa NAME"))
+                    .unwrap_or_else(|e| panic!("{e}"))
+            }
             "--only" => only = Some(args.next().expect("--only decode|prefill")),
             other => panic!("unknown argument {other}"),
         }
@@ -305,24 +313,40 @@ fn main() {
 
         if do_prefill {
             let t = Instant::now();
+            let cpu = cpu_seconds();
             for l in &layers[..prefill_layers] {
                 layer_pass(&b, l, &mut a, PROMPT);
             }
             let per_layer = t.elapsed().as_secs_f64() / prefill_layers as f64;
+            let cpu_per_layer = (cpu_seconds() - cpu) / prefill_layers as f64;
             let t = Instant::now();
             b.matmul(output.weight(), &a.x[..DIM], &mut a.logits, 1);
             let head = t.elapsed().as_secs_f64();
             let prompt = per_layer * LAYERS as f64 + head;
             let macs = per_layer_macs() * PROMPT as f64;
             println!(
-                "{threads} thread(s): prefill matmuls {PROMPT} positions: {:.0} ms/layer, {:.2} s/prompt = {:.1} tok/s ({:.1} GMAC/s)",
+                "{threads} thread(s): prefill matmuls {PROMPT} positions: {:.0} ms/layer, {:.2} s/prompt = {:.1} tok/s ({:.1} GMAC/s); CPU {:.0} ms/layer ({:.1} GMAC per CPU-second)",
                 per_layer * 1e3,
                 prompt,
                 PROMPT as f64 / prompt,
-                macs / per_layer / 1e9
+                macs / per_layer / 1e9,
+                cpu_per_layer * 1e3,
+                macs / cpu_per_layer / 1e9
             );
         }
     }
+}
+
+/// CPU time of the whole process so far (all threads), in seconds.
+fn cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime");
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
 /// Multiply-adds of one layer for one position.

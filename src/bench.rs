@@ -437,6 +437,9 @@ pub struct Report {
     pub model: String,
     pub model_bytes: u64,
     pub threads: usize,
+    /// The CPU kernel set ([`crate::backend::cpu::Isa::best`], which
+    /// `FLEA_CPU_ISA` overrides).
+    pub cpu_kernels: &'static str,
     pub budget_bytes: u64,
     pub decode_tokens_per_s: f64,
     pub prefill_tokens_per_s: f64,
@@ -522,6 +525,7 @@ impl Report {
             model: m.model,
             model_bytes: m.model_bytes,
             threads: m.threads,
+            cpu_kernels: crate::backend::cpu::Isa::best().name(),
             budget_bytes: s.budget_bytes,
             decode_tokens_per_s: s.decode_tokens_per_s,
             prefill_tokens_per_s: s.prefill_tokens_per_s,
@@ -574,10 +578,11 @@ impl std::fmt::Display for Report {
         let s = &self.streamed;
         writeln!(
             f,
-            "model {} ({}), {} threads",
+            "model {} ({}), {} threads, CPU kernels {}",
             self.model,
             ByteSize(self.model_bytes),
-            self.threads
+            self.threads,
+            self.cpu_kernels
         )?;
         writeln!(f, "{}", self.plan)?;
         for r in std::iter::once(s).chain(self.resident.as_ref()) {

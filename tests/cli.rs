@@ -410,6 +410,55 @@ fn bench_json_has_documented_fields() {
 }
 
 #[test]
+fn cpu_kernel_override_is_checked_and_changes_no_bits() {
+    let model = model_arg("synth-256-Q4_K_M.gguf");
+    let logits = |isa: Option<&str>| {
+        let path = std::env::temp_dir().join(format!(
+            "flea-cli-isa-{}-{}.bin",
+            isa.unwrap_or("auto"),
+            std::process::id()
+        ));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flea"));
+        cmd.args(["logits", "--model", &model, "--tokens", "1,2,3,4,5,6,7,8,9"])
+            .args(["--out", path.to_str().unwrap()])
+            .env_remove("FLEA_CPU_ISA");
+        if let Some(isa) = isa {
+            cmd.env("FLEA_CPU_ISA", isa);
+        }
+        let out = cmd.output().unwrap();
+        let bytes = std::fs::read(&path).ok();
+        let _ = std::fs::remove_file(&path);
+        (out, bytes)
+    };
+    // Unknown names and sets this CPU lacks are configuration errors.
+    for bad in ["avx9000", "neon+dotprod", "avxvnni"] {
+        let (out, _) = logits(Some(bad));
+        let available = flea::backend::cpu::Isa::available();
+        if available.iter().any(|i| i.name() == bad) {
+            continue;
+        }
+        assert_eq!(out.status.code(), Some(3), "{bad}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("FLEA_CPU_ISA={bad}")),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // Every set this CPU runs gives the logits of the scalar kernels, bit
+    // for bit (tests/cpu_kernels.rs checks the kernels themselves).
+    let (out, auto) = logits(None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for isa in flea::backend::cpu::Isa::available() {
+        let (out, forced) = logits(Some(isa.name()));
+        assert!(out.status.success(), "{isa}: {}", stderr(&out));
+        assert!(
+            forced == auto,
+            "{isa}: logits differ from the default kernels"
+        );
+    }
+}
+
+#[test]
 fn cuda_requested_without_a_gpu_is_a_clear_error() {
     let model = model_arg("synth-256-Q8_0.gguf");
     let cfg = temp_file("cuda.toml", "[device]\nbackend = \"cuda\"\n");

@@ -249,7 +249,10 @@ fn every_isa_matches_the_scalar_twin_on_random_blocks() {
         let (rows, cols) = (37, cols_for(ty));
         let data = random_matrix(ty, rows, cols, &mut rng);
         let w = weight(ty, rows, cols, &data);
-        for n in [1, 2, 8, 13] {
+        // Row kernels (up to 8 positions per call) and, from a dozen
+        // positions, sixteen-row tile kernels (AVX-512 VNNI) with position
+        // tails and more than one call's worth (70 > 64).
+        for n in [1, 2, 8, 13, 16, 21, 70] {
             let x = rng.floats(n * cols);
             check_against_scalar_and_oracle(&format!("{ty} n={n}"), w, &x, n, oracle_tol(ty));
         }
@@ -275,8 +278,13 @@ fn extreme_quants_and_activations_do_not_saturate() {
         GgmlType::Q8_0,
         GgmlType::IQ4NL,
     ] {
-        for fill in [0xFFu8, 0x80, 0x00] {
-            let (rows, cols) = (5, cols_for(ty));
+        // Five rows at two positions (row kernels) and seventeen at
+        // seventeen (sixteen-row tile kernels where the set has them).
+        for (fill, (rows, n)) in [0xFFu8, 0x80, 0x00]
+            .into_iter()
+            .flat_map(|f| [(f, (5, 2)), (f, (17, 17))])
+        {
+            let cols = cols_for(ty);
             let mut data = vec![fill; ty.row_bytes(cols).unwrap() * rows];
             let (_, block) = ty.block_layout().unwrap();
             for b in data.chunks_exact_mut(block) {
@@ -285,16 +293,16 @@ fn extreme_quants_and_activations_do_not_saturate() {
                 }
             }
             let w = weight(ty, rows, cols, &data);
-            let x: Vec<f32> = (0..2 * cols)
+            let x: Vec<f32> = (0..n * cols)
                 .map(|i| if (i / 3) % 2 == 0 { 1.0 } else { -1.0 })
                 .collect();
-            check_against_scalar_and_oracle(&format!("{ty} fill {fill:#x}"), w, &x, 2, 1e-5);
-            let x = rng.floats(2 * cols);
+            check_against_scalar_and_oracle(&format!("{ty} fill {fill:#x} n={n}"), w, &x, n, 1e-5);
+            let x = rng.floats(n * cols);
             check_against_scalar_and_oracle(
-                &format!("{ty} fill {fill:#x}, random x"),
+                &format!("{ty} fill {fill:#x} n={n}, random x"),
                 w,
                 &x,
-                2,
+                n,
                 oracle_tol(ty),
             );
         }

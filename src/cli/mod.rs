@@ -118,6 +118,12 @@ streamed vs fully resident speed. --model runs the same demo on your own GGUF."
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_level.as_deref());
+    // A kernel override the CPU cannot honour is a configuration error,
+    // refused before any work (the library would only log and ignore it).
+    if let Err(e) = flea::backend::cpu::Isa::from_env() {
+        eprintln!("error: {e}");
+        return ExitCode::from(flea::ErrorKind::Config.exit_code() as u8);
+    }
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Logits(args) => logits::logits(args),

@@ -68,7 +68,7 @@ unsafe fn store32<T>(p: *mut T, v: __m256i) {
 
 /// An f16 (little-endian bytes) to f32, exactly, with F16C.
 #[inline(always)]
-unsafe fn f16(bytes: [u8; 2]) -> f32 {
+pub(super) unsafe fn f16(bytes: [u8; 2]) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
         u16::from_le_bytes(bytes),
     ))))
@@ -122,7 +122,7 @@ unsafe fn pairs_u8_to_i16(bytes: &[u8]) -> __m256i {
     _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(v, v))
 }
 
-trait Unpack: ByteBlock {
+pub(super) trait Unpack: ByteBlock {
     const FINISH: Finish;
     unsafe fn unpack(&self, u: &mut Unpacked) -> Factors;
 }
@@ -250,7 +250,7 @@ impl Unpack for BlockQ3K {
 
 /// Sum the lanes of two i32 vectors (exact, so the order is free).
 #[inline(always)]
-unsafe fn hsum_i32_pair(a: __m256i, b: __m256i) -> (i32, i32) {
+pub(super) unsafe fn hsum_i32_pair(a: __m256i, b: __m256i) -> (i32, i32) {
     let h = _mm256_hadd_epi32(a, b);
     let s = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
     let t = _mm_hadd_epi32(s, s);
@@ -323,7 +323,7 @@ kquant_rows! {
 
 /// The fixed eight-lane reduction of [`super::kernels::reduce8`].
 #[inline(always)]
-unsafe fn reduce8(v: __m256) -> f32 {
+pub(super) unsafe fn reduce8(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let w = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(w, _mm_movehdup_ps(w)))
@@ -331,7 +331,7 @@ unsafe fn reduce8(v: __m256) -> f32 {
 
 /// A 32-weight block as [`super::scalar::Unpack32`] gives it: the quants
 /// as 32 signed bytes in weight order, the scale, the minimum (0 without).
-trait Unpack32: ByteBlock {
+pub(super) trait Unpack32: ByteBlock {
     const MIN: bool;
     unsafe fn unpack(&self) -> (__m256i, f32, f32);
 }

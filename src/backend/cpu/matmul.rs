@@ -19,15 +19,32 @@
 //!
 //! so a weight block is read and unpacked once per chunk of positions, not
 //! once per position, and a decode step (one position) streams each weight
-//! row exactly once. Every output element is produced by one kernel call
-//! whose arithmetic does not depend on the tile, the chunk or the thread
-//! (see [`super::kernels`]): results are bit-identical for any thread count
-//! and any number of positions per call.
+//! row exactly once.
+//!
+//! Prefill on AVX-512 VNNI (K-quants, from [`kernels::TILE_MIN_POSITIONS`]
+//! positions): tiles are whole sixteens of rows, and each sixteen goes to a
+//! tile kernel, which puts the rows in the lanes of its vectors:
+//!
+//! ```text
+//! for each chunk of up to 64 positions:
+//!     for each super-block of the sixteen rows:  (unpacked once: 4 KiB + scales, in L1)
+//!         for each position of the chunk:        (its Q8_K block broadcast 4 bytes at a time)
+//!             16 rows x 256 weights of vpdpbusd, no horizontal sums
+//! ```
+//!
+//! Rows left over (fewer than sixteen at the end of a matrix) take the row
+//! kernel. The L2 blocking is the tile itself: at most 64 rows of the
+//! widest input (FFN 5632: 64 x 4.6 KB of Q6_K) plus a chunk's activations.
+//!
+//! Every output element is produced by one kernel call whose arithmetic does
+//! not depend on the tile, the chunk, the thread or the kind of kernel (see
+//! [`super::kernels`]): results are bit-identical for any thread count and
+//! any number of positions per call.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::kernels::{self, ActFormat, Acts, MAX_POSITIONS};
+use super::kernels::{self, ActFormat, Acts, MAX_POSITIONS, TILE_POSITIONS, TILE_ROWS};
 use super::CpuBackend;
 use crate::backend::Weight;
 use crate::quant::q8_32::BlockQ8_32;
@@ -208,7 +225,17 @@ impl CpuBackend {
         };
 
         let total_rows: usize = jobs.iter().flatten().map(|(w, _)| w.rows).sum();
-        let tile_rows = tile_rows(total_rows, self.threads);
+        // Tile kernels take sixteen rows at a time: tiles of whole sixteens
+        // keep every row of a tile on them (the last rows of a matrix aside).
+        let tiled = jobs
+            .iter()
+            .flatten()
+            .any(|(w, _)| kernels::select_tile(self.isa, w.ggml_type, n).is_some());
+        let tile_rows = if tiled {
+            tile_rows(total_rows, self.threads).next_multiple_of(TILE_ROWS)
+        } else {
+            tile_rows(total_rows, self.threads)
+        };
         let mut tiles = 0;
         let mut list = [None::<Job<'_>>; 8];
         assert!(
@@ -314,17 +341,41 @@ fn tile_rows(total_rows: usize, threads: usize) -> usize {
     total_rows.div_ceil(threads * 8).clamp(4, 64)
 }
 
-/// Rows `rows` of `w` against all `n` positions, written into `out`.
+/// Rows `rows` of `w` against all `n` positions, written into `out`: by
+/// sixteens with the tile kernel where there is one, the other rows with
+/// the row kernel (the two give the same bits).
 fn run_tile(
     isa: super::Isa,
     w: &Weight<'_>,
-    rows: Range<usize>,
+    mut rows: Range<usize>,
     acts: Acts<'_>,
     n: usize,
     out: OutPtr,
 ) {
-    let mut res = [0.0f32; MAX_POSITIONS];
     let row_bytes = w.row_bytes();
+    if let Some(kernel) = kernels::select_tile(isa, w.ggml_type, n) {
+        let mut res = [[0.0f32; TILE_ROWS]; TILE_POSITIONS];
+        while rows.len() >= TILE_ROWS {
+            let r0 = rows.start;
+            let data = &w.data[r0 * row_bytes..(r0 + TILE_ROWS) * row_bytes];
+            for p0 in (0..n).step_by(TILE_POSITIONS) {
+                let np = (n - p0).min(TILE_POSITIONS);
+                // SAFETY: as for the row kernel below, with `p0 + np <= n`.
+                unsafe { kernel(data, acts, p0, np, &mut res) };
+                for (p, vals) in res[..np].iter().enumerate() {
+                    let at = (p0 + p) * w.rows + r0;
+                    assert!(at + TILE_ROWS <= out.len);
+                    // SAFETY: in bounds (checked); these rows belong to
+                    // this tile only, so no other thread writes them.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(vals.as_ptr(), out.ptr.add(at), TILE_ROWS)
+                    };
+                }
+            }
+            rows.start += TILE_ROWS;
+        }
+    }
+    let mut res = [0.0f32; MAX_POSITIONS];
     for p0 in (0..n).step_by(MAX_POSITIONS) {
         let np = (n - p0).min(MAX_POSITIONS);
         let kernel = kernels::select(isa, w.ggml_type, np);

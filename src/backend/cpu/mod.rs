@@ -3,12 +3,14 @@
 //! attention).
 //!
 //! Layout of the module:
-//! - [`isa`]: which kernels this CPU runs (AVX2+FMA+F16C, NEON, NEON with
-//!   `sdot`, or scalar), detected once.
+//! - [`isa`]: which kernels this CPU runs (AVX-512 VNNI, AVX-VNNI,
+//!   AVX2+FMA+F16C, NEON, NEON with `sdot`, or scalar), detected once and
+//!   overridable with `FLEA_CPU_ISA`.
 //! - `kernels`: what all kernels share, the canonical K-quant block form,
 //!   and why every instruction set gives bit-identical results.
-//! - `scalar`, `avx2`, `neon`: the kernels, one file per instruction set;
-//!   the scalar ones are the twins the others are tested against.
+//! - `scalar`, `avx2`, `vnni`, `neon`: the kernels, one file per family of
+//!   instruction sets; the scalar ones are the twins the others are tested
+//!   against.
 //! - `matmul`: activation quantization, row tiles, position chunks.
 //! - `pool`: the worker threads.
 //! - `ops`: norms, RoPE, softmax, attention, SwiGLU.
@@ -33,6 +35,8 @@ mod scalar;
 mod avx2;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 
 use std::cell::RefCell;
 
@@ -62,7 +66,9 @@ impl CpuBackend {
     /// A backend with `threads` participants (the caller and `threads - 1`
     /// workers, spawned now) and the best kernels for this CPU.
     pub fn new(threads: usize) -> CpuBackend {
-        CpuBackend::with_isa(threads, Isa::best())
+        let isa = Isa::best();
+        log::debug!("CPU kernels: {isa} ({threads} threads)");
+        CpuBackend::with_isa(threads, isa)
     }
 
     /// As [`CpuBackend::new`], with the given kernels (tests and benchmarks
