@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::process::Output;
+use std::process::{Command, Output};
 
 fn flea(args: &[&str], stdin: &str) -> Output {
     common::run_flea(args, stdin.as_bytes())
