@@ -351,6 +351,29 @@ trait Unpack512: ByteBlock {
     unsafe fn unpack512(&self) -> (Regs, Factors);
 }
 
+/// The registers of a Q4_K or Q5_K super-block once its quants are
+/// unpacked: the two formats share the packed 6-bit scales and mins and the
+/// two f16 factors.
+#[inline(always)]
+unsafe fn q45k_regs(
+    q: [__m512i; 4],
+    scales: &[u8; 12],
+    d: [u8; 2],
+    dmin: [u8; 2],
+) -> (Regs, Factors) {
+    let sm = super::kernels::q4k_scales_mins(scales);
+    let regs = Regs {
+        q,
+        sc16: pairs_u8_to_i16(&sm[..8]),
+        corr: pairs_u8_to_i16(&sm[8..]),
+    };
+    let factors = Factors {
+        d: avx2::f16(d),
+        dmin: avx2::f16(dmin),
+    };
+    (regs, factors)
+}
+
 impl Unpack512 for BlockQ4K {
     const FINISH: Finish = Finish::Min;
     const SCALE_SUBS: usize = 2;
@@ -363,19 +386,7 @@ impl Unpack512 for BlockQ4K {
             let v = both_halves(self.qs.as_ptr().add(32 * c));
             *q = _mm512_and_si512(_mm512_mask_srli_epi16::<4>(v, HIGH_HALF, v), m4);
         }
-        let sm = super::kernels::q4k_scales_mins(&self.scales);
-        let regs = Regs {
-            q,
-            sc16: pairs_u8_to_i16(&sm[..8]),
-            corr: pairs_u8_to_i16(&sm[8..]),
-        };
-        (
-            regs,
-            Factors {
-                d: avx2::f16(self.d),
-                dmin: avx2::f16(self.dmin),
-            },
-        )
+        q45k_regs(q, &self.scales, self.d, self.dmin)
     }
 }
 
@@ -395,19 +406,7 @@ impl Unpack512 for BlockQ5K {
             let bit = _mm512_test_epi8_mask(qh, halves8(1 << (2 * c), 1 << (2 * c + 1)));
             *q = _mm512_mask_add_epi8(v, bit, v, _mm512_set1_epi8(16));
         }
-        let sm = super::kernels::q4k_scales_mins(&self.scales);
-        let regs = Regs {
-            q,
-            sc16: pairs_u8_to_i16(&sm[..8]),
-            corr: pairs_u8_to_i16(&sm[8..]),
-        };
-        (
-            regs,
-            Factors {
-                d: avx2::f16(self.d),
-                dmin: avx2::f16(self.dmin),
-            },
-        )
+        q45k_regs(q, &self.scales, self.d, self.dmin)
     }
 }
 
