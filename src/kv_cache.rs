@@ -161,8 +161,13 @@ pub trait KvBlocks {
     /// ([`KvBlocks::loaded`]): `first` a multiple of
     /// [`KvBlocks::block_positions`], `n` at most that. Keys and values
     /// have a buffer each, so one block of each can be loaded at once.
-    fn load(&mut self, part: KvPart, head: usize, first: usize, n: usize)
-        -> crate::error::Result<()>;
+    fn load(
+        &mut self,
+        part: KvPart,
+        head: usize,
+        first: usize,
+        n: usize,
+    ) -> crate::error::Result<()>;
 
     /// The positions last loaded for `part`, `head_dim` values each.
     fn loaded(&self, part: KvPart) -> KvRows<'_>;

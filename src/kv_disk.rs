@@ -135,8 +135,8 @@ impl DiskKv {
     pub fn ram_bytes(shape: KvShape, kv_type: KvType, max_chunk: usize) -> u64 {
         let kv_type = KvCache::effective_type(kv_type, shape.head_dim);
         let blocks = 2 * Self::block_bytes(&shape, kv_type, KV_BLOCK) as u64;
-        let new_rows = (2 * max_chunk as u64)
-            .saturating_mul((shape.kv_dim() * kv_type.bytes()) as u64);
+        let new_rows =
+            (2 * max_chunk as u64).saturating_mul((shape.kv_dim() * kv_type.bytes()) as u64);
         let tails =
             Self::slots(&shape).saturating_mul(2 * Self::tail_bytes(&shape, kv_type) as u64);
         blocks.saturating_add(new_rows).saturating_add(tails)
@@ -378,7 +378,11 @@ impl DiskKv {
         let (l, s, start) = self.current.expect("DiskKv::store before begin");
         debug_assert_eq!((l, s), (layer, seq));
         let i = pos - start;
-        assert!(i < self.max_chunk, "DiskKv: more than {} rows in a pass", self.max_chunk);
+        assert!(
+            i < self.max_chunk,
+            "DiskKv: more than {} rows in a pass",
+            self.max_chunk
+        );
         let hd = self.shape.head_dim;
         for head in 0..self.shape.n_kv_heads {
             let at = (head * self.max_chunk + i) * self.row_bytes;
@@ -414,7 +418,10 @@ impl DiskKv {
             let n_new = (b - a) as usize;
             if b - c <= self.tail as u64 {
                 let ta = (a - c) as usize;
-                for (tail, rows) in [(&mut self.k_tail, &self.k_new), (&mut self.v_tail, &self.v_new)] {
+                for (tail, rows) in [
+                    (&mut self.k_tail, &self.k_new),
+                    (&mut self.v_tail, &self.v_new),
+                ] {
                     tail[t + ta..t + ta + n_new].copy_from_slice(&rows[new..new + n_new]);
                 }
                 continue;
@@ -562,7 +569,8 @@ fn f16s_mut(b: &mut [u8]) -> &mut [f16] {
 /// the disk cache), then [`KvStore::end`].
 pub enum KvStore {
     Ram(KvCache),
-    Disk(DiskKv),
+    /// Boxed: its fixed fields are several times the RAM cache's.
+    Disk(Box<DiskKv>),
 }
 
 impl KvStore {

@@ -122,7 +122,10 @@ fn disk_logits_equal_ram_logits_bit_for_bit() {
                     .iter()
                     .zip(&disk.1)
                     .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{name} kv {kv_type} batch {n_seq}: decode logits differ");
+                assert!(
+                    same,
+                    "{name} kv {kv_type} batch {n_seq}: decode logits differ"
+                );
                 assert!(is_empty(&dir), "KV file left in {}", dir.display());
                 std::fs::remove_dir(&dir).unwrap();
             }

@@ -22,10 +22,10 @@ struct Scratch {
     att_out: Vec<f32>, // (chunk, n_heads * head_dim)
     hb: Vec<f32>,      // (chunk, ffn_dim) gate, then silu(gate) * up
     hb2: Vec<f32>,     // (chunk, ffn_dim) up
-    scores: Vec<f32>, // attention scores: see `Scratch::lengths`
-    norm_w: Vec<f32>, // (max(dim, q_dim)) a norm's weights or a bias, dequantized
-    head: Vec<f32>,   // (head_dim) one head, for the per-head norms
-    logits: Vec<f32>, // (chunk, vocab)
+    scores: Vec<f32>,  // attention scores: see `Scratch::lengths`
+    norm_w: Vec<f32>,  // (max(dim, q_dim)) a norm's weights or a bias, dequantized
+    head: Vec<f32>,    // (head_dim) one head, for the per-head norms
+    logits: Vec<f32>,  // (chunk, vocab)
 }
 
 impl Scratch {
@@ -131,12 +131,12 @@ impl CpuForward {
         kernels.reserve(config.max_chunk, widest);
         let shape = KvShape::of(hp, config.n_seq, config.n_ctx);
         let kv = if config.kv_on_disk {
-            KvStore::Disk(DiskKv::create(
+            KvStore::Disk(Box::new(DiskKv::create(
                 kv_dir,
                 shape,
                 config.kv_type,
                 config.max_chunk,
-            )?)
+            )?))
         } else {
             KvStore::Ram(KvCache::new(shape, config.kv_type))
         };
@@ -172,7 +172,13 @@ impl CpuForward {
                 config.max_chunk,
             )
         } else {
-            KvCache::bytes_for(hp.n_layers, config.n_seq, config.n_ctx, hp.kv_dim(), kv_type)
+            KvCache::bytes_for(
+                hp.n_layers,
+                config.n_seq,
+                config.n_ctx,
+                hp.kv_dim(),
+                kv_type,
+            )
         };
         kv.saturating_add((f32s * std::mem::size_of::<f32>() + rope + act_quant) as u64)
     }
@@ -300,7 +306,7 @@ impl Backend for CpuForward {
                 KvStore::Disk(disk) => mm.attention_blocks(
                     out,
                     q,
-                    disk,
+                    &mut **disk,
                     run.start_pos,
                     run.len,
                     heads.0,

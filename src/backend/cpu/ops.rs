@@ -772,7 +772,11 @@ mod tests {
             f.clear();
             h.clear();
             for t in first..first + n {
-                let row = rows.values(t * self.kv_dim + head * self.head_dim, self.head_dim, &mut buf);
+                let row = rows.values(
+                    t * self.kv_dim + head * self.head_dim,
+                    self.head_dim,
+                    &mut buf,
+                );
                 f.extend_from_slice(row);
                 h.extend(row.iter().map(|&x| half::f16::from_f32(x)));
             }
@@ -797,7 +801,16 @@ mod tests {
         // Decode steps, prefill chunks, a window, blocks of 1 to 512
         // positions (the larger ones spread over the pool); scratch for
         // every score and for (max, sum) only.
-        for (start, n) in [(0, 1), (40, 1), (63, 1), (0, 9), (37, 9), (70, 5), (600, 1), (200, 16)] {
+        for (start, n) in [
+            (0, 1),
+            (40, 1),
+            (63, 1),
+            (0, 9),
+            (37, 9),
+            (70, 5),
+            (600, 1),
+            (200, 16),
+        ] {
             let n_ctx = start + n;
             let k: Vec<f32> = (0..n_ctx * kv_dim).map(|i| val(i, 7919)).collect();
             let v: Vec<f32> = (0..n_ctx * kv_dim).map(|i| val(i, 104_729)).collect();
@@ -815,7 +828,17 @@ mod tests {
                     let mut want = vec![0.0; q.len()];
                     let mut scores = vec![0.0; 2 * group * n_ctx];
                     ram.attention_batch(
-                        &mut want, &q, kr, vr, start, n, n_heads, n_kv, hd, window, &mut scores,
+                        &mut want,
+                        &q,
+                        kr,
+                        vr,
+                        start,
+                        n,
+                        n_heads,
+                        n_kv,
+                        hd,
+                        window,
+                        &mut scores,
                     );
                     for (threads, block) in [(1, 1), (2, 7), (3, 64), (2, 512)] {
                         for all_scores in [true, false] {
@@ -835,11 +858,22 @@ mod tests {
                             let mut got = vec![f32::NAN; q.len()];
                             backend
                                 .attention_blocks(
-                                    &mut got, &q, &mut cache, start, n, n_heads, n_kv, hd,
-                                    window, &mut scores,
+                                    &mut got,
+                                    &q,
+                                    &mut cache,
+                                    start,
+                                    n,
+                                    n_heads,
+                                    n_kv,
+                                    hd,
+                                    window,
+                                    &mut scores,
                                 )
                                 .unwrap();
-                            let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                            let same = got
+                                .iter()
+                                .zip(&want)
+                                .all(|(a, b)| a.to_bits() == b.to_bits());
                             assert!(
                                 same,
                                 "{start}+{n} f16 {f16} window {window:?} {threads} threads, \
