@@ -15,7 +15,7 @@ use crate::backend::{Batch, BatchEntry};
 use crate::backend::cpu::{CpuForward, CpuForwardConfig};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::kv_cache::{KvCache, KvType};
+use crate::kv_cache::{KvShape, KvType};
 use crate::kv_disk::{DiskKv, KvOffload};
 use crate::model::{Hparams, Model};
 use crate::residency::plan::{LayerRead, Plan};
@@ -135,13 +135,7 @@ impl EngineConfig {
 
     /// Size of the KV file when the cache is on disk.
     pub fn kv_file_bytes(&self, hp: &Hparams) -> u64 {
-        DiskKv::file_bytes(
-            hp.n_layers,
-            self.n_seq,
-            self.n_ctx,
-            hp.kv_dim(),
-            KvCache::effective_type(self.kv_type, hp.head_dim),
-        )
+        DiskKv::file_bytes(KvShape::of(hp, self.n_seq, self.n_ctx), self.kv_type)
     }
 
     /// The smallest budget that runs `model` on the CPU at this shape: with

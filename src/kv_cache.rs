@@ -8,6 +8,7 @@
 //! product is still an f32 product and the result does not depend on the
 //! instruction set or the thread count.
 
+use crate::model::Hparams;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use std::fmt;
@@ -112,6 +113,66 @@ impl<'a> KvRows<'a> {
     }
 }
 
+/// What a KV cache holds: keys and values of `n_ctx` positions for each
+/// of `n_layers` layers and `n_seq` sequences, `n_kv_heads` heads of
+/// `head_dim` values each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvShape {
+    pub n_layers: usize,
+    pub n_seq: usize,
+    pub n_ctx: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl KvShape {
+    /// The cache of `model` for `n_seq` sequences of `n_ctx` positions.
+    pub fn of(model: &Hparams, n_seq: usize, n_ctx: usize) -> KvShape {
+        KvShape {
+            n_layers: model.n_layers,
+            n_seq,
+            n_ctx,
+            n_kv_heads: model.n_kv_heads,
+            head_dim: model.head_dim,
+        }
+    }
+
+    /// Values of one position of one layer: every kv head.
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+}
+
+/// Keys or values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvPart {
+    Keys,
+    Values,
+}
+
+/// A cache read a block of positions of one kv head at a time (the cache
+/// on disk): what [`crate::backend::cpu::CpuBackend::attention_blocks`]
+/// reads, for the `(layer, sequence)` of the current pass.
+pub trait KvBlocks {
+    /// Positions per block; blocks start at multiples of it.
+    fn block_positions(&self) -> usize;
+
+    /// Make `part` of kv head `head` at positions `first..first + n`
+    /// ([`KvBlocks::loaded`]): `first` a multiple of
+    /// [`KvBlocks::block_positions`], `n` at most that. Keys and values
+    /// have a buffer each, so one block of each can be loaded at once.
+    fn load(
+        &mut self,
+        part: KvPart,
+        head: usize,
+        first: usize,
+        n: usize,
+    ) -> crate::error::Result<()>;
+
+    /// The positions last loaded for `part`, `head_dim` values each.
+    fn loaded(&self, part: KvPart) -> KvRows<'_>;
+}
+
 enum Store {
     F32 { k: Vec<f32>, v: Vec<f32> },
     F16 { k: Vec<f16>, v: Vec<f16> },
@@ -129,16 +190,9 @@ pub struct KvCache {
 impl KvCache {
     /// A zeroed cache. `kv_type` f16 with heads wider than
     /// [`F16_MAX_HEAD_DIM`] is kept as f32 ([`KvCache::effective_type`]).
-    pub fn new(
-        n_layers: usize,
-        n_seq: usize,
-        n_ctx: usize,
-        kv_dim: usize,
-        head_dim: usize,
-        kv_type: KvType,
-    ) -> KvCache {
-        let len = n_layers * n_seq * n_ctx * kv_dim;
-        let store = match Self::effective_type(kv_type, head_dim) {
+    pub fn new(shape: KvShape, kv_type: KvType) -> KvCache {
+        let len = shape.n_layers * shape.n_seq * shape.n_ctx * shape.kv_dim();
+        let store = match Self::effective_type(kv_type, shape.head_dim) {
             KvType::F32 => Store::F32 {
                 k: vec![0.0; len],
                 v: vec![0.0; len],
@@ -149,9 +203,9 @@ impl KvCache {
             },
         };
         KvCache {
-            n_seq,
-            n_ctx,
-            kv_dim,
+            n_seq: shape.n_seq,
+            n_ctx: shape.n_ctx,
+            kv_dim: shape.kv_dim(),
             store,
         }
     }
@@ -233,7 +287,14 @@ mod tests {
 
     #[test]
     fn f16_rows_round_once_and_widen_exactly() {
-        let mut c = KvCache::new(2, 1, 4, 3, 3, KvType::F16);
+        let shape = KvShape {
+            n_layers: 2,
+            n_seq: 1,
+            n_ctx: 4,
+            n_kv_heads: 1,
+            head_dim: 3,
+        };
+        let mut c = KvCache::new(shape, KvType::F16);
         let k = [1.0f32 / 3.0, -2.5, 65504.0];
         c.store(1, 0, 2, &k, &[0.1, 0.2, 0.3]);
         let (kr, _) = c.layer(1, 0, 3);
@@ -252,7 +313,17 @@ mod tests {
     fn wide_heads_keep_f32() {
         assert_eq!(KvCache::effective_type(KvType::F16, 1024), KvType::F32);
         assert_eq!(
-            KvCache::new(1, 1, 1, 1024, 1024, KvType::F16).kv_type(),
+            KvCache::new(
+                KvShape {
+                    n_layers: 1,
+                    n_seq: 1,
+                    n_ctx: 1,
+                    n_kv_heads: 1,
+                    head_dim: 1024
+                },
+                KvType::F16
+            )
+            .kv_type(),
             KvType::F32
         );
         assert_eq!("F16".parse::<KvType>(), Ok(KvType::F16));

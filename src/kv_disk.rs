@@ -2,24 +2,27 @@
 //! (`[memory] kv_offload`).
 //!
 //! One file, created in `[memory] kv_dir` and unlinked as soon as it is
-//! open (so it is gone at exit, even after a crash), holds the cache in the
-//! in-RAM layout `[layer][seq][position][kv_dim]`, keys then values, in the
-//! cache's element type; each `(layer, seq)` region starts on an O_DIRECT
-//! boundary. For each layer and sequence of a pass, positions `0..start`
-//! are read into one fixed, aligned buffer (one layer of one sequence at
-//! full context, K and V, allocated at start), the pass's new rows are
-//! stored after them exactly as [`crate::kv_cache::KvCache::store`] stores
-//! them, and attention runs over that buffer as [`KvRows`]: the same bits
-//! and the same code path as the in-RAM cache, so the logits are identical.
+//! open (so it is gone at exit, even after a crash), holds the cache in
+//! the layout `[layer][seq][kv_head][position][head_dim]`, keys then
+//! values, in the cache's element type; each `(layer, seq, kv_head)`
+//! region (a *slot*) starts on an O_DIRECT boundary. Attention reads it
+//! one kv head at a time, a block of positions at a time ([`KvBlocks`]),
+//! into two fixed aligned buffers (one for keys, one for values), so the
+//! RAM it needs does not grow with the context:
+//! [`crate::backend::cpu::CpuBackend::attention_blocks`] computes from
+//! those blocks the same bits as attention over the in-RAM cache.
 //!
-//! The newest rows of each layer and sequence (less than [`KV_TAIL`] bytes
-//! past the last aligned block written) stay in a RAM tail; when it fills,
-//! the completed blocks are written in one aligned write. A decode step
-//! therefore reads the context once per layer and writes about
-//! `KV_TAIL` bytes every `KV_TAIL / row` tokens.
+//! A pass's new rows are stored, rounded as
+//! [`crate::kv_cache::KvCache::store`] rounds them, in a RAM buffer of one
+//! chunk; at [`DiskKv::end`] they join the slot's RAM tail (the newest
+//! rows past the last aligned block written, at most [`KV_TAIL`] bytes),
+//! and when it fills, the completed blocks are written in aligned writes.
+//! A decode step therefore reads the context once per layer (from the
+//! window's first block, with a sliding window) and writes about
+//! `KV_TAIL` bytes per slot every `KV_TAIL / row` tokens.
 
 use crate::error::{Error, Result};
-use crate::kv_cache::{KvCache, KvRows, KvType};
+use crate::kv_cache::{KvBlocks, KvCache, KvPart, KvRows, KvShape, KvType};
 use crate::residency::buffer::{align_down, align_up, AlignedBuf, IO_ALIGN};
 use crate::residency::loader::MAX_REQUEST;
 use half::f16;
@@ -44,93 +47,127 @@ pub enum KvOffload {
     On,
 }
 
-/// Most bytes of the newest keys (and as many of values) of each layer and
-/// sequence kept in RAM between writes: a multiple of the O_DIRECT block.
-/// Short contexts get a smaller tail ([`DiskKv::tail_bytes`]).
-pub const KV_TAIL: usize = 64 << 10;
+/// Most bytes of the newest keys (and as many of values) of each slot kept
+/// in RAM between writes: a multiple of the O_DIRECT block. Short contexts
+/// get a smaller tail ([`DiskKv::tail_bytes`]).
+pub const KV_TAIL: usize = 16 << 10;
+
+/// Most bytes of one block of keys (or values) read for attention: large
+/// enough that a read costs far more than its dispatch, small next to a
+/// budget. Short contexts get smaller blocks ([`DiskKv::block_bytes`]).
+pub const KV_BLOCK: usize = 256 << 10;
 
 /// A KV cache whose rows live in a file; see the module docs.
 pub struct DiskKv {
     file: File,
     path: PathBuf,
     direct: bool,
-    n_seq: usize,
+    shape: KvShape,
     kv_type: KvType,
-    /// Bytes of one position's keys (or values).
+    /// Positions a pass stores at most.
+    max_chunk: usize,
+    /// Bytes of one position of one kv head (keys or values).
     row_bytes: usize,
-    /// Bytes of one `(layer, seq)` region of keys (or values), aligned.
+    /// Bytes of one slot of keys (or values), aligned.
     region: u64,
     /// Offset of the values in the file.
     v_base: u64,
-    k_buf: AlignedBuf,
-    v_buf: AlignedBuf,
+    /// Positions of one block (its bytes are a multiple of [`IO_ALIGN`]).
+    block_positions: usize,
+    k_block: AlignedBuf,
+    v_block: AlignedBuf,
+    /// Positions in each block buffer.
+    k_loaded: usize,
+    v_loaded: usize,
+    /// The pass's new rows: `[kv_head][max_chunk][head_dim]`.
+    k_new: Vec<u8>,
+    v_new: Vec<u8>,
     /// Bytes of each tail.
     tail: usize,
-    /// Per `(layer, seq)`: the newest rows past `committed`, `tail` each.
+    /// Per slot: the newest rows past `committed`, `tail` bytes each.
     k_tail: Vec<u8>,
     v_tail: Vec<u8>,
-    /// Per `(layer, seq)`: bytes of its region written to the file.
+    /// Per slot: bytes of its region written to the file.
     committed: Vec<u64>,
-    /// The `(layer, seq)` whose rows are in the buffers.
-    current: Option<(usize, usize)>,
+    /// The `(layer, seq, start)` of the pass begun.
+    current: Option<(usize, usize, usize)>,
     bytes_read: u64,
     bytes_written: u64,
 }
 
 impl DiskKv {
-    /// Bytes of one region (one layer of one sequence, keys or values).
-    fn region_bytes(n_ctx: usize, kv_dim: usize, kv_type: KvType) -> u64 {
-        align_up((n_ctx as u64).saturating_mul((kv_dim * kv_type.bytes()) as u64))
+    /// Bytes of one position of one kv head.
+    fn row_bytes(shape: &KvShape, kv_type: KvType) -> usize {
+        shape.head_dim * kv_type.bytes()
     }
 
-    /// Bytes of each tail for regions of `region` bytes: an eighth of the
-    /// region, in whole O_DIRECT blocks, between one block and [`KV_TAIL`].
-    fn tail_bytes(region: u64) -> usize {
-        (align_down(region / 8) as usize).clamp(IO_ALIGN, KV_TAIL)
+    /// Bytes of one slot (one layer, sequence and kv head; keys or values).
+    fn region_bytes(shape: &KvShape, kv_type: KvType) -> u64 {
+        align_up((shape.n_ctx as u64).saturating_mul(Self::row_bytes(shape, kv_type) as u64))
     }
 
-    /// RAM the disk cache allocates: the two buffers and the tails.
-    pub fn ram_bytes(
-        n_layers: usize,
-        n_seq: usize,
-        n_ctx: usize,
-        kv_dim: usize,
-        kv_type: KvType,
-    ) -> u64 {
-        let region = Self::region_bytes(n_ctx, kv_dim, kv_type);
-        let tails = (n_layers as u64)
-            .saturating_mul(n_seq as u64)
-            .saturating_mul(2 * Self::tail_bytes(region) as u64);
-        region.saturating_mul(2).saturating_add(tails)
+    fn slots(shape: &KvShape) -> u64 {
+        (shape.n_layers as u64)
+            .saturating_mul(shape.n_seq as u64)
+            .saturating_mul(shape.n_kv_heads as u64)
+    }
+
+    /// Bytes of each tail: an eighth of a slot, in whole O_DIRECT blocks,
+    /// between one block and [`KV_TAIL`].
+    fn tail_bytes(shape: &KvShape, kv_type: KvType) -> usize {
+        (align_down(Self::region_bytes(shape, kv_type) / 8) as usize).clamp(IO_ALIGN, KV_TAIL)
+    }
+
+    /// Bytes of each block buffer for blocks of at most `target` bytes: a
+    /// quarter of a slot (so that even a short context spans several
+    /// blocks), at most `target`, in whole positions and whole O_DIRECT
+    /// blocks (at least one of each).
+    fn block_bytes(shape: &KvShape, kv_type: KvType, target: usize) -> usize {
+        let row = Self::row_bytes(shape, kv_type).max(1);
+        // The fewest positions whose bytes are a multiple of IO_ALIGN.
+        let unit = row * (IO_ALIGN / gcd(row, IO_ALIGN));
+        let quarter = (Self::region_bytes(shape, kv_type) / 4).min(target as u64) as usize;
+        (quarter / unit).max(1) * unit
+    }
+
+    /// RAM the disk cache allocates for passes of up to `max_chunk`
+    /// positions: the two block buffers, the new rows and the tails.
+    pub fn ram_bytes(shape: KvShape, kv_type: KvType, max_chunk: usize) -> u64 {
+        let kv_type = KvCache::effective_type(kv_type, shape.head_dim);
+        let blocks = 2 * Self::block_bytes(&shape, kv_type, KV_BLOCK) as u64;
+        let new_rows =
+            (2 * max_chunk as u64).saturating_mul((shape.kv_dim() * kv_type.bytes()) as u64);
+        let tails =
+            Self::slots(&shape).saturating_mul(2 * Self::tail_bytes(&shape, kv_type) as u64);
+        blocks.saturating_add(new_rows).saturating_add(tails)
     }
 
     /// Size of the file on disk.
-    pub fn file_bytes(
-        n_layers: usize,
-        n_seq: usize,
-        n_ctx: usize,
-        kv_dim: usize,
-        kv_type: KvType,
-    ) -> u64 {
-        Self::region_bytes(n_ctx, kv_dim, kv_type)
-            .saturating_mul(n_layers as u64)
-            .saturating_mul(n_seq as u64)
+    pub fn file_bytes(shape: KvShape, kv_type: KvType) -> u64 {
+        let kv_type = KvCache::effective_type(kv_type, shape.head_dim);
+        Self::region_bytes(&shape, kv_type)
+            .saturating_mul(Self::slots(&shape))
             .saturating_mul(2)
     }
 
-    /// A cache for this shape in a new file under `dir` (`kv_type` as
-    /// [`KvCache::effective_type`] stores it).
-    pub fn create(
+    /// A cache of this shape in a new file under `dir` (`kv_type` as
+    /// [`KvCache::effective_type`] stores it), for passes of up to
+    /// `max_chunk` positions, read in blocks of [`KV_BLOCK`] bytes at most.
+    pub fn create(dir: &Path, shape: KvShape, kv_type: KvType, max_chunk: usize) -> Result<DiskKv> {
+        Self::with_block(dir, shape, kv_type, max_chunk, KV_BLOCK)
+    }
+
+    /// As [`DiskKv::create`], with blocks of at most `block_target` bytes
+    /// (tests use small ones to cross many block boundaries).
+    pub fn with_block(
         dir: &Path,
-        n_layers: usize,
-        n_seq: usize,
-        n_ctx: usize,
-        kv_dim: usize,
-        head_dim: usize,
+        shape: KvShape,
         kv_type: KvType,
+        max_chunk: usize,
+        block_target: usize,
     ) -> Result<DiskKv> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let kv_type = KvCache::effective_type(kv_type, head_dim);
+        let kv_type = KvCache::effective_type(kv_type, shape.head_dim);
         let path = dir.join(format!(
             "flea-kv-{}-{}.bin",
             std::process::id(),
@@ -165,34 +202,44 @@ impl DiskKv {
                 path.display()
             ))
         })?;
-        let region = Self::region_bytes(n_ctx, kv_dim, kv_type);
-        let total = Self::file_bytes(n_layers, n_seq, n_ctx, kv_dim, kv_type);
+        let region = Self::region_bytes(&shape, kv_type);
+        let total = Self::file_bytes(shape, kv_type);
         file.set_len(total).map_err(|e| {
             Error::io(format!(
                 "{}: cannot size the KV file to {total} bytes: {e}",
                 path.display()
             ))
         })?;
+        let row_bytes = Self::row_bytes(&shape, kv_type);
+        let block = Self::block_bytes(&shape, kv_type, block_target);
+        let slots = Self::slots(&shape) as usize;
+        let tail = Self::tail_bytes(&shape, kv_type);
+        let new_rows = shape.n_kv_heads * max_chunk * row_bytes;
         log::info!(
-            "KV cache on disk: {} ({} bytes, {} I/O; unlinked), {} bytes of buffers in RAM",
+            "KV cache on disk: {} ({} bytes, {} I/O; unlinked), blocks of {} bytes, {} bytes of buffers in RAM",
             path.display(),
             total,
             if direct { "O_DIRECT" } else { "buffered" },
-            Self::ram_bytes(n_layers, n_seq, n_ctx, kv_dim, kv_type)
+            block,
+            2 * block + 2 * new_rows + 2 * slots * tail
         );
-        let slots = n_layers * n_seq;
-        let tail = Self::tail_bytes(region);
         Ok(DiskKv {
             file,
             path,
             direct,
-            n_seq,
+            shape,
             kv_type,
-            row_bytes: kv_dim * kv_type.bytes(),
+            max_chunk,
+            row_bytes,
             region,
             v_base: region * slots as u64,
-            k_buf: AlignedBuf::new(region as usize),
-            v_buf: AlignedBuf::new(region as usize),
+            block_positions: block / row_bytes.max(1),
+            k_block: AlignedBuf::new(block),
+            v_block: AlignedBuf::new(block),
+            k_loaded: 0,
+            v_loaded: 0,
+            k_new: vec![0; new_rows],
+            v_new: vec![0; new_rows],
             tail,
             k_tail: vec![0; slots * tail],
             v_tail: vec![0; slots * tail],
@@ -228,154 +275,264 @@ impl DiskKv {
         ))
     }
 
-    /// Load positions `0..start` of `seq` in `layer` into the buffers,
-    /// ready for [`DiskKv::store`] of the pass's rows from `start` on.
-    pub fn begin(&mut self, layer: usize, seq: usize, start: usize) -> Result<()> {
-        let idx = layer * self.n_seq + seq;
-        let c = self.committed[idx];
-        let a = (start * self.row_bytes) as u64;
-        let from_file = c.min(align_up(a)) as usize;
-        let k_at = self.region * idx as u64;
-        let v_at = self.v_base + k_at;
-        for (at, which) in [(k_at, 0), (v_at, 1)] {
-            let mut done = 0;
-            while done < from_file {
-                let end = (done + MAX_REQUEST).min(from_file);
-                let off = at + done as u64;
-                let buf = if which == 0 {
-                    &mut self.k_buf[done..end]
-                } else {
-                    &mut self.v_buf[done..end]
-                };
-                match self.file.read_at(buf, off) {
-                    Ok(0) => {
-                        return Err(self.io_err(
-                            "read",
-                            off,
-                            std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
-                        ))
-                    }
-                    Ok(n) => done += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(self.io_err("read", off, e)),
-                }
+    fn slot(&self, layer: usize, seq: usize, head: usize) -> usize {
+        (layer * self.shape.n_seq + seq) * self.shape.n_kv_heads + head
+    }
+
+    /// File offset of `part` of `slot`.
+    fn slot_offset(&self, part: KvPart, slot: usize) -> u64 {
+        let k = self.region * slot as u64;
+        match part {
+            KvPart::Keys => k,
+            KvPart::Values => self.v_base + k,
+        }
+    }
+
+    /// Fill `buf` from the file at `at` (lengths and offsets aligned).
+    fn read_into(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            let end = (done + MAX_REQUEST).min(buf.len());
+            match file.read_at(&mut buf[done..end], at + done as u64) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
-        self.bytes_read += 2 * from_file as u64;
-        if !self.direct && from_file > 0 {
+        Ok(())
+    }
+
+    fn write_from(file: &File, buf: &[u8], at: u64) -> std::io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            let end = (done + MAX_REQUEST).min(buf.len());
+            match file.write_at(&buf[done..end], at + done as u64) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Read `len` bytes of `part` of `slot` from `from` (aligned) into the
+    /// part's block buffer.
+    fn read_block(&mut self, part: KvPart, slot: usize, from: u64, len: usize) -> Result<()> {
+        let at = self.slot_offset(part, slot) + from;
+        let buf = match part {
+            KvPart::Keys => &mut self.k_block[..len],
+            KvPart::Values => &mut self.v_block[..len],
+        };
+        Self::read_into(&self.file, buf, at).map_err(|e| self.io_err("read", at, e))?;
+        self.bytes_read += len as u64;
+        if !self.direct {
             // Buffered: drop what was read from the page cache, as the
             // weight loader does, so the cache does not grow with it.
-            for at in [k_at, v_at] {
-                // SAFETY: plain syscall on an open descriptor; advice only.
-                unsafe {
-                    libc::posix_fadvise(
-                        self.file.as_raw_fd(),
-                        at as libc::off_t,
-                        from_file as libc::off_t,
-                        libc::POSIX_FADV_DONTNEED,
-                    );
-                }
+            // SAFETY: plain syscall on an open descriptor; advice only.
+            unsafe {
+                libc::posix_fadvise(
+                    self.file.as_raw_fd(),
+                    at as libc::off_t,
+                    len as libc::off_t,
+                    libc::POSIX_FADV_DONTNEED,
+                );
             }
         }
-        if a > c {
-            // Rows past the last block written come from the tail.
-            let n = ((a - c) as usize).min(self.tail);
-            let (c, t) = (c as usize, idx * self.tail);
-            self.k_buf[c..c + n].copy_from_slice(&self.k_tail[t..t + n]);
-            self.v_buf[c..c + n].copy_from_slice(&self.v_tail[t..t + n]);
+        Ok(())
+    }
+
+    /// Start a pass over `(layer, seq)` whose new rows begin at position
+    /// `start` (positions `0..start` stored before). Rewinding below what
+    /// was written brings the partial block at `start` back into the tail.
+    pub fn begin(&mut self, layer: usize, seq: usize, start: usize) -> Result<()> {
+        let a = (start * self.row_bytes) as u64;
+        for head in 0..self.shape.n_kv_heads {
+            let slot = self.slot(layer, seq, head);
+            if a >= self.committed[slot] {
+                continue;
+            }
+            let c = align_down(a);
+            let keep = (a - c) as usize;
+            let t = slot * self.tail;
+            for part in [KvPart::Keys, KvPart::Values] {
+                if keep > 0 {
+                    self.read_block(part, slot, c, IO_ALIGN)?;
+                }
+                let (block, tail) = match part {
+                    KvPart::Keys => (&self.k_block, &mut self.k_tail),
+                    KvPart::Values => (&self.v_block, &mut self.v_tail),
+                };
+                tail[t..t + keep].copy_from_slice(&block[..keep]);
+            }
+            self.committed[slot] = c;
         }
-        self.current = Some((layer, seq));
+        self.current = Some((layer, seq, start));
         Ok(())
     }
 
     /// Store the key and value of `pos` (of the `(layer, seq)` begun),
     /// rounded as the in-RAM cache rounds them.
     pub fn store(&mut self, layer: usize, seq: usize, pos: usize, k: &[f32], v: &[f32]) {
-        debug_assert_eq!(self.current, Some((layer, seq)));
-        let r = pos * self.row_bytes..(pos + 1) * self.row_bytes;
-        match self.kv_type {
-            KvType::F32 => {
-                f32s_mut(&mut self.k_buf[r.clone()]).copy_from_slice(k);
-                f32s_mut(&mut self.v_buf[r]).copy_from_slice(v);
+        let (l, s, start) = self.current.expect("DiskKv::store before begin");
+        debug_assert_eq!((l, s), (layer, seq));
+        let i = pos - start;
+        assert!(
+            i < self.max_chunk,
+            "DiskKv: more than {} rows in a pass",
+            self.max_chunk
+        );
+        let hd = self.shape.head_dim;
+        for head in 0..self.shape.n_kv_heads {
+            let at = (head * self.max_chunk + i) * self.row_bytes;
+            let r = at..at + self.row_bytes;
+            let src = head * hd..(head + 1) * hd;
+            match self.kv_type {
+                KvType::F32 => {
+                    f32s_mut(&mut self.k_new[r.clone()]).copy_from_slice(&k[src.clone()]);
+                    f32s_mut(&mut self.v_new[r]).copy_from_slice(&v[src]);
+                }
+                KvType::F16 => {
+                    f16s_mut(&mut self.k_new[r.clone()]).convert_from_f32_slice(&k[src.clone()]);
+                    f16s_mut(&mut self.v_new[r]).convert_from_f32_slice(&v[src]);
+                }
             }
-            KvType::F16 => {
-                f16s_mut(&mut self.k_buf[r.clone()]).convert_from_f32_slice(k);
-                f16s_mut(&mut self.v_buf[r]).convert_from_f32_slice(v);
-            }
-        }
-    }
-
-    /// Keys and values of positions `0..n` of the `(layer, seq)` begun.
-    pub fn layer(&self, layer: usize, seq: usize, n: usize) -> (KvRows<'_>, KvRows<'_>) {
-        debug_assert_eq!(self.current, Some((layer, seq)));
-        let r = 0..n * self.row_bytes;
-        match self.kv_type {
-            KvType::F32 => (
-                KvRows::F32(f32s(&self.k_buf[r.clone()])),
-                KvRows::F32(f32s(&self.v_buf[r])),
-            ),
-            KvType::F16 => (
-                KvRows::F16(f16s(&self.k_buf[r.clone()])),
-                KvRows::F16(f16s(&self.v_buf[r])),
-            ),
         }
     }
 
     /// Keep the rows `start..end` stored since [`DiskKv::begin`]: in the
-    /// tail while it has room, else written out in whole aligned blocks.
+    /// tail while it has room, else written out in whole aligned blocks
+    /// (through the block buffers) with the rest left in the tail.
     pub fn end(&mut self, layer: usize, seq: usize, start: usize, end: usize) -> Result<()> {
-        debug_assert_eq!(self.current, Some((layer, seq)));
-        let idx = layer * self.n_seq + seq;
-        let c = self.committed[idx];
+        debug_assert_eq!(self.current, Some((layer, seq, start)));
         let (a, b) = (
             (start * self.row_bytes) as u64,
             (end * self.row_bytes) as u64,
         );
-        let t = idx * self.tail;
-        if a >= c && b - c <= self.tail as u64 {
-            let (ta, tb) = ((a - c) as usize, (b - c) as usize);
-            let r = a as usize..b as usize;
-            self.k_tail[t + ta..t + tb].copy_from_slice(&self.k_buf[r.clone()]);
-            self.v_tail[t + ta..t + tb].copy_from_slice(&self.v_buf[r]);
-            return Ok(());
-        }
-        // The buffer holds every byte from `w0` to `b`: read from the file
-        // below `c`, from the tail from `c` on, stored from `a` on.
-        let w0 = align_down(a).min(c);
-        let nc = align_down(b);
-        let k_at = self.region * idx as u64;
-        let v_at = self.v_base + k_at;
-        for (at, which) in [(k_at, 0), (v_at, 1)] {
-            let mut done = w0 as usize;
-            while done < nc as usize {
-                let stop = (done + MAX_REQUEST).min(nc as usize);
-                let off = at + done as u64;
-                let buf = if which == 0 {
-                    &self.k_buf[done..stop]
-                } else {
-                    &self.v_buf[done..stop]
-                };
-                match self.file.write_at(buf, off) {
-                    Ok(0) => {
-                        return Err(self.io_err(
-                            "write",
-                            off,
-                            std::io::Error::from(std::io::ErrorKind::WriteZero),
-                        ))
-                    }
-                    Ok(n) => done += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(self.io_err("write", off, e)),
+        for head in 0..self.shape.n_kv_heads {
+            let slot = self.slot(layer, seq, head);
+            let c = self.committed[slot];
+            let t = slot * self.tail;
+            let new = head * self.max_chunk * self.row_bytes;
+            let n_new = (b - a) as usize;
+            if b - c <= self.tail as u64 {
+                let ta = (a - c) as usize;
+                for (tail, rows) in [
+                    (&mut self.k_tail, &self.k_new),
+                    (&mut self.v_tail, &self.v_new),
+                ] {
+                    tail[t + ta..t + ta + n_new].copy_from_slice(&rows[new..new + n_new]);
                 }
+                continue;
             }
+            // Bytes `c..nc` go to the file: the tail's `c..a`, then new
+            // rows. `nc >= a`: the tail holds at most `tail` bytes past
+            // `c`, and `b - c` exceeds that.
+            let nc = align_down(b);
+            for part in [KvPart::Keys, KvPart::Values] {
+                let at = self.slot_offset(part, slot);
+                let (block, tail, rows) = match part {
+                    KvPart::Keys => (&mut self.k_block, &mut self.k_tail, &self.k_new),
+                    KvPart::Values => (&mut self.v_block, &mut self.v_tail, &self.v_new),
+                };
+                let mut w = c;
+                while w < nc {
+                    let e = (w + block.len() as u64).min(nc);
+                    let out = &mut block[..(e - w) as usize];
+                    // The tail's bytes before `a`, new rows from `a` on.
+                    let split = (a.clamp(w, e) - w) as usize;
+                    if split > 0 {
+                        let from_tail = t + (w - c) as usize;
+                        out[..split].copy_from_slice(&tail[from_tail..from_tail + split]);
+                    }
+                    let from_new = new + (w.max(a) - a) as usize;
+                    let rest = out.len() - split;
+                    out[split..].copy_from_slice(&rows[from_new..from_new + rest]);
+                    Self::write_from(&self.file, out, at + w).map_err(|e| {
+                        Error::io(format!(
+                            "{} (KV file): write at offset {} failed: {e}",
+                            self.path.display(),
+                            at + w
+                        ))
+                    })?;
+                    w = e;
+                }
+                let keep = (b - nc) as usize;
+                let from_new = new + (nc - a) as usize;
+                tail[t..t + keep].copy_from_slice(&rows[from_new..from_new + keep]);
+            }
+            self.bytes_written += 2 * (nc - c);
+            self.committed[slot] = nc;
         }
-        self.bytes_written += 2 * nc.saturating_sub(w0);
-        let n = (b - nc) as usize;
-        let r = nc as usize..b as usize;
-        self.k_tail[t..t + n].copy_from_slice(&self.k_buf[r.clone()]);
-        self.v_tail[t..t + n].copy_from_slice(&self.v_buf[r]);
-        self.committed[idx] = nc;
+        // The block buffers held staged writes: nothing loaded any more.
+        self.k_loaded = 0;
+        self.v_loaded = 0;
         Ok(())
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+impl KvBlocks for DiskKv {
+    fn block_positions(&self) -> usize {
+        self.block_positions
+    }
+
+    fn load(&mut self, part: KvPart, head: usize, first: usize, n: usize) -> Result<()> {
+        let (layer, seq, start) = self.current.expect("DiskKv::load before begin");
+        debug_assert!(first.is_multiple_of(self.block_positions) && n <= self.block_positions);
+        let slot = self.slot(layer, seq, head);
+        let row = self.row_bytes as u64;
+        let (lo, hi) = (first as u64 * row, (first + n) as u64 * row);
+        let (c, a) = (self.committed[slot], start as u64 * row);
+        // From the file below `c`, the tail from `c` to `a`, the new rows
+        // from `a` on. `lo` is aligned (a block boundary) and so is `c`.
+        if lo < c {
+            let len = align_up(hi.min(c) - lo) as usize;
+            self.read_block(part, slot, lo, len)?;
+        }
+        let t = slot * self.tail;
+        let new = head * self.max_chunk * self.row_bytes;
+        let (block, tail, rows) = match part {
+            KvPart::Keys => (&mut self.k_block, &self.k_tail, &self.k_new),
+            KvPart::Values => (&mut self.v_block, &self.v_tail, &self.v_new),
+        };
+        let (t0, t1) = (lo.max(c), hi.min(a));
+        if t0 < t1 {
+            let (from, len) = ((t0 - c) as usize, (t1 - t0) as usize);
+            let to = (t0 - lo) as usize;
+            block[to..to + len].copy_from_slice(&tail[t + from..t + from + len]);
+        }
+        let n0 = lo.max(a);
+        if n0 < hi {
+            let (from, len) = ((n0 - a) as usize, (hi - n0) as usize);
+            let to = (n0 - lo) as usize;
+            block[to..to + len].copy_from_slice(&rows[new + from..new + from + len]);
+        }
+        match part {
+            KvPart::Keys => self.k_loaded = n,
+            KvPart::Values => self.v_loaded = n,
+        }
+        Ok(())
+    }
+
+    fn loaded(&self, part: KvPart) -> KvRows<'_> {
+        let (block, n) = match part {
+            KvPart::Keys => (&self.k_block, self.k_loaded),
+            KvPart::Values => (&self.v_block, self.v_loaded),
+        };
+        let r = 0..n * self.row_bytes;
+        match self.kv_type {
+            KvType::F32 => KvRows::F32(f32s(&block[r])),
+            KvType::F16 => KvRows::F16(f16s(&block[r])),
+        }
     }
 }
 
@@ -406,13 +563,14 @@ fn f16s_mut(b: &mut [u8]) -> &mut [f16] {
     unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr() as *mut f16, b.len() / 2) }
 }
 
-/// The KV cache the forward pass uses: in RAM, or on disk through fixed
-/// buffers. Per layer and sequence of a pass: [`KvStore::begin`], one
-/// [`KvStore::store`] per new position, [`KvStore::layer`] for attention,
-/// then [`KvStore::end`].
+/// The KV cache the forward pass uses: in RAM, or on disk. Per layer and
+/// sequence of a pass: [`KvStore::begin`], one [`KvStore::store`] per new
+/// position, attention (over [`KvCache::layer`] or the [`KvBlocks`] of
+/// the disk cache), then [`KvStore::end`].
 pub enum KvStore {
     Ram(KvCache),
-    Disk(DiskKv),
+    /// Boxed: its fixed fields are several times the RAM cache's.
+    Disk(Box<DiskKv>),
 }
 
 impl KvStore {
@@ -437,13 +595,6 @@ impl KvStore {
         }
     }
 
-    pub fn layer(&self, layer: usize, seq: usize, n: usize) -> (KvRows<'_>, KvRows<'_>) {
-        match self {
-            KvStore::Ram(c) => c.layer(layer, seq, n),
-            KvStore::Disk(d) => d.layer(layer, seq, n),
-        }
-    }
-
     pub fn end(&mut self, layer: usize, seq: usize, start: usize, end: usize) -> Result<()> {
         match self {
             KvStore::Ram(_) => Ok(()),
@@ -465,64 +616,85 @@ mod tests {
     use super::*;
 
     /// Random-ish rows through both stores, with prefill chunks, decode
-    /// steps past several tail flushes and a rewind: the same views.
+    /// steps past several tail flushes and a rewind: every block of every
+    /// kv head holds the rows of the RAM cache.
     #[test]
-    fn disk_matches_ram() {
+    fn disk_blocks_match_ram() {
         // /dev/shm (tmpfs) refuses O_DIRECT: the buffered fallback.
         let shm = Path::new("/dev/shm");
         let dirs: Vec<PathBuf> = std::iter::once(std::env::temp_dir())
             .chain(shm.is_dir().then(|| shm.to_path_buf()))
             .collect();
-        for (kv_type, dir) in [KvType::F16, KvType::F32]
+        let shape = KvShape {
+            n_layers: 2,
+            n_seq: 2,
+            n_ctx: 700,
+            n_kv_heads: 2,
+            head_dim: 64,
+        };
+        let (kv_dim, hd, max_chunk) = (shape.kv_dim(), shape.head_dim, 64);
+        for (kv_type, dir, block) in [KvType::F16, KvType::F32]
             .into_iter()
             .flat_map(|t| dirs.iter().map(move |d| (t, d)))
+            .flat_map(|(t, d)| [IO_ALIGN, 3 * IO_ALIGN].map(|b| (t, d, b)))
         {
-            let (layers, seqs, ctx, dim) = (2, 2, 700, 256);
-            let mut ram = KvStore::Ram(KvCache::new(layers, seqs, ctx, dim, dim, kv_type));
-            let mut disk =
-                KvStore::Disk(DiskKv::create(dir, layers, seqs, ctx, dim, dim, kv_type).unwrap());
+            let mut ram = KvCache::new(shape, kv_type);
+            let mut disk = DiskKv::with_block(dir, shape, kv_type, max_chunk, block).unwrap();
+            let bp = disk.block_positions();
+            assert_eq!(bp * hd * kv_type.bytes(), block);
             let mut x = 1u32;
             let mut row = || {
-                (0..dim)
+                (0..kv_dim)
                     .map(|_| {
                         x = x.wrapping_mul(1664525).wrapping_add(1013904223);
                         (x >> 8) as f32 / (1u32 << 24) as f32 - 0.5
                     })
                     .collect::<Vec<f32>>()
             };
-            // (start, len) passes: chunks, decode steps, a rewind to 300.
+            // (start, len) passes: chunks, decode steps, a rewind to 300
+            // (mid-block), another to 256 (on a block boundary).
             let mut passes = vec![(0, 37), (37, 64), (101, 1)];
             passes.extend((102..420).map(|p| (p, 1)));
             passes.push((300, 5));
             passes.extend((305..330).map(|p| (p, 1)));
+            passes.push((256, 64));
+            passes.extend((320..340).map(|p| (p, 1)));
+            let (mut a, mut b) = (vec![0.0; bp * hd], vec![0.0; bp * hd]);
             for (start, len) in passes {
-                for l in 0..layers {
-                    for s in 0..seqs {
-                        let rows: Vec<(Vec<f32>, Vec<f32>)> =
-                            (0..len).map(|_| (row(), row())).collect();
-                        for st in [&mut ram, &mut disk] {
-                            st.begin(l, s, start).unwrap();
-                            for (i, (k, v)) in rows.iter().enumerate() {
-                                st.store(l, s, start + i, k, v);
-                            }
+                for l in 0..shape.n_layers {
+                    for s in 0..shape.n_seq {
+                        disk.begin(l, s, start).unwrap();
+                        for i in 0..len {
+                            let (k, v) = (row(), row());
+                            ram.store(l, s, start + i, &k, &v);
+                            disk.store(l, s, start + i, &k, &v);
                         }
                         let n = start + len;
-                        let mut a = vec![0.0; n * dim];
-                        let mut b = vec![0.0; n * dim];
-                        for i in 0..2 {
-                            let (ra, rb) = (ram.layer(l, s, n), disk.layer(l, s, n));
-                            let (ra, rb) = if i == 0 { (ra.0, rb.0) } else { (ra.1, rb.1) };
-                            let va = ra.values(0, n * dim, &mut a).to_vec();
-                            let vb = rb.values(0, n * dim, &mut b).to_vec();
-                            assert!(va == vb, "{kv_type} layer {l} seq {s} at {start}+{len}");
+                        let (rk, rv) = ram.layer(l, s, n);
+                        for head in 0..shape.n_kv_heads {
+                            for first in (0..n).step_by(bp) {
+                                let m = bp.min(n - first);
+                                for (part, rows) in [(KvPart::Keys, rk), (KvPart::Values, rv)] {
+                                    disk.load(part, head, first, m).unwrap();
+                                    let got = disk.loaded(part).values(0, m * hd, &mut b);
+                                    for t in 0..m {
+                                        let at = (first + t) * kv_dim + head * hd;
+                                        let want = rows.values(at, hd, &mut a);
+                                        assert!(
+                                            want == &got[t * hd..(t + 1) * hd],
+                                            "{kv_type} block {block} layer {l} seq {s} \
+                                             head {head} {part:?} position {} at {start}+{len}",
+                                            first + t
+                                        );
+                                    }
+                                }
+                            }
                         }
-                        for st in [&mut ram, &mut disk] {
-                            st.end(l, s, start, n).unwrap();
-                        }
+                        disk.end(l, s, start, n).unwrap();
                     }
                 }
             }
-            assert!(disk.bytes_read() > 0);
+            assert!(disk.bytes_read() > 0 && disk.bytes_written() > 0);
         }
     }
 }

@@ -3,91 +3,12 @@
 
 mod common;
 
-use flea::engine::{Engine, EngineConfig};
-use flea::generate::sampler::{Sampler, SamplerConfig};
-use flea::generate::{Flow, Generator};
-use flea::gguf::GgufFile;
-use flea::model::Model;
-use flea::residency::{Residency, ResidencyOptions};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use flea::kv_disk::KvOffload;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn decode_allocations(threads: usize, sampling: SamplerConfig) -> Vec<usize> {
-    let path = common::model("synth-256-Q4_K_M.gguf");
-    let file = GgufFile::open(&path).unwrap();
-    let model = Model::from_gguf(&file).unwrap();
-    let (n_ctx, chunk) = (64, 8);
-    let config = EngineConfig {
-        n_ctx,
-        max_chunk: chunk,
-        n_seq: 1,
-        threads,
-        ..Default::default()
-    };
-    let plan = config.plan(&model, config.minimum_budget(&model)).unwrap();
-    assert!(plan.is_streaming());
-    let source = Residency::open(&path, &model, &plan, ResidencyOptions::default()).unwrap();
-    let engine = Engine::new(&model, source, &config).unwrap();
-    let mut generator = Generator::new(engine, Sampler::new(sampling, model.hparams.vocab_size));
-    let mut counts = Vec::with_capacity(64);
-    let prompt = [1u32, 450, 4996, 17354, 1701];
-    generator
-        .generate(
-            &prompt,
-            24,
-            &flea::generate::sequence::EndToken(None),
-            |_| {
-                counts.push(ALLOCATIONS.load(Ordering::Relaxed));
-                Flow::Continue
-            },
-        )
-        .unwrap();
-    counts
-}
-
-fn assert_steady(counts: &[usize], what: &str) {
-    // The first steps may warm up lazily created state; after that, none.
-    let steady = &counts[4..];
-    assert!(
-        steady.windows(2).all(|w| w[0] == w[1]),
-        "{what}: allocations during decode steps: {counts:?}"
-    );
-}
+static GLOBAL: common::no_alloc::Counting = common::no_alloc::Counting;
 
 #[test]
 fn decode_steps_allocate_nothing() {
-    let greedy = SamplerConfig {
-        temperature: 0.0,
-        ..Default::default()
-    };
-    assert_steady(&decode_allocations(1, greedy.clone()), "greedy, 1 thread");
-    assert_steady(
-        &decode_allocations(1, SamplerConfig::default()),
-        "sampling, 1 thread",
-    );
+    common::no_alloc::assert_decode_allocates_nothing(KvOffload::Off, 24);
 }

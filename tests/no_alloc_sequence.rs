@@ -10,29 +10,9 @@ use flea::generate::sampler::{Sampler, SamplerConfig};
 use flea::generate::sequence::{Limits, Sequence};
 use flea::gguf::GgufFile;
 use flea::tokenizer::Tokenizer;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: common::no_alloc::Counting = common::no_alloc::Counting;
 
 #[test]
 fn taking_tokens_with_stop_strings_allocates_nothing() {
@@ -61,7 +41,7 @@ fn taking_tokens_with_stop_strings_allocates_nothing() {
                 *l = ((i * 7919 + step * 104_729) % 1000) as f32 / 100.0;
             }
             seq.sample(&mut logits, prompt.len() + step, &tokenizer);
-            counts.push(ALLOCATIONS.load(Ordering::Relaxed));
+            counts.push(common::no_alloc::allocations());
             if seq.finished().is_some() {
                 break;
             }

@@ -6,7 +6,7 @@ use clap::Args;
 use flea::bench;
 use flea::config::ByteSize;
 use flea::engine::EngineConfig;
-use flea::kv_cache::{KvCache, KvType};
+use flea::kv_cache::{KvCache, KvShape, KvType};
 use flea::kv_disk::{DiskKv, KvOffload};
 use flea::{Error, Result};
 use std::io::Write;
@@ -54,7 +54,11 @@ pub fn plan(args: PlanArgs) -> Result<u8> {
             "kv cache: on disk in {} ({} file, {} of buffers in RAM); every token reads up to {} of it (at full context)",
             e.kv_dir.display(),
             ByteSize(file),
-            ByteSize(DiskKv::ram_bytes(hp.n_layers, e.n_seq, e.n_ctx, hp.kv_dim(), kv_type)),
+            ByteSize(DiskKv::ram_bytes(
+                KvShape::of(hp, e.n_seq, e.n_ctx),
+                kv_type,
+                e.max_chunk
+            )),
             ByteSize(file)
         )
         .map_err(io)?;

@@ -1,6 +1,8 @@
 //! The one way tests reach `../shared/fixtures`: read in place, never copied.
 #![allow(dead_code)]
 
+pub mod no_alloc;
+
 use std::path::PathBuf;
 
 /// Root of the shared fixtures: `$FLEA_FIXTURES`, else `../shared/fixtures`

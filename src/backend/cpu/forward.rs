@@ -5,7 +5,7 @@
 use super::CpuBackend;
 use crate::backend::{Backend, Batch, FileBytes, Logits, Weight};
 use crate::error::Result;
-use crate::kv_cache::{KvCache, KvType};
+use crate::kv_cache::{KvCache, KvShape, KvType};
 use crate::kv_disk::{DiskKv, KvStore};
 use crate::model::{Hparams, LayerTensors, RopeStyle};
 use crate::quant;
@@ -22,16 +22,27 @@ struct Scratch {
     att_out: Vec<f32>, // (chunk, n_heads * head_dim)
     hb: Vec<f32>,      // (chunk, ffn_dim) gate, then silu(gate) * up
     hb2: Vec<f32>,     // (chunk, ffn_dim) up
-    scores: Vec<f32>, // (threads, group, n_ctx) scores: one block per thread, a row per query head of a kv group
-    norm_w: Vec<f32>, // (max(dim, q_dim)) a norm's weights or a bias, dequantized
-    head: Vec<f32>,   // (head_dim) one head, for the per-head norms
-    logits: Vec<f32>, // (chunk, vocab)
+    scores: Vec<f32>,  // attention scores: see `Scratch::lengths`
+    norm_w: Vec<f32>,  // (max(dim, q_dim)) a norm's weights or a bias, dequantized
+    head: Vec<f32>,    // (head_dim) one head, for the per-head norms
+    logits: Vec<f32>,  // (chunk, vocab)
 }
 
 impl Scratch {
     /// Element counts, in field order.
-    fn lengths(hp: &Hparams, n_ctx: usize, chunk: usize, threads: usize) -> [usize; 12] {
+    fn lengths(hp: &Hparams, config: &CpuForwardConfig, threads: usize) -> [usize; 12] {
+        let (n_ctx, chunk) = (config.n_ctx, config.max_chunk);
         let q_dim = hp.q_dim();
+        let group = hp.n_heads / hp.n_kv_heads.max(1);
+        let scores = if config.kv_on_disk {
+            // One kv head at a time (`attention_blocks`): every score of a
+            // decode step's group, or a (max, sum) pair per row of a chunk.
+            group * n_ctx.max(2 * chunk)
+        } else {
+            // Grouped: each thread scores every query head of one kv head
+            // at once, so each cached K/V row is read once per kv head.
+            threads * group * n_ctx
+        };
         [
             chunk * hp.dim,
             chunk * hp.dim,
@@ -41,18 +52,16 @@ impl Scratch {
             chunk * q_dim,
             chunk * hp.ffn_dim,
             chunk * hp.ffn_dim,
-            // Grouped: each thread scores every query head of one kv head
-            // at once, so each cached K/V row is read once per kv head.
-            threads * (hp.n_heads / hp.n_kv_heads) * n_ctx,
+            scores,
             hp.dim.max(q_dim),
             hp.head_dim,
             chunk * hp.vocab_size,
         ]
     }
 
-    fn new(hp: &Hparams, n_ctx: usize, chunk: usize, threads: usize) -> Scratch {
+    fn new(hp: &Hparams, config: &CpuForwardConfig, threads: usize) -> Scratch {
         let [x, xb, q, k, v, att_out, hb, hb2, scores, norm_w, head, logits] =
-            Self::lengths(hp, n_ctx, chunk, threads).map(|n| vec![0.0f32; n]);
+            Self::lengths(hp, config, threads).map(|n| vec![0.0f32; n]);
         Scratch {
             x,
             xb,
@@ -99,8 +108,10 @@ pub struct CpuForward {
     kernels: CpuBackend,
     kv: KvStore,
     s: Scratch,
-    /// `(cos, sin)` per position and rotated pair: `[n_ctx][rope_dims / 2]`.
-    rope_table: Vec<(f32, f32)>,
+    /// `(cos, sin)` per row of the pass and rotated pair:
+    /// `[max_chunk][rope_dims / 2]`, computed in [`Backend::begin`] (a
+    /// table for the whole context would grow with it).
+    rope: Vec<(f32, f32)>,
     runs: Vec<Run>,
     /// Positions in the current pass.
     n: usize,
@@ -118,38 +129,22 @@ impl CpuForward {
         let kernels = CpuBackend::new(config.threads);
         let widest = hp.dim.max(hp.ffn_dim).max(hp.q_dim());
         kernels.reserve(config.max_chunk, widest);
-        let shape = (
-            hp.n_layers,
-            config.n_seq,
-            config.n_ctx,
-            hp.kv_dim(),
-            hp.head_dim,
-        );
+        let shape = KvShape::of(hp, config.n_seq, config.n_ctx);
         let kv = if config.kv_on_disk {
-            KvStore::Disk(DiskKv::create(
+            KvStore::Disk(Box::new(DiskKv::create(
                 kv_dir,
-                shape.0,
-                shape.1,
-                shape.2,
-                shape.3,
-                shape.4,
+                shape,
                 config.kv_type,
-            )?)
+                config.max_chunk,
+            )?))
         } else {
-            KvStore::Ram(KvCache::new(
-                shape.0,
-                shape.1,
-                shape.2,
-                shape.3,
-                shape.4,
-                config.kv_type,
-            ))
+            KvStore::Ram(KvCache::new(shape, config.kv_type))
         };
         Ok(CpuForward {
             hp: hp.clone(),
             kv,
-            s: Scratch::new(hp, config.n_ctx, config.max_chunk, kernels.threads()),
-            rope_table: rope_table(hp, config.n_ctx),
+            s: Scratch::new(hp, &config, kernels.threads()),
+            rope: vec![(0.0, 0.0); config.max_chunk * (hp.rope_dims / 2)],
             runs: Vec::with_capacity(config.max_chunk),
             n: 0,
             kernels,
@@ -157,26 +152,33 @@ impl CpuForward {
     }
 
     /// Bytes this backend allocates for the given shape: KV cache (or, on
-    /// disk, its buffers and tails),
-    /// activations, logits, RoPE table and the kernels' activation scratch.
+    /// disk, its block buffers, new rows and tails), activations, logits,
+    /// the pass's RoPE rotations and the kernels' activation scratch.
     /// The planner charges this against the budget.
     pub fn memory_bytes(hp: &Hparams, config: CpuForwardConfig) -> u64 {
         // Every size here is bounded by the stated caps (`crate::limits`)
         // and by tensor shapes checked against the file, so the usize
         // products cannot overflow on a 64-bit target; the sum saturates.
-        let f32s: usize = Scratch::lengths(hp, config.n_ctx, config.max_chunk, config.threads)
-            .iter()
-            .sum();
-        let rope = config.n_ctx * (hp.rope_dims / 2) * std::mem::size_of::<(f32, f32)>();
+        let f32s: usize = Scratch::lengths(hp, &config, config.threads).iter().sum();
+        let rope = config.max_chunk * (hp.rope_dims / 2) * std::mem::size_of::<(f32, f32)>();
         let widest = hp.dim.max(hp.ffn_dim).max(hp.q_dim());
         // The kernels quantize a matmul input to at most 1.25 bytes a value.
         let act_quant = config.max_chunk * widest * 5 / 4;
         let kv_type = KvCache::effective_type(config.kv_type, hp.head_dim);
-        let shape = (hp.n_layers, config.n_seq, config.n_ctx, hp.kv_dim());
         let kv = if config.kv_on_disk {
-            DiskKv::ram_bytes(shape.0, shape.1, shape.2, shape.3, kv_type)
+            DiskKv::ram_bytes(
+                KvShape::of(hp, config.n_seq, config.n_ctx),
+                kv_type,
+                config.max_chunk,
+            )
         } else {
-            KvCache::bytes_for(shape.0, shape.1, shape.2, shape.3, kv_type)
+            KvCache::bytes_for(
+                hp.n_layers,
+                config.n_seq,
+                config.n_ctx,
+                hp.kv_dim(),
+                kv_type,
+            )
         };
         kv.saturating_add((f32s * std::mem::size_of::<f32>() + rope + act_quant) as u64)
     }
@@ -185,12 +187,15 @@ impl CpuForward {
 impl Backend for CpuForward {
     fn begin(&mut self, batch: Batch<'_>, embd: Weight<'_>) -> Result<()> {
         let dim = self.hp.dim;
+        let half_rot = self.hp.rope_dims / 2;
         self.runs.clear();
         let mut row = 0;
         for e in batch.entries {
             for (i, &tok) in batch.tokens[e.first..e.first + e.len].iter().enumerate() {
                 let r = (row + i) * dim..(row + i + 1) * dim;
                 quant::dequantize_row(embd.ggml_type, embd.row(tok as usize), &mut self.s.x[r]);
+                let r = (row + i) * half_rot..(row + i + 1) * half_rot;
+                rope_rotations(&self.hp, e.start_pos + i, &mut self.rope[r]);
             }
             self.runs.push(Run {
                 seq: e.seq,
@@ -265,7 +270,7 @@ impl Backend for CpuForward {
             self.kv.begin(l, run.seq, run.start_pos)?;
             for i in 0..run.len {
                 let (p, pos) = (run.row + i, run.start_pos + i);
-                let cs = &self.rope_table[pos * half_rot..(pos + 1) * half_rot];
+                let cs = &self.rope[p * half_rot..(p + 1) * half_rot];
                 rope(&mut s.q[p * q_dim..(p + 1) * q_dim], hp.head_dim, cs);
                 rope(&mut s.k[p * kv_dim..(p + 1) * kv_dim], hp.head_dim, cs);
                 self.kv.store(
@@ -278,21 +283,39 @@ impl Backend for CpuForward {
             }
             // Causal attention: position p sees its sequence's entries
             // 0..=pos (the last `sliding_window` of them, if set).
-            let (k_cache, v_cache) = self.kv.layer(l, run.seq, run.start_pos + run.len);
             let rows = run.row * q_dim..(run.row + run.len) * q_dim;
-            mm.attention_batch(
-                &mut s.att_out[rows.clone()],
-                &s.q[rows],
-                k_cache,
-                v_cache,
-                run.start_pos,
-                run.len,
-                hp.n_heads,
-                hp.n_kv_heads,
-                hp.head_dim,
-                hp.sliding_window,
-                &mut s.scores,
-            );
+            let (out, q) = (&mut s.att_out[rows.clone()], &s.q[rows]);
+            let heads = (hp.n_heads, hp.n_kv_heads, hp.head_dim);
+            match &mut self.kv {
+                KvStore::Ram(cache) => {
+                    let (k_cache, v_cache) = cache.layer(l, run.seq, run.start_pos + run.len);
+                    mm.attention_batch(
+                        out,
+                        q,
+                        k_cache,
+                        v_cache,
+                        run.start_pos,
+                        run.len,
+                        heads.0,
+                        heads.1,
+                        heads.2,
+                        hp.sliding_window,
+                        &mut s.scores,
+                    );
+                }
+                KvStore::Disk(disk) => mm.attention_blocks(
+                    out,
+                    q,
+                    &mut **disk,
+                    run.start_pos,
+                    run.len,
+                    heads.0,
+                    heads.1,
+                    heads.2,
+                    hp.sliding_window,
+                    &mut s.scores,
+                )?,
+            }
             self.kv
                 .end(l, run.seq, run.start_pos, run.start_pos + run.len)?;
         }
@@ -355,17 +378,12 @@ impl Backend for CpuForward {
     }
 }
 
-/// Precompute RoPE rotations: pair `i` of a head turns by
-/// `pos * hp.rope_frequency(i)`, in f64 so the table itself adds no error
-/// beyond the final rounding.
-fn rope_table(hp: &Hparams, n_ctx: usize) -> Vec<(f32, f32)> {
-    let half = hp.rope_dims / 2;
-    let mut table = Vec::with_capacity(n_ctx * half);
-    for pos in 0..n_ctx {
-        for i in 0..half {
-            let angle = pos as f64 * hp.rope_frequency(i);
-            table.push((angle.cos() as f32, angle.sin() as f32));
-        }
+/// RoPE rotations at `pos`: pair `i` of a head turns by
+/// `pos * hp.rope_frequency(i)`, in f64 so the rotation itself adds no
+/// error beyond the final rounding. `out` holds `rope_dims / 2` pairs.
+fn rope_rotations(hp: &Hparams, pos: usize, out: &mut [(f32, f32)]) {
+    for (i, cs) in out.iter_mut().enumerate() {
+        let angle = pos as f64 * hp.rope_frequency(i);
+        *cs = (angle.cos() as f32, angle.sin() as f32);
     }
-    table
 }

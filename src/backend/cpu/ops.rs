@@ -10,7 +10,8 @@ use super::isa::Isa;
 use super::kernels::FloatOps;
 use super::CpuBackend;
 use crate::backend::Weight;
-use crate::kv_cache::{KvRows, F16_MAX_HEAD_DIM};
+use crate::error::Result;
+use crate::kv_cache::{KvBlocks, KvPart, KvRows, F16_MAX_HEAD_DIM};
 use crate::quant;
 
 /// Dequantize a single-row weight (a norm vector) into `out`.
@@ -316,6 +317,291 @@ impl CpuBackend {
     }
 }
 
+/// The positions query `p` of a pass sees: `first..seen` (a sliding
+/// window hides those before `first`).
+#[derive(Clone, Copy)]
+struct Visible {
+    start_pos: usize,
+    window: Option<usize>,
+}
+
+impl Visible {
+    fn seen(self, p: usize) -> usize {
+        self.start_pos + p + 1
+    }
+
+    fn first(self, p: usize) -> usize {
+        self.window.map_or(0, |w| self.seen(p).saturating_sub(w))
+    }
+
+    /// Positions of `lo..hi` that query `p` sees.
+    fn clip(self, p: usize, lo: usize, hi: usize) -> std::ops::Range<usize> {
+        lo.max(self.first(p))..hi.min(self.seen(p))
+    }
+}
+
+/// The query heads of kv head `kv` in a pass of `n` positions over a
+/// blocked cache: rows `p * group + g` (position `p`, head `kv * group +
+/// g`), as [`CpuBackend::attention_blocks`] walks them.
+#[derive(Clone, Copy)]
+struct BlockedGroup<'a> {
+    l: HeadLayout,
+    ops: FloatOps,
+    kv: usize,
+    q: &'a [f32],
+    q_dim: usize,
+    out: SharedMut,
+    scores: SharedMut,
+    /// Floats of each row's scores (mode "all scores" only).
+    row_len: usize,
+}
+
+impl BlockedGroup<'_> {
+    fn q(&self, p: usize, g: usize) -> &[f32] {
+        let at = p * self.q_dim + (self.kv * self.l.group + g) * self.l.head_dim;
+        &self.q[at..at + self.l.head_dim]
+    }
+
+    /// SAFETY (callers): each `(p, g)` row is used by one work item at a time.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn out(&self, p: usize, g: usize) -> &mut [f32] {
+        let at = p * self.q_dim + (self.kv * self.l.group + g) * self.l.head_dim;
+        // SAFETY: inside `out` (n * q_dim floats), row owned by the caller.
+        unsafe { std::slice::from_raw_parts_mut(self.out.at(at), self.l.head_dim) }
+    }
+
+    /// The scores of row `(p, g)`, `row_len` floats.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn scores(&self, p: usize, g: usize) -> &mut [f32] {
+        let at = (p * self.l.group + g) * self.row_len;
+        // SAFETY: inside `scores` (checked by the caller), row owned.
+        unsafe { std::slice::from_raw_parts_mut(self.scores.at(at), self.row_len) }
+    }
+
+    /// The running (max, sum or 1 / sum) pair of row `(p, g)`.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn stats(&self, p: usize, g: usize) -> &mut [f32] {
+        let at = (p * self.l.group + g) * 2;
+        // SAFETY: as in `scores`.
+        unsafe { std::slice::from_raw_parts_mut(self.scores.at(at), 2) }
+    }
+
+    fn score(&self, p: usize, g: usize, k: &[f32]) -> f32 {
+        self.ops.dot(self.q(p, g), k) * self.l.scale
+    }
+}
+
+/// One pass over a blocked cache when not every score fits the scratch:
+/// each pass reads the keys again and recomputes the scores (the same
+/// bits), carrying what [`softmax`] computes in one go.
+#[derive(Clone, Copy, PartialEq)]
+enum StatsPass {
+    /// The running maximum, folded as `softmax` folds it.
+    Max,
+    /// The running sum of `exp(score - max)`, in position order.
+    Sum,
+    /// `out += exp(score - max) * (1 / sum) * value`, in position order.
+    Output,
+}
+
+impl CpuBackend {
+    /// Run `work(item)` for `items` items over the pool (in the calling
+    /// thread when there is one thread or little work).
+    fn for_each_item(&self, items: usize, work_size: usize, work: &(dyn Fn(usize) + Sync)) {
+        if self.threads == 1 || work_size < 1 << 15 {
+            (0..items).for_each(work);
+            return;
+        }
+        let next = AtomicUsize::new(0);
+        self.pool.run(&|_| loop {
+            let item = next.fetch_add(1, Ordering::Relaxed);
+            if item >= items {
+                return;
+            }
+            work(item);
+        });
+    }
+
+    /// Causal attention exactly as [`CpuBackend::attention_batch`]
+    /// computes it, bit for bit, over a cache read a block of positions of
+    /// one kv head at a time (the cache on disk): the RAM it needs does
+    /// not grow with the context.
+    ///
+    /// Per kv head, when `scores` holds every score of its query heads
+    /// (`n * group` rows of up to `min(start_pos + n, window)`; always for
+    /// a decode step, with `group * n_ctx` floats): the key blocks fill
+    /// the scores, each row gets [`softmax`], and the value blocks are
+    /// summed into the output in position order, as `attend_group` does
+    /// with the whole cache. Otherwise (a long prefill chunk) `scores`
+    /// keeps only a (max, sum) pair per row and the keys are read three
+    /// times: for the maximum, for the sum, and with the values for the
+    /// output, each pass recomputing the same scores. `scores` must hold
+    /// at least `2 * n * group` floats.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_blocks(
+        &self,
+        out: &mut [f32],
+        q: &[f32],
+        cache: &mut dyn KvBlocks,
+        start_pos: usize,
+        n: usize,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        window: Option<usize>,
+        scores: &mut [f32],
+    ) -> Result<()> {
+        let l = HeadLayout::new(n_heads, n_kv_heads, head_dim);
+        let q_dim = n_heads * head_dim;
+        assert_eq!(q.len(), n * q_dim, "attention_blocks: query length");
+        assert_eq!(out.len(), n * q_dim, "attention_blocks: output length");
+        let rows = n * l.group;
+        assert!(
+            scores.len() >= 2 * rows,
+            "attention_blocks: scores hold {} floats, need 2 x {rows}",
+            scores.len()
+        );
+        let vis = Visible { start_pos, window };
+        let n_ctx = start_pos + n;
+        let row_len = n_ctx - vis.first(n - 1);
+        let all_scores = rows * row_len <= scores.len();
+        let bp = cache.block_positions();
+        let blocks = vis.first(0) / bp..n_ctx.div_ceil(bp);
+        let block = |b: usize| (b * bp, bp.min(n_ctx - b * bp));
+        let ops = FloatOps::new(self.isa);
+        // Work items split a block's positions (keys: each score is
+        // independent) or a group's heads (values: each output row sums in
+        // position order), enough of them to occupy the pool in a decode
+        // step; how they are split changes no bit.
+        let pieces = self.threads.div_ceil(n).max(1);
+        let head_parts = pieces.min(l.group);
+        let per_part = l.group.div_ceil(head_parts);
+        let heads_of = |part: usize| part * per_part..((part + 1) * per_part).min(l.group);
+        let work_size = |len: usize| n * l.group * len * head_dim;
+        for kv in 0..n_kv_heads {
+            let grp = BlockedGroup {
+                l,
+                ops,
+                kv,
+                q,
+                q_dim,
+                out: SharedMut(out.as_mut_ptr()),
+                scores: SharedMut(scores.as_mut_ptr()),
+                row_len,
+            };
+            for p in 0..n {
+                for g in 0..l.group {
+                    // SAFETY: single-threaded here.
+                    unsafe { grp.out(p, g) }.fill(0.0);
+                }
+            }
+            if all_scores {
+                for b in blocks.clone() {
+                    let (b0, len) = block(b);
+                    cache.load(KvPart::Keys, kv, b0, len)?;
+                    let keys = cache.loaded(KvPart::Keys);
+                    let piece_len = len.div_ceil(pieces);
+                    self.for_each_item(n * pieces, work_size(len), &|item| {
+                        let (p, piece) = (item / pieces, item % pieces);
+                        let lo = b0 + piece * piece_len;
+                        let mut row = [0.0f32; F16_MAX_HEAD_DIM];
+                        let first = vis.first(p);
+                        for t in vis.clip(p, lo, (lo + piece_len).min(b0 + len)) {
+                            let k = keys.values((t - b0) * head_dim, head_dim, &mut row);
+                            for g in 0..l.group {
+                                // SAFETY: item (p, piece) alone writes
+                                // these positions of p's rows.
+                                let scores = unsafe { grp.scores(p, g) };
+                                scores[t - first] = grp.score(p, g, k);
+                            }
+                        }
+                    });
+                }
+                self.for_each_item(rows, work_size(row_len), &|r| {
+                    let (p, g) = (r / l.group, r % l.group);
+                    let seen = vis.seen(p) - vis.first(p);
+                    // SAFETY: row r belongs to this item.
+                    softmax(&mut unsafe { grp.scores(p, g) }[..seen]);
+                });
+                for b in blocks.clone() {
+                    let (b0, len) = block(b);
+                    cache.load(KvPart::Values, kv, b0, len)?;
+                    let values = cache.loaded(KvPart::Values);
+                    self.for_each_item(n * head_parts, work_size(len), &|item| {
+                        let (p, part) = (item / head_parts, item % head_parts);
+                        let mut row = [0.0f32; F16_MAX_HEAD_DIM];
+                        let first = vis.first(p);
+                        for t in vis.clip(p, b0, b0 + len) {
+                            let v = values.values((t - b0) * head_dim, head_dim, &mut row);
+                            for g in heads_of(part) {
+                                // SAFETY: item (p, part) alone owns these rows.
+                                let w = unsafe { grp.scores(p, g) }[t - first];
+                                ops.axpy(unsafe { grp.out(p, g) }, w, v);
+                            }
+                        }
+                    });
+                }
+            } else {
+                for p in 0..n {
+                    for g in 0..l.group {
+                        // SAFETY: single-threaded here.
+                        unsafe { grp.stats(p, g) }.copy_from_slice(&[f32::NEG_INFINITY, 0.0]);
+                    }
+                }
+                for pass in [StatsPass::Max, StatsPass::Sum, StatsPass::Output] {
+                    if pass == StatsPass::Output {
+                        for p in 0..n {
+                            for g in 0..l.group {
+                                // SAFETY: single-threaded here.
+                                let st = unsafe { grp.stats(p, g) };
+                                st[1] = 1.0 / st[1];
+                            }
+                        }
+                    }
+                    for b in blocks.clone() {
+                        let (b0, len) = block(b);
+                        cache.load(KvPart::Keys, kv, b0, len)?;
+                        if pass == StatsPass::Output {
+                            cache.load(KvPart::Values, kv, b0, len)?;
+                        }
+                        let keys = cache.loaded(KvPart::Keys);
+                        let values = cache.loaded(KvPart::Values);
+                        self.for_each_item(n * head_parts, work_size(len), &|item| {
+                            let (p, part) = (item / head_parts, item % head_parts);
+                            let mut k_row = [0.0f32; F16_MAX_HEAD_DIM];
+                            let mut v_row = [0.0f32; F16_MAX_HEAD_DIM];
+                            for t in vis.clip(p, b0, b0 + len) {
+                                let k = keys.values((t - b0) * head_dim, head_dim, &mut k_row);
+                                let v = if pass == StatsPass::Output {
+                                    values.values((t - b0) * head_dim, head_dim, &mut v_row)
+                                } else {
+                                    &[]
+                                };
+                                for g in heads_of(part) {
+                                    let s = grp.score(p, g, k);
+                                    // SAFETY: item (p, part) alone owns
+                                    // these rows' stats and outputs.
+                                    let st = unsafe { grp.stats(p, g) };
+                                    match pass {
+                                        // As `softmax`: fold(-inf, f32::max).
+                                        StatsPass::Max => st[0] = f32::max(st[0], s),
+                                        StatsPass::Sum => st[1] += (s - st[0]).exp(),
+                                        StatsPass::Output => {
+                                            let w = (s - st[0]).exp() * st[1];
+                                            ops.axpy(unsafe { grp.out(p, g) }, w, v);
+                                        }
+                                    }
+                                }
+                            }
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// SwiGLU: `gate = silu(gate) * up`, in place.
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     for (g, &u) in gate.iter_mut().zip(up) {
@@ -455,6 +741,148 @@ mod tests {
                 &mut scores,
             );
             assert_eq!(&got[p * q_dim..(p + 1) * q_dim], &want[..], "position {p}");
+        }
+    }
+
+    /// A cache of position-major rows read back through blocks, one kv
+    /// head at a time, as the disk cache serves them.
+    struct Blocks<'a> {
+        k: KvRows<'a>,
+        v: KvRows<'a>,
+        kv_dim: usize,
+        head_dim: usize,
+        block: usize,
+        loaded: [(Vec<f32>, Vec<half::f16>); 2],
+        f16: bool,
+    }
+
+    impl KvBlocks for Blocks<'_> {
+        fn block_positions(&self) -> usize {
+            self.block
+        }
+
+        fn load(&mut self, part: KvPart, head: usize, first: usize, n: usize) -> Result<()> {
+            assert!(first.is_multiple_of(self.block) && n <= self.block);
+            let (rows, i) = match part {
+                KvPart::Keys => (self.k, 0),
+                KvPart::Values => (self.v, 1),
+            };
+            let mut buf = vec![0.0; self.head_dim];
+            let (f, h) = &mut self.loaded[i];
+            f.clear();
+            h.clear();
+            for t in first..first + n {
+                let row = rows.values(
+                    t * self.kv_dim + head * self.head_dim,
+                    self.head_dim,
+                    &mut buf,
+                );
+                f.extend_from_slice(row);
+                h.extend(row.iter().map(|&x| half::f16::from_f32(x)));
+            }
+            Ok(())
+        }
+
+        fn loaded(&self, part: KvPart) -> KvRows<'_> {
+            let (f, h) = &self.loaded[(part == KvPart::Values) as usize];
+            if self.f16 {
+                KvRows::F16(h)
+            } else {
+                KvRows::F32(f)
+            }
+        }
+    }
+
+    #[test]
+    fn blocked_attention_matches_batched_attention() {
+        let (n_heads, n_kv, hd) = (8, 2, 20);
+        let (kv_dim, q_dim, group) = (n_kv * hd, n_heads * hd, n_heads / n_kv);
+        let val = |i: usize, m: usize| ((i * m) % 1013) as f32 / 1013.0 - 0.5;
+        // Decode steps, prefill chunks, a window, blocks of 1 to 512
+        // positions (the larger ones spread over the pool); scratch for
+        // every score and for (max, sum) only.
+        for (start, n) in [
+            (0, 1),
+            (40, 1),
+            (63, 1),
+            (0, 9),
+            (37, 9),
+            (70, 5),
+            (600, 1),
+            (200, 16),
+        ] {
+            let n_ctx = start + n;
+            let k: Vec<f32> = (0..n_ctx * kv_dim).map(|i| val(i, 7919)).collect();
+            let v: Vec<f32> = (0..n_ctx * kv_dim).map(|i| val(i, 104_729)).collect();
+            let q: Vec<f32> = (0..n * q_dim).map(|i| val(i, 31)).collect();
+            let k16: Vec<half::f16> = k.iter().map(|&x| half::f16::from_f32(x)).collect();
+            let v16: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
+            for f16 in [false, true] {
+                let (kr, vr) = if f16 {
+                    (KvRows::F16(&k16), KvRows::F16(&v16))
+                } else {
+                    (KvRows::F32(&k), KvRows::F32(&v))
+                };
+                for window in [None, Some(6)] {
+                    let ram = CpuBackend::with_isa(2, Isa::best());
+                    let mut want = vec![0.0; q.len()];
+                    let mut scores = vec![0.0; 2 * group * n_ctx];
+                    ram.attention_batch(
+                        &mut want,
+                        &q,
+                        kr,
+                        vr,
+                        start,
+                        n,
+                        n_heads,
+                        n_kv,
+                        hd,
+                        window,
+                        &mut scores,
+                    );
+                    for (threads, block) in [(1, 1), (2, 7), (3, 64), (2, 512)] {
+                        for all_scores in [true, false] {
+                            let backend = CpuBackend::with_isa(threads, Isa::best());
+                            let mut cache = Blocks {
+                                k: kr,
+                                v: vr,
+                                kv_dim,
+                                head_dim: hd,
+                                block,
+                                loaded: Default::default(),
+                                f16,
+                            };
+                            let len = if all_scores { n * group * n_ctx } else { 0 };
+                            let len = len.max(2 * n * group);
+                            let mut scores = vec![0.0; len];
+                            let mut got = vec![f32::NAN; q.len()];
+                            backend
+                                .attention_blocks(
+                                    &mut got,
+                                    &q,
+                                    &mut cache,
+                                    start,
+                                    n,
+                                    n_heads,
+                                    n_kv,
+                                    hd,
+                                    window,
+                                    &mut scores,
+                                )
+                                .unwrap();
+                            let same = got
+                                .iter()
+                                .zip(&want)
+                                .all(|(a, b)| a.to_bits() == b.to_bits());
+                            assert!(
+                                same,
+                                "{start}+{n} f16 {f16} window {window:?} {threads} threads, \
+                                 block {block}, all scores {all_scores}"
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 

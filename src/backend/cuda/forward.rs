@@ -821,7 +821,7 @@ impl Backend for CudaForward {
     }
 }
 
-/// RoPE rotations as on the CPU (`cpu::forward::rope_table`): pair `i` of a
+/// RoPE rotations as on the CPU (`cpu::forward::rope_rotations`): pair `i` of a
 /// head turns by `pos * hp.rope_frequency(i)`, computed in f64, stored as
 /// interleaved `(cos, sin)` f32 pairs.
 fn rope_table(hp: &Hparams, n_ctx: usize) -> Vec<f32> {
