@@ -28,3 +28,16 @@
 // widest head is 32 x this).
 #define FLEA_ATTENTION_WARPS 4
 #define FLEA_ATTENTION_MAX_PER_LANE 8
+// Flash-decoding (attention_split_*): cache positions per split of a
+// row's visible range, the most splits the device scratch holds per (head,
+// row), and the most rows a pass may have to take the split kernel (the
+// scratch is sized for them).
+#define FLEA_ATTENTION_SPLIT_POSITIONS 256
+#define FLEA_ATTENTION_MAX_SPLITS 64
+#define FLEA_ATTENTION_SPLIT_MAX_ROWS 8
+// Tiled prefill attention (attention_tiled_*): query rows per block (a
+// multiple of FLEA_ATTENTION_WARPS) and cache positions per shared-memory
+// step. Shared memory: 2 x TILE_POSITIONS x 32 x MAX_PER_LANE floats
+// (32 KiB at 16 x 256), under the 48 KiB of static shared memory.
+#define FLEA_ATTENTION_TILE_ROWS 16
+#define FLEA_ATTENTION_TILE_POSITIONS 16

@@ -468,6 +468,7 @@ mod gpu {
         FORMATS,
     };
     use flea::backend::cpu;
+    use flea::backend::cuda::device::KvElem;
     use flea::backend::cuda::{
         self, cuda_available, AttentionShape, CudaForward, CudaForwardConfig, DevWeight, Format,
         Gpu,
@@ -945,6 +946,13 @@ mod gpu {
         let dq = gpu.upload(&q).unwrap();
         let q_dim = n_heads * head_dim;
         let mut dout = gpu.zeros::<f32>(n * q_dim).unwrap();
+        let shape = |window| AttentionShape {
+            n_heads,
+            n_kv_heads: n_kv,
+            head_dim,
+            n_ctx,
+            window,
+        };
         // No window, and a sliding window shorter than some positions.
         for window in [None, Some(5)] {
             gpu.attention(
@@ -955,40 +963,189 @@ mod gpu {
                 &ds.slice(..),
                 &dp.slice(..),
                 n,
-                AttentionShape {
-                    n_heads,
-                    n_kv_heads: n_kv,
-                    head_dim,
-                    n_ctx,
-                    window,
-                },
+                shape(window),
             )
             .unwrap();
             let got = gpu.download(&dout.slice(..)).unwrap();
-            let mut want = vec![0.0; q_dim];
-            let mut scores = vec![0.0; n_ctx];
-            for r in 0..n {
-                let end = pos[r] as usize + 1;
-                let first = window.map_or(0, |w| end.saturating_sub(w));
-                let base = seq[r] as usize * n_ctx * kv_dim;
-                let cache = base + first * kv_dim..base + end * kv_dim;
-                cpu::attention(
-                    &mut want,
-                    &q[r * q_dim..(r + 1) * q_dim],
-                    &k[cache.clone()],
-                    &v[cache],
-                    end - first,
-                    n_heads,
-                    n_kv,
-                    head_dim,
-                    &mut scores,
-                );
-                for (g, w) in got[r * q_dim..(r + 1) * q_dim].iter().zip(&want) {
-                    assert!(
-                        (g - w).abs() <= 1e-5 * w.abs().max(1.0),
-                        "attention row {r}, window {window:?}: {g} vs {w}"
-                    );
-                }
+            let want = cpu_attention_rows(&q, &k, &v, &seq, &pos, shape(window));
+            assert_attention_close(&got, &want, &format!("attention, window {window:?}"));
+        }
+    }
+
+    /// The rows' attention on the CPU: row r over positions 0..=pos[r] (the
+    /// last `window` of them) of sequence seq[r] in `[seq][n_ctx][kv_dim]`
+    /// caches.
+    fn cpu_attention_rows(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        seq: &[i32],
+        pos: &[i32],
+        shape: AttentionShape,
+    ) -> Vec<f32> {
+        let (q_dim, kv_dim) = (
+            shape.n_heads * shape.head_dim,
+            shape.n_kv_heads * shape.head_dim,
+        );
+        let mut want = vec![0.0; seq.len() * q_dim];
+        let mut scores = vec![0.0; shape.n_ctx];
+        for (r, out) in want.chunks_exact_mut(q_dim).enumerate() {
+            let end = pos[r] as usize + 1;
+            let first = shape.window.map_or(0, |w| end.saturating_sub(w));
+            let base = seq[r] as usize * shape.n_ctx * kv_dim;
+            let cache = base + first * kv_dim..base + end * kv_dim;
+            cpu::attention(
+                out,
+                &q[r * q_dim..(r + 1) * q_dim],
+                &k[cache.clone()],
+                &v[cache],
+                end - first,
+                shape.n_heads,
+                shape.n_kv_heads,
+                shape.head_dim,
+                &mut scores,
+            );
+        }
+        want
+    }
+
+    fn assert_attention_close(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                "{what} [{i}]: {g} vs {w}"
+            );
+        }
+    }
+
+    /// Which of the split and tiled attention launches to run.
+    #[derive(Debug, Clone, Copy)]
+    enum AttentionKernel {
+        /// `(splits, split_len)`.
+        Split(usize, usize),
+        Tiled,
+    }
+
+    /// One attention launch of `kernel` over caches `k`, `v` of element
+    /// type `T`, downloaded.
+    #[allow(clippy::too_many_arguments)]
+    fn gpu_attention<T: KvElem>(
+        gpu: &Gpu,
+        kernel: AttentionKernel,
+        k: &[T],
+        v: &[T],
+        q: &[f32],
+        seq: &[i32],
+        pos: &[i32],
+        shape: AttentionShape,
+    ) -> Vec<f32> {
+        let n = seq.len();
+        let (dk, dv, dq) = (
+            gpu.upload(k).unwrap(),
+            gpu.upload(v).unwrap(),
+            gpu.upload(q).unwrap(),
+        );
+        let (ds, dp) = (gpu.upload(seq).unwrap(), gpu.upload(pos).unwrap());
+        let mut dout = gpu
+            .zeros::<f32>(n * shape.n_heads * shape.head_dim)
+            .unwrap();
+        let (k, v, q, seq, pos) = (
+            dk.slice(..),
+            dv.slice(..),
+            dq.slice(..),
+            ds.slice(..),
+            dp.slice(..),
+        );
+        let out = &mut dout.slice_mut(..);
+        match kernel {
+            AttentionKernel::Split(splits, split_len) => {
+                let mut part = gpu
+                    .zeros::<f32>(n * shape.n_heads * splits * (shape.head_dim + 2))
+                    .unwrap();
+                gpu.attention_split(
+                    out,
+                    &mut part.slice_mut(..),
+                    &q,
+                    &k,
+                    &v,
+                    &seq,
+                    &pos,
+                    n,
+                    shape,
+                    (splits, split_len),
+                )
+                .unwrap()
+            }
+            AttentionKernel::Tiled => gpu
+                .attention_tiled(out, &q, &k, &v, &seq, &pos, n, shape)
+                .unwrap(),
+        }
+        gpu.download(&dout.slice(..)).unwrap()
+    }
+
+    /// The flash-decoding (split) and tiled prefill kernels against the CPU,
+    /// over f32 caches and f16 ones (compared with the CPU on the values the
+    /// f16 bits hold): one split and several (the shorter row's later splits
+    /// empty), a full tile, a partial one straddling two sequences, GQA,
+    /// with and without a sliding window. `Gpu::attention_split` and
+    /// `attention_tiled` take any split lengths and rows, so a small
+    /// context exercises them all.
+    #[test]
+    fn split_and_tiled_attention_match_the_cpu() {
+        let Some(gpu) = gpu("split and tiled attention") else {
+            return;
+        };
+        let mut rng = Rng(0x5917);
+        let (n_heads, n_kv, head_dim, n_ctx, n_seq) = (4, 2, 64, 40, 2);
+        let kv_dim = n_kv * head_dim;
+        let k = rng.floats(n_seq * n_ctx * kv_dim);
+        let v = rng.floats(n_seq * n_ctx * kv_dim);
+        let bits = |x: &[f32]| -> Vec<u16> {
+            x.iter()
+                .map(|&x| half::f16::from_f32(x).to_bits())
+                .collect()
+        };
+        let (k16, v16) = (bits(&k), bits(&v));
+        let widen = |x: &[u16]| -> Vec<f32> {
+            x.iter()
+                .map(|&b| half::f16::from_bits(b).to_f32())
+                .collect()
+        };
+        let (k16_values, v16_values) = (widen(&k16), widen(&v16));
+
+        // Decode: two sequences at the end of the context and near its start.
+        let decode = ([0i32, 1], [39i32, 12]);
+        // Prefill: 20 positions of sequence 1 (a tile of 16 and a partial
+        // one), then a row of sequence 0 in that partial tile.
+        let mut seq = vec![1i32; 20];
+        let mut pos: Vec<i32> = (0..20).collect();
+        seq.push(0);
+        pos.push(30);
+        let prefill = (seq, pos);
+
+        for window in [None, Some(9)] {
+            let shape = AttentionShape {
+                n_heads,
+                n_kv_heads: n_kv,
+                head_dim,
+                n_ctx,
+                window,
+            };
+            let runs = [
+                (AttentionKernel::Split(1, 40), &decode.0[..], &decode.1[..]),
+                (AttentionKernel::Split(6, 7), &decode.0[..], &decode.1[..]),
+                (AttentionKernel::Tiled, &prefill.0[..], &prefill.1[..]),
+            ];
+            for (kernel, seq, pos) in runs {
+                let q = rng.floats(seq.len() * n_heads * head_dim);
+                let what = format!("{kernel:?}, window {window:?}");
+                let got = gpu_attention(&gpu, kernel, &k, &v, &q, seq, pos, shape);
+                let want = cpu_attention_rows(&q, &k, &v, seq, pos, shape);
+                assert_attention_close(&got, &want, &format!("{what}, f32 cache"));
+                let got = gpu_attention(&gpu, kernel, &k16, &v16, &q, seq, pos, shape);
+                let want = cpu_attention_rows(&q, &k16_values, &v16_values, seq, pos, shape);
+                assert_attention_close(&got, &want, &format!("{what}, f16 cache"));
             }
         }
     }

@@ -308,41 +308,149 @@ static void check_rope_and_cache(Rng& rng) {
         }
 }
 
-static void check_attention(Rng& rng) {
-    // GQA (8 heads over 2 kv heads), head_dim 80 (not a multiple of 32),
-    // two sequences; rows at various positions, including position 0.
-    const int n_heads = 8, n_kv = 2, head_dim = 80, n_ctx = 12, n_seq = 2;
-    const int kv_dim = n_kv * head_dim, q_dim = n_heads * head_dim;
-    const std::vector<float> kc = rng.floats((size_t)n_seq * n_ctx * kv_dim), vc = rng.floats(kc.size());
-    const std::vector<int> seq = {0, 1, 1, 0}, pos = {0, 3, 11, 6};
-    const int n = (int)seq.size();
-    std::vector<float> q = rng.floats((size_t)n * q_dim);
-    for (auto& v : q) v *= 3.0f;  // sharper softmax
-    std::vector<float> out((size_t)n * q_dim, NAN);
-    const float scale = 1.0f / std::sqrt((float)head_dim);
-    simt::launch(attention, dim3{(unsigned)n_heads, (unsigned)n, 1}, dim3{32 * FLEA_ATTENTION_WARPS, 1, 1}, out.data(), q.data(), kc.data(),
-                 vc.data(), seq.data(), pos.data(), n_heads, n_kv, head_dim, n_ctx, 0, scale);
+// The attention problem the kernels are checked on: GQA (8 heads over 2 kv
+// heads), head_dim 80 (even, not a multiple of 32: lanes 8.. hold fewer
+// pairs), two sequences of n_ctx positions of random history.
+struct AttentionCase {
+    int n_heads = 8, n_kv = 2, head_dim = 80, n_ctx = 40, n_seq = 2;
+    int kv_dim() const { return n_kv * head_dim; }
+    int q_dim() const { return n_heads * head_dim; }
+    float scale() const { return 1.0f / std::sqrt((float)head_dim); }
+};
+
+// Causal attention of the rows (seq, pos), each seeing its sequence's last
+// `window` positions up to pos (0: all), in double precision.
+static std::vector<double> attention_reference(const AttentionCase& c, const std::vector<float>& q,
+                                               const std::vector<float>& kc, const std::vector<float>& vc,
+                                               const std::vector<int>& seq, const std::vector<int>& pos, int window) {
+    const int kv_dim = c.kv_dim(), q_dim = c.q_dim(), n = (int)seq.size();
+    std::vector<double> out((size_t)n * q_dim);
     for (int r = 0; r < n; r++)
-        for (int h = 0; h < n_heads; h++) {
-            const int kvh = h / (n_heads / n_kv);
-            const size_t base = (size_t)seq[r] * n_ctx * kv_dim + (size_t)kvh * head_dim;
-            std::vector<double> s(pos[r] + 1);
+        for (int h = 0; h < c.n_heads; h++) {
+            const int kvh = h / (c.n_heads / c.n_kv);
+            const size_t base = (size_t)seq[r] * c.n_ctx * kv_dim + (size_t)kvh * c.head_dim;
+            const int first = window > 0 && pos[r] + 1 > window ? pos[r] + 1 - window : 0;
+            std::vector<double> s(pos[r] + 1, 0.0);
             double mx = -1e300;
-            for (int t = 0; t <= pos[r]; t++) {
+            for (int t = first; t <= pos[r]; t++) {
                 double d = 0;
-                for (int e = 0; e < head_dim; e++) d += (double)q[(size_t)r * q_dim + h * head_dim + e] * kc[base + (size_t)t * kv_dim + e];
-                s[t] = d * scale;
+                for (int e = 0; e < c.head_dim; e++)
+                    d += (double)q[(size_t)r * q_dim + h * c.head_dim + e] * kc[base + (size_t)t * kv_dim + e];
+                s[t] = d * c.scale();
                 mx = std::max(mx, s[t]);
             }
             double sum = 0;
-            for (auto& v : s) sum += (v = std::exp(v - mx));
-            for (int e = 0; e < head_dim; e++) {
+            for (int t = first; t <= pos[r]; t++) sum += (s[t] = std::exp(s[t] - mx));
+            for (int e = 0; e < c.head_dim; e++) {
                 double o = 0;
-                for (int t = 0; t <= pos[r]; t++) o += s[t] / sum * vc[base + (size_t)t * kv_dim + e];
-                const size_t at = (size_t)r * q_dim + h * head_dim + e;
-                expect_close("attention", (long)at, out[at], o, 1e-5);
+                for (int t = first; t <= pos[r]; t++) o += s[t] / sum * vc[base + (size_t)t * kv_dim + e];
+                out[(size_t)r * q_dim + h * c.head_dim + e] = o;
             }
         }
+    return out;
+}
+
+static void expect_attention(const char* what, const std::vector<float>& got, const std::vector<double>& want) {
+    for (size_t i = 0; i < want.size(); i++) expect_close(what, (long)i, got[i], want[i], 1e-5);
+}
+
+// The caches as f16 bits and as the f32 values those bits hold exactly.
+struct F16Cache {
+    std::vector<uint16_t> bits;
+    std::vector<float> values;
+};
+static F16Cache f16_cache(Rng& rng, size_t n) {
+    F16Cache c{std::vector<uint16_t>(n), std::vector<float>(n)};
+    for (size_t i = 0; i < n; i++) {
+        c.bits[i] = rng.f16_unit();
+        c.values[i] = __half2float(__ushort_as_half(c.bits[i]));
+    }
+    return c;
+}
+
+static void check_attention(Rng& rng) {
+    const AttentionCase c;
+    const int kv_dim = c.kv_dim(), q_dim = c.q_dim();
+    const size_t cache = (size_t)c.n_seq * c.n_ctx * kv_dim;
+    const std::vector<float> kc = rng.floats(cache), vc = rng.floats(cache);
+    const F16Cache kh = f16_cache(rng, cache), vh = f16_cache(rng, cache);
+    const float scale = c.scale();
+    const dim3 block{32 * FLEA_ATTENTION_WARPS, 1, 1};
+
+    // attention, attention_split: rows at various positions, including
+    // position 0 and the last of the context.
+    {
+        const std::vector<int> seq = {0, 1, 1, 0}, pos = {0, 3, 39, 26};
+        const int n = (int)seq.size();
+        std::vector<float> q = rng.floats((size_t)n * q_dim);
+        for (auto& v : q) v *= 3.0f;  // sharper softmax
+        std::vector<float> out((size_t)n * q_dim, NAN);
+        simt::launch(attention, dim3{(unsigned)c.n_heads, (unsigned)n, 1}, block, out.data(), q.data(), kc.data(), vc.data(),
+                     seq.data(), pos.data(), c.n_heads, c.n_kv, c.head_dim, c.n_ctx, 0, scale);
+        expect_attention("attention", out, attention_reference(c, q, kc, vc, seq, pos, 0));
+
+        // Split lengths giving one split (the output written directly) and
+        // several, with empty splits for the shorter rows; with and without
+        // a window.
+        for (int window : {0, 13})
+            for (int split_len : {40, 7}) {
+                const int visible = window > 0 ? window : 40;
+                const int splits = (visible + split_len - 1) / split_len;
+                std::vector<float> part((size_t)n * c.n_heads * splits * (c.head_dim + 2), NAN);
+                const dim3 grid{(unsigned)c.n_heads, (unsigned)n, (unsigned)splits};
+                const dim3 heads{(unsigned)c.n_heads, (unsigned)n, 1};
+                for (int f16 = 0; f16 < 2; f16++) {
+                    std::fill(out.begin(), out.end(), NAN);
+                    if (f16)
+                        simt::launch(attention_split_f16, grid, block, out.data(), part.data(), q.data(), kh.bits.data(),
+                                     vh.bits.data(), seq.data(), pos.data(), c.n_heads, c.n_kv, c.head_dim, c.n_ctx, window,
+                                     scale, split_len);
+                    else
+                        simt::launch(attention_split, grid, block, out.data(), part.data(), q.data(), kc.data(), vc.data(),
+                                     seq.data(), pos.data(), c.n_heads, c.n_kv, c.head_dim, c.n_ctx, window, scale, split_len);
+                    if (splits > 1)
+                        simt::launch(attention_merge, heads, block, out.data(), part.data(), c.n_heads, c.head_dim, splits);
+                    expect_attention(f16 ? "attention_split_f16" : "attention_split", out,
+                                     f16 ? attention_reference(c, q, kh.values, vh.values, seq, pos, window)
+                                         : attention_reference(c, q, kc, vc, seq, pos, window));
+                }
+            }
+    }
+
+    // attention_tiled: a prefill of sequence 1 at positions 2..22 (a whole
+    // tile and a partial one), then two rows of sequence 0 (the second tile
+    // straddles two sequences) and a lone row of sequence 1 at the end.
+    {
+        std::vector<int> seq, pos;
+        for (int p = 2; p <= 22; p++) {
+            seq.push_back(1);
+            pos.push_back(p);
+        }
+        for (int p : {5, 6}) {
+            seq.push_back(0);
+            pos.push_back(p);
+        }
+        seq.push_back(1);
+        pos.push_back(39);
+        const int n = (int)seq.size();
+        std::vector<float> q = rng.floats((size_t)n * q_dim);
+        for (auto& v : q) v *= 3.0f;
+        std::vector<float> out((size_t)n * q_dim, NAN);
+        const dim3 grid{(unsigned)c.n_heads, (unsigned)((n + FLEA_ATTENTION_TILE_ROWS - 1) / FLEA_ATTENTION_TILE_ROWS), 1};
+        for (int window : {0, 7})
+            for (int f16 = 0; f16 < 2; f16++) {
+                std::fill(out.begin(), out.end(), NAN);
+                if (f16)
+                    simt::launch(attention_tiled_f16, grid, block, out.data(), q.data(), kh.bits.data(), vh.bits.data(),
+                                 seq.data(), pos.data(), n, c.n_heads, c.n_kv, c.head_dim, c.n_ctx, window, scale);
+                else
+                    simt::launch(attention_tiled, grid, block, out.data(), q.data(), kc.data(), vc.data(), seq.data(),
+                                 pos.data(), n, c.n_heads, c.n_kv, c.head_dim, c.n_ctx, window, scale);
+                expect_attention(f16 ? "attention_tiled_f16" : "attention_tiled", out,
+                                 f16 ? attention_reference(c, q, kh.values, vh.values, seq, pos, window)
+                                     : attention_reference(c, q, kc, vc, seq, pos, window));
+            }
+    }
 }
 
 static void check_elementwise_and_argmax(Rng& rng) {

@@ -168,6 +168,10 @@ inline unsigned linear_thread() {
 
 inline void __syncthreads() { simt::block->all.arrive_and_wait(); }
 
+// CUDA's integer min and max (device built-ins).
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+
 template <typename T>
 T __shfl_xor_sync(unsigned /*mask*/, T v, int offset) {
     static_assert(sizeof(T) <= 8, "shuffle of a value wider than 8 bytes");

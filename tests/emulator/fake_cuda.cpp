@@ -357,6 +357,8 @@ static void register_kernels() {
     REG(rmsnorm) REG(rmsnorm_gather) REG(rmsnorm_heads) REG(rope) REG(kv_store)
     REG(kv_store_f16) REG(attention) REG(attention_f16) REG(swiglu) REG(add_in_place)
     REG(add_bias) REG(argmax_rows)
+    REG(attention_split) REG(attention_split_f16) REG(attention_merge) REG(attention_tiled)
+    REG(attention_tiled_f16)
 }
 
 // ------------------------------------------------------------ the API

@@ -324,6 +324,10 @@ void launch(void (*kernel)(P...), dim3 grid, dim3 blk, A... args) {
 #define blockDim (simt::self()->ex->block_dim)
 #define gridDim (simt::self()->ex->grid_dim)
 
+// CUDA's integer min and max (device built-ins).
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+
 inline void __syncthreads() {
     simt::Fiber* f = simt::self();
     simt::Exec& e = *f->ex;

@@ -204,6 +204,11 @@ struct Kernels {
     kv_store_f16: CudaFunction,
     attention: CudaFunction,
     attention_f16: CudaFunction,
+    attention_split: CudaFunction,
+    attention_split_f16: CudaFunction,
+    attention_merge: CudaFunction,
+    attention_tiled: CudaFunction,
+    attention_tiled_f16: CudaFunction,
     swiglu: CudaFunction,
     add_in_place: CudaFunction,
     add_bias: CudaFunction,
@@ -246,6 +251,11 @@ impl Kernels {
             kv_store_f16: f("kv_store_f16")?,
             attention: f("attention")?,
             attention_f16: f("attention_f16")?,
+            attention_split: f("attention_split")?,
+            attention_split_f16: f("attention_split_f16")?,
+            attention_merge: f("attention_merge")?,
+            attention_tiled: f("attention_tiled")?,
+            attention_tiled_f16: f("attention_tiled_f16")?,
             swiglu: f("swiglu")?,
             add_in_place: f("add_in_place")?,
             add_bias: f("add_bias")?,
@@ -967,6 +977,7 @@ impl Gpu {
 
     /// Causal GQA attention of `n_rows` query rows against one layer's
     /// cache; row r sees positions `0..=row_pos[r]` of sequence `row_seq[r]`.
+    /// One block per (head, row): any head_dim up to the maximum.
     #[allow(clippy::too_many_arguments)]
     pub fn attention<T: KvElem>(
         &self,
@@ -979,63 +990,15 @@ impl Gpu {
         n_rows: usize,
         heads: AttentionShape,
     ) -> Result<()> {
-        let AttentionShape {
-            n_heads,
-            n_kv_heads,
-            head_dim,
-            n_ctx,
-            window,
-        } = heads;
-        let q_dim = n_heads * head_dim;
-        let rows = n_rows.saturating_mul(q_dim);
-        ensure(out.len() >= rows && q.len() >= rows, || {
-            format!(
-                "attention: out holds {}, q {} < {n_rows} x {q_dim}",
-                out.len(),
-                q.len()
-            )
-        })?;
-        ensure(row_seq.len() >= n_rows && row_pos.len() >= n_rows, || {
-            format!(
-                "attention: {} sequence and {} position indices for {n_rows} rows",
-                row_seq.len(),
-                row_pos.len()
-            )
-        })?;
-        ensure(n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads), || {
-            format!("attention: {n_heads} heads over {n_kv_heads} kv heads")
-        })?;
-        ensure(head_dim <= geometry::ATTENTION_MAX_HEAD_DIM, || {
-            format!(
-                "attention: head_dim {head_dim} > {}",
-                geometry::ATTENTION_MAX_HEAD_DIM
-            )
-        })?;
-        let kv_dim = n_kv_heads * head_dim;
-        let per_seq = n_ctx.saturating_mul(kv_dim);
-        ensure(
-            per_seq > 0 && k_cache.len() == v_cache.len() && k_cache.len() % per_seq == 0,
-            || {
-                format!(
-                    "attention: caches of {} and {} floats are not whole sequences of \
-                     {n_ctx} x {kv_dim}",
-                    k_cache.len(),
-                    v_cache.len()
-                )
-            },
-        )?;
-        if n_rows == 0 {
+        let io = AttentionIo {
+            out_len: out.len(),
+            q_len: q.len(),
+            cache_lens: (k_cache.len(), v_cache.len()),
+            index_lens: (row_seq.len(), row_pos.len()),
+        };
+        let Some(a) = attention_args("attention", &io, n_rows, heads, false)? else {
             return Ok(());
-        }
-        let scale = 1.0 / (head_dim as f32).sqrt();
-        let (h, kvh, hd, c) = (
-            i32_of(n_heads, "heads")?,
-            i32_of(n_kv_heads, "kv heads")?,
-            i32_of(head_dim, "head_dim")?,
-            i32_of(n_ctx, "n_ctx")?,
-        );
-        // 0: no window. A window past the context hides nothing.
-        let w = i32_of(window.unwrap_or(0).min(n_ctx), "window")?;
+        };
         let kernel = match T::F16 {
             true => &self.kernels.attention_f16,
             false => &self.kernels.attention,
@@ -1047,17 +1010,160 @@ impl Gpu {
             .arg(v_cache)
             .arg(row_seq)
             .arg(row_pos)
-            .arg(&h)
-            .arg(&kvh)
-            .arg(&hd)
-            .arg(&c)
-            .arg(&w)
-            .arg(&scale);
+            .arg(&a.h)
+            .arg(&a.kvh)
+            .arg(&a.hd)
+            .arg(&a.c)
+            .arg(&a.w)
+            .arg(&a.scale);
         // SAFETY: signature of kernels/attention.cu (attention or attention_f16 by T); shapes checked above,
         // slots and positions validated by the engine.
-        unsafe { b.launch(dims(geometry::attention(n_heads, n_rows))?) }
+        unsafe { b.launch(dims(geometry::attention(heads.n_heads, n_rows))?) }
             .map(drop)
             .map_err(cuda_err("launch attention"))
+    }
+
+    /// [`Gpu::attention`] split over positions (flash-decoding): each row's
+    /// visible positions in `splits` ranges of `split_len`, one block per
+    /// (head, row, range), whose partial softmaxes `part` holds
+    /// (`n_rows * n_heads * splits * (head_dim + 2)` floats; unused with
+    /// one split) until `attention_merge` combines them. The split count
+    /// must cover the longest row (`splits * split_len` at least its
+    /// visible positions: [`geometry::attention_plan`]). Even head_dim.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_split<T: KvElem>(
+        &self,
+        out: &mut CudaViewMut<'_, f32>,
+        part: &mut CudaViewMut<'_, f32>,
+        q: &CudaView<'_, f32>,
+        k_cache: &CudaView<'_, T>,
+        v_cache: &CudaView<'_, T>,
+        row_seq: &CudaView<'_, i32>,
+        row_pos: &CudaView<'_, i32>,
+        n_rows: usize,
+        heads: AttentionShape,
+        (splits, split_len): (usize, usize),
+    ) -> Result<()> {
+        let io = AttentionIo {
+            out_len: out.len(),
+            q_len: q.len(),
+            cache_lens: (k_cache.len(), v_cache.len()),
+            index_lens: (row_seq.len(), row_pos.len()),
+        };
+        let Some(a) = attention_args("attention_split", &io, n_rows, heads, true)? else {
+            return Ok(());
+        };
+        ensure(splits >= 1 && split_len >= 1, || {
+            format!("attention_split: {splits} splits of {split_len} positions")
+        })?;
+        let need = match splits {
+            1 => 0,
+            _ => n_rows
+                .saturating_mul(heads.n_heads)
+                .saturating_mul(splits)
+                .saturating_mul(heads.head_dim + 2),
+        };
+        ensure(part.len() >= need, || {
+            format!(
+                "attention_split: scratch of {} floats < {need} for {n_rows} rows x {} heads x \
+                 {splits} splits",
+                part.len(),
+                heads.n_heads
+            )
+        })?;
+        let (z, sl) = (
+            i32_of(splits, "splits")?,
+            i32_of(split_len, "split length")?,
+        );
+        let kernel = match T::F16 {
+            true => &self.kernels.attention_split_f16,
+            false => &self.kernels.attention_split,
+        };
+        let mut b = self.stream.launch_builder(kernel);
+        b.arg(&mut *out)
+            .arg(&mut *part)
+            .arg(q)
+            .arg(k_cache)
+            .arg(v_cache)
+            .arg(row_seq)
+            .arg(row_pos)
+            .arg(&a.h)
+            .arg(&a.kvh)
+            .arg(&a.hd)
+            .arg(&a.c)
+            .arg(&a.w)
+            .arg(&a.scale)
+            .arg(&sl);
+        let grid = geometry::attention_split(heads.n_heads, n_rows, splits);
+        // SAFETY: signature of kernels/attention.cu (attention_split or
+        // attention_split_f16 by T); shapes and the scratch checked above,
+        // slots and positions validated by the engine.
+        unsafe { b.launch(dims(grid)?) }
+            .map(drop)
+            .map_err(cuda_err("launch attention_split"))?;
+        if splits == 1 {
+            return Ok(());
+        }
+        let mut b = self.stream.launch_builder(&self.kernels.attention_merge);
+        let part = part.as_view();
+        b.arg(out).arg(&part).arg(&a.h).arg(&a.hd).arg(&z);
+        // SAFETY: signature of kernels/attention.cu (attention_merge); the
+        // split kernel above filled `splits` records per (row, head).
+        unsafe { b.launch(dims(geometry::attention(heads.n_heads, n_rows))?) }
+            .map(drop)
+            .map_err(cuda_err("launch attention_merge"))
+    }
+
+    /// [`Gpu::attention`] for prefill: a block per (head, tile of rows)
+    /// reads each position's keys and values once for the whole tile.
+    /// Correct for any rows; fast when a tile's rows are consecutive
+    /// positions of one sequence. Even head_dim.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_tiled<T: KvElem>(
+        &self,
+        out: &mut CudaViewMut<'_, f32>,
+        q: &CudaView<'_, f32>,
+        k_cache: &CudaView<'_, T>,
+        v_cache: &CudaView<'_, T>,
+        row_seq: &CudaView<'_, i32>,
+        row_pos: &CudaView<'_, i32>,
+        n_rows: usize,
+        heads: AttentionShape,
+    ) -> Result<()> {
+        let io = AttentionIo {
+            out_len: out.len(),
+            q_len: q.len(),
+            cache_lens: (k_cache.len(), v_cache.len()),
+            index_lens: (row_seq.len(), row_pos.len()),
+        };
+        let Some(a) = attention_args("attention_tiled", &io, n_rows, heads, true)? else {
+            return Ok(());
+        };
+        let r = i32_of(n_rows, "rows")?;
+        let kernel = match T::F16 {
+            true => &self.kernels.attention_tiled_f16,
+            false => &self.kernels.attention_tiled,
+        };
+        let mut b = self.stream.launch_builder(kernel);
+        b.arg(out)
+            .arg(q)
+            .arg(k_cache)
+            .arg(v_cache)
+            .arg(row_seq)
+            .arg(row_pos)
+            .arg(&r)
+            .arg(&a.h)
+            .arg(&a.kvh)
+            .arg(&a.hd)
+            .arg(&a.c)
+            .arg(&a.w)
+            .arg(&a.scale);
+        // SAFETY: signature of kernels/attention.cu (attention_tiled or
+        // attention_tiled_f16 by T); shapes checked above, slots and
+        // positions validated by the engine.
+        unsafe { b.launch(dims(geometry::attention_tiled(heads.n_heads, n_rows))?) }
+            .map(drop)
+            .map_err(cuda_err("launch attention_tiled"))
     }
 
     /// `gate = silu(gate) * up` over the first `n` elements.
@@ -1186,4 +1292,96 @@ pub struct AttentionShape {
     pub n_ctx: usize,
     /// A row sees only the last `window` positions (`None`: all of them).
     pub window: Option<usize>,
+}
+
+/// Lengths of an attention launch's buffers, checked before it.
+struct AttentionIo {
+    out_len: usize,
+    q_len: usize,
+    cache_lens: (usize, usize),
+    index_lens: (usize, usize),
+}
+
+/// The scalar arguments every attention kernel takes, as kernel ints.
+struct AttentionArgs {
+    h: i32,
+    kvh: i32,
+    hd: i32,
+    c: i32,
+    /// 0: no window.
+    w: i32,
+    scale: f32,
+}
+
+/// Check an attention launch of `n_rows` rows against its buffers (`what`
+/// names the kernel in the error), and give its scalar arguments, or
+/// `None` when there is nothing to launch. `pairs`: the kernel reads
+/// element pairs and needs an even head_dim.
+fn attention_args(
+    what: &str,
+    io: &AttentionIo,
+    n_rows: usize,
+    heads: AttentionShape,
+    pairs: bool,
+) -> Result<Option<AttentionArgs>> {
+    let AttentionShape {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        n_ctx,
+        window,
+    } = heads;
+    let q_dim = n_heads * head_dim;
+    let rows = n_rows.saturating_mul(q_dim);
+    ensure(io.out_len >= rows && io.q_len >= rows, || {
+        format!(
+            "{what}: out holds {}, q {} < {n_rows} x {q_dim}",
+            io.out_len, io.q_len
+        )
+    })?;
+    ensure(
+        io.index_lens.0 >= n_rows && io.index_lens.1 >= n_rows,
+        || {
+            format!(
+                "{what}: {} sequence and {} position indices for {n_rows} rows",
+                io.index_lens.0, io.index_lens.1
+            )
+        },
+    )?;
+    ensure(n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads), || {
+        format!("{what}: {n_heads} heads over {n_kv_heads} kv heads")
+    })?;
+    ensure(head_dim <= geometry::ATTENTION_MAX_HEAD_DIM, || {
+        format!(
+            "{what}: head_dim {head_dim} > {}",
+            geometry::ATTENTION_MAX_HEAD_DIM
+        )
+    })?;
+    ensure(!pairs || head_dim.is_multiple_of(2), || {
+        format!("{what}: head_dim {head_dim} is odd (the kernel reads element pairs)")
+    })?;
+    let kv_dim = n_kv_heads * head_dim;
+    let per_seq = n_ctx.saturating_mul(kv_dim);
+    let (k_len, v_len) = io.cache_lens;
+    ensure(
+        per_seq > 0 && k_len == v_len && k_len % per_seq == 0,
+        || {
+            format!(
+                "{what}: caches of {k_len} and {v_len} floats are not whole sequences of \
+                 {n_ctx} x {kv_dim}"
+            )
+        },
+    )?;
+    if n_rows == 0 {
+        return Ok(None);
+    }
+    Ok(Some(AttentionArgs {
+        h: i32_of(n_heads, "heads")?,
+        kvh: i32_of(n_kv_heads, "kv heads")?,
+        hd: i32_of(head_dim, "head_dim")?,
+        c: i32_of(n_ctx, "n_ctx")?,
+        // A window past the context hides nothing.
+        w: i32_of(window.unwrap_or(0).min(n_ctx), "window")?,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+    }))
 }

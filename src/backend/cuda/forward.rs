@@ -12,6 +12,7 @@ use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaSlice, CudaView, CudaViewMut};
 
 use super::device::{cuda_err, AttentionShape, Gpu, KvElem};
+use super::geometry::{self, AttentionPlan};
 use super::pinned;
 use super::slots::{device_slot_bytes, DevicePlan, HostRegion, LayerTimes};
 use super::weights::{LayerSource, WeightCache};
@@ -236,11 +237,15 @@ struct StepRows<'a> {
     seq: CudaView<'a, i32>,
     pos: CudaView<'a, i32>,
     n: usize,
+    /// The attention kernel the pass takes.
+    plan: AttentionPlan,
 }
 
 /// Append the pass's keys and values to layer `span` of the cache, then
 /// causal attention of its queries over it: row p sees its sequence's
-/// positions 0..=pos (the last `window` of them, if set).
+/// positions 0..=pos (the last `window` of them, if set), with the kernel
+/// the pass's plan names (`part`: the flash-decoding scratch).
+#[allow(clippy::too_many_arguments)]
 fn store_and_attend<T: KvElem>(
     gpu: &Gpu,
     k_all: &mut CudaSlice<T>,
@@ -249,6 +254,7 @@ fn store_and_attend<T: KvElem>(
     rows: &StepRows<'_>,
     shape: AttentionShape,
     out: &mut CudaViewMut<'_, f32>,
+    part: &mut CudaSlice<f32>,
 ) -> Result<()> {
     let mut k_cache = k_all.slice_mut(span.clone());
     let mut v_cache = v_all.slice_mut(span);
@@ -264,15 +270,55 @@ fn store_and_attend<T: KvElem>(
         kv_dim,
         shape.n_ctx,
     )?;
-    gpu.attention(
-        out,
-        &rows.q,
-        &k_cache.as_view(),
-        &v_cache.as_view(),
-        &rows.seq,
-        &rows.pos,
-        rows.n,
-        shape,
+    let (k_cache, v_cache) = (k_cache.as_view(), v_cache.as_view());
+    let (q, seq, pos, n) = (&rows.q, &rows.seq, &rows.pos, rows.n);
+    match rows.plan {
+        AttentionPlan::PerRow => gpu.attention(out, q, &k_cache, &v_cache, seq, pos, n, shape),
+        AttentionPlan::Split { splits, split_len } => gpu.attention_split(
+            out,
+            &mut part.slice_mut(..),
+            q,
+            &k_cache,
+            &v_cache,
+            seq,
+            pos,
+            n,
+            shape,
+            (splits, split_len),
+        ),
+        AttentionPlan::Tiled => gpu.attention_tiled(out, q, &k_cache, &v_cache, seq, pos, n, shape),
+    }
+}
+
+/// Floats of the flash-decoding scratch: a partial softmax (max, sum,
+/// head_dim accumulators) per split, head and decode row, for as many
+/// splits as the context can use (none with a single split: it writes the
+/// output directly).
+fn attention_part_len(hp: &Hparams, config: &CudaForwardConfig) -> usize {
+    let splits = geometry::attention_split_capacity(config.n_ctx);
+    if splits == 1 {
+        return 0;
+    }
+    let rows = config.max_chunk.min(geometry::ATTENTION_SPLIT_MAX_ROWS);
+    rows * hp.n_heads * splits * (hp.head_dim + 2)
+}
+
+/// The attention kernel for a pass over rows `(seq[r], pos[r])` (the
+/// forward pass lays a batch entry's positions out as consecutive rows).
+fn attention_plan(hp: &Hparams, n_ctx: usize, seq: &[i32], pos: &[i32]) -> AttentionPlan {
+    let runs = 1 + seq.windows(2).filter(|w| w[0] != w[1]).count();
+    let window = hp.sliding_window.unwrap_or(n_ctx).min(n_ctx);
+    let max_visible = pos
+        .iter()
+        .map(|&p| (p as usize + 1).min(window))
+        .max()
+        .unwrap_or(1);
+    geometry::attention_plan(
+        seq.len(),
+        runs,
+        hp.head_dim,
+        max_visible,
+        geometry::attention_split_capacity(n_ctx),
     )
 }
 
@@ -292,6 +338,11 @@ pub struct CudaForward {
     /// `(cos, sin)` per position and rotated pair: `[n_ctx][rope_dims / 2][2]`.
     rope_table: CudaSlice<f32>,
     rows: Rows,
+    /// The flash-decoding scratch ([`attention_part_len`] floats, at least
+    /// one).
+    attn_part: CudaSlice<f32>,
+    /// The attention kernel of the current pass.
+    attn_plan: AttentionPlan,
     /// Positions in the current pass, and how many of them want logits.
     n: usize,
     m: usize,
@@ -389,6 +440,8 @@ impl CudaForward {
                 d_pos: gpu.zeros(chunk)?,
                 d_logit_rows: gpu.zeros(chunk)?,
             },
+            attn_part: gpu.zeros(attention_part_len(hp, &config).max(1))?,
+            attn_plan: AttentionPlan::PerRow,
             argmax: gpu.zeros(chunk)?,
             argmax_host: vec![0; chunk],
             logits_host: vec![0.0; chunk * hp.vocab_size],
@@ -408,7 +461,8 @@ impl CudaForward {
 
     /// Device bytes this backend allocates for the given shape besides the
     /// weights: KV cache (of `config.kv_type`, as on the CPU), activations, logits, RoPE
-    /// table, per-row indices and every layer's vectors (norms, biases; f32).
+    /// table, per-row indices, the flash-decoding scratch and every layer's
+    /// vectors (norms, biases; f32).
     /// Weights, the device slots and the staging buffer a resident layer
     /// past the cache budget is copied into are the planner's to charge
     /// ([`CudaForward::device_plan`]).
@@ -417,13 +471,14 @@ impl CudaForward {
         let rope = config.n_ctx * (hp.rope_dims / 2) * 2 * 4;
         let ints = (ROW_BUFFERS + 1) * config.max_chunk * 4;
         let norms = hp.n_layers * hp.layer_vector_floats() * 4;
+        let part = attention_part_len(hp, &config).max(1) * 4;
         KvCache::bytes_for(
             hp.n_layers,
             config.n_seq,
             config.n_ctx,
             hp.kv_dim(),
             KvType::F32,
-        ) + (f32s * 4 + rope + ints + norms) as u64
+        ) + (f32s * 4 + rope + ints + norms + part) as u64
     }
 
     /// Device memory a run allocates: this backend's own, the embeddings
@@ -605,6 +660,7 @@ impl Backend for CudaForward {
         );
         self.n = n;
         self.m = r.logit_rows.len();
+        self.attn_plan = attention_plan(&self.hp, self.n_ctx, &r.seq, &r.pos);
         let gpu = &self.gpu;
         gpu.upload_into(&r.tokens, &mut r.d_tokens.slice_mut(..n))?;
         gpu.upload_into(&r.seq, &mut r.d_seq.slice_mut(..n))?;
@@ -634,6 +690,7 @@ impl Backend for CudaForward {
         let s = &mut self.s;
         let rows = &self.rows;
         let (kv, rope_table) = (&mut self.kv, &self.rope_table);
+        let (attn_part, attn_plan) = (&mut self.attn_part, self.attn_plan);
         let (n_seq, n_ctx) = (self.n_seq, self.n_ctx);
         let launched = (|| -> Result<()> {
             if let Some(p) = profile {
@@ -709,6 +766,7 @@ impl Backend for CudaForward {
                 seq,
                 pos,
                 n,
+                plan: attn_plan,
             };
             let shape = AttentionShape {
                 n_heads: hp.n_heads,
@@ -720,10 +778,10 @@ impl Backend for CudaForward {
             let mut att_out = s.att_out.slice_mut(..n * q_dim);
             match kv {
                 DeviceKv::F32 { k, v } => {
-                    store_and_attend(gpu, k, v, span, &rows, shape, &mut att_out)?
+                    store_and_attend(gpu, k, v, span, &rows, shape, &mut att_out, attn_part)?
                 }
                 DeviceKv::F16 { k, v } => {
-                    store_and_attend(gpu, k, v, span, &rows, shape, &mut att_out)?
+                    store_and_attend(gpu, k, v, span, &rows, shape, &mut att_out, attn_part)?
                 }
             }
 

@@ -200,6 +200,75 @@ pub fn attention(n_heads: usize, n_rows: usize) -> GeometryResult<Dims> {
     ))
 }
 
+/// `attention_split_*`: grid (heads, rows, splits), 4 warps a block;
+/// `attention_merge` then runs on [`attention`]'s grid.
+pub fn attention_split(n_heads: usize, n_rows: usize, splits: usize) -> GeometryResult<Dims> {
+    let mut d = attention(n_heads, n_rows)?;
+    d.grid.2 = dim_y("attention_split", "splits", splits)?;
+    Ok(d)
+}
+
+/// `attention_tiled_*`: grid (heads, row tiles of 16), 4 warps a block.
+pub fn attention_tiled(n_heads: usize, n_rows: usize) -> GeometryResult<Dims> {
+    attention(n_heads, n_rows.div_ceil(ATTENTION_TILE_ROWS))
+}
+
+/// Splits of a row's visible positions the flash-decoding scratch is sized
+/// for at a context of `n_ctx` positions: one per
+/// `ATTENTION_SPLIT_POSITIONS`, at most `ATTENTION_MAX_SPLITS`.
+pub fn attention_split_capacity(n_ctx: usize) -> usize {
+    n_ctx
+        .div_ceil(ATTENTION_SPLIT_POSITIONS)
+        .clamp(1, ATTENTION_MAX_SPLITS)
+}
+
+/// Which attention kernel a pass takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionPlan {
+    /// `attention_*`: one block per (head, row).
+    PerRow,
+    /// `attention_split_*` with `splits` splits of `split_len` positions
+    /// (then `attention_merge` when `splits > 1`).
+    Split { splits: usize, split_len: usize },
+    /// `attention_tiled_*`.
+    Tiled,
+}
+
+/// The attention kernel for a pass of `n_rows` rows that form `runs`
+/// maximal runs of consecutive rows of one sequence, the longest row
+/// seeing `max_visible` positions, with scratch for `split_capacity`
+/// splits (decode rows only: `ATTENTION_SPLIT_MAX_ROWS`).
+///
+/// Decode (a few rows) splits each row's positions so that a long context
+/// fills the device; a prefill chunk (runs of many rows) takes the tiled
+/// kernel, which reads the cache once per tile of rows; a wide batched
+/// decode (mostly runs of one row, past the scratch's rows) has nothing to
+/// share and takes one block per row, as does an odd head_dim (the split
+/// and tiled kernels read element pairs).
+pub fn attention_plan(
+    n_rows: usize,
+    runs: usize,
+    head_dim: usize,
+    max_visible: usize,
+    split_capacity: usize,
+) -> AttentionPlan {
+    if !head_dim.is_multiple_of(2) {
+        AttentionPlan::PerRow
+    } else if n_rows <= ATTENTION_SPLIT_MAX_ROWS {
+        let splits = max_visible
+            .div_ceil(ATTENTION_SPLIT_POSITIONS)
+            .clamp(1, split_capacity.max(1));
+        AttentionPlan::Split {
+            splits,
+            split_len: max_visible.div_ceil(splits).max(1),
+        }
+    } else if runs.saturating_mul(2) > n_rows {
+        AttentionPlan::PerRow
+    } else {
+        AttentionPlan::Tiled
+    }
+}
+
 /// The weight formats the kernels are instantiated for, by the suffix of
 /// their kernel names (`FLEA_FOR_EACH_FORMAT` in kernels/dequant.cuh).
 pub const FORMAT_SUFFIXES: [&str; 13] = [
@@ -326,6 +395,69 @@ mod tests {
         assert_eq!(ATTENTION_MAX_HEAD_DIM, 256);
     }
 
+    #[test]
+    fn attention_split_and_tiled_grids() {
+        assert_eq!(attention_split(32, 3, 16).unwrap().grid, (32, 3, 16));
+        assert_eq!(attention_tiled(32, 16).unwrap().grid, (32, 1, 1));
+        assert_eq!(attention_tiled(32, 17).unwrap().grid, (32, 2, 1));
+        assert_eq!(
+            attention_tiled(8, 1).unwrap().block_threads() as usize,
+            32 * ATTENTION_WARPS
+        );
+        // Shared memory of the tiled kernel: keys and values of one step,
+        // as f32, under the 48 KiB of static shared memory.
+        const { assert!(2 * ATTENTION_TILE_POSITIONS * ATTENTION_MAX_HEAD_DIM * 4 <= 48 << 10) };
+        const { assert!(ATTENTION_TILE_ROWS.is_multiple_of(ATTENTION_WARPS)) };
+    }
+
+    #[test]
+    fn attention_split_capacity_follows_the_context() {
+        assert_eq!(attention_split_capacity(1), 1);
+        assert_eq!(attention_split_capacity(256), 1);
+        assert_eq!(attention_split_capacity(4096), 16);
+        assert_eq!(attention_split_capacity(1 << 20), ATTENTION_MAX_SPLITS);
+    }
+
+    #[test]
+    fn attention_plan_splits_decode_and_tiles_prefill() {
+        let cap = attention_split_capacity(32768);
+        // A 4K-context decode step on 32 heads: 16 splits, 512 blocks.
+        assert_eq!(
+            attention_plan(1, 1, 128, 4096, cap),
+            AttentionPlan::Split {
+                splits: 16,
+                split_len: 256
+            }
+        );
+        // Short contexts: one split, the output written directly.
+        assert_eq!(
+            attention_plan(8, 8, 128, 100, cap),
+            AttentionPlan::Split {
+                splits: 1,
+                split_len: 100
+            }
+        );
+        // Every visible position lands in a split, also when capped.
+        for (visible, cap) in [(257, 64), (4095, 64), (100_000, 64), (5000, 3)] {
+            let AttentionPlan::Split { splits, split_len } = attention_plan(1, 1, 64, visible, cap)
+            else {
+                panic!("decode plan")
+            };
+            assert!(splits <= cap && splits * split_len >= visible, "{visible}");
+            assert!(
+                (splits - 1) * split_len < visible,
+                "{visible}: an empty split"
+            );
+        }
+        assert_eq!(attention_plan(512, 1, 128, 512, cap), AttentionPlan::Tiled);
+        assert_eq!(attention_plan(20, 3, 128, 512, cap), AttentionPlan::Tiled);
+        // A wide batched decode: one row per sequence.
+        assert_eq!(attention_plan(32, 32, 128, 512, cap), AttentionPlan::PerRow);
+        // Odd heads: only the per-row kernel reads single elements.
+        assert_eq!(attention_plan(1, 1, 81, 512, cap), AttentionPlan::PerRow);
+        assert_eq!(attention_plan(512, 1, 81, 512, cap), AttentionPlan::PerRow);
+    }
+
     /// Past the grid's y limit a launch is an error naming the kernel, the
     /// count and the limit (and the setting to lower), not a panic.
     #[test]
@@ -354,6 +486,8 @@ mod tests {
         let n = MAX_CHUNK.max(MAX_BATCH);
         assert!(n <= MAX_GRID_Y);
         assert!(attention(1024, n).is_ok());
+        assert!(attention_split(1024, ATTENTION_SPLIT_MAX_ROWS, ATTENTION_MAX_SPLITS).is_ok());
+        assert!(attention_tiled(1024, n).is_ok());
         assert!(embed(n, 1 << 20).is_ok());
         assert!(matmul(1 << 20, n).is_ok());
         assert!(matmul_plan(n).is_ok());
@@ -372,6 +506,8 @@ mod tests {
             per_row(1).unwrap(),
             embed(1, 8).unwrap(),
             attention(1, 1).unwrap(),
+            attention_split(1, 1, 2).unwrap(),
+            attention_tiled(1, 1).unwrap(),
         ] {
             assert!((1..=1024).contains(&d.block_threads()), "{d:?}");
         }
