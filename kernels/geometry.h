@@ -10,6 +10,9 @@
 #define FLEA_MATVEC_MAX_COLS 8
 // Weight rows per mat-vec block: one warp each.
 #define FLEA_MATVEC_ROWS_PER_BLOCK 4
+// Warps per block of the activation quantizers (quantize_q8_32,
+// quantize_q8_k); each warp quantizes 256 values.
+#define FLEA_QUANTIZE_WARPS 8
 // Output tile of the prefill mat-mat kernel (rows x positions), the depth
 // of one shared-memory step, and its threads.
 #define FLEA_MATMUL_TILE_ROWS 64

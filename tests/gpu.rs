@@ -469,9 +469,10 @@ mod gpu {
     };
     use flea::backend::cpu;
     use flea::backend::cuda::device::KvElem;
+    use flea::backend::cuda::geometry::ActQuant;
     use flea::backend::cuda::{
         self, cuda_available, AttentionShape, CudaForward, CudaForwardConfig, DevWeight, Format,
-        Gpu,
+        Gpu, Q8Scratch, QuantInput,
     };
     use flea::engine::{Engine, EngineConfig, Logits, SeqChunk};
     use flea::gguf::GgufFile;
@@ -592,6 +593,78 @@ mod gpu {
                 let y = gpu.download(&dy.slice(..)).unwrap();
                 check_products("tiled", ty, &w, rows, cols, &x, &y, n);
             }
+        }
+    }
+
+    /// The integer mat-vec (8-bit activations, `matvec_q8_<fmt>_<n>`)
+    /// against the CPU backend's matmul, which quantizes the activations
+    /// to the same values and sums the same integers: only the order of
+    /// the float sums differs. Rows span more than one warp step.
+    #[test]
+    fn integer_matvec_matches_the_cpu_matmul_for_every_quantized_format() {
+        let Some(gpu) = gpu("integer matvec") else {
+            return;
+        };
+        let cpu = cpu::CpuBackend::new(1);
+        let mut rng = Rng(0xd4a0_0008);
+        let rows = 6; // a partial block of mat-vec warps
+        let mut scratch = Q8Scratch::new(&gpu, 8 * 1280).unwrap();
+        for ty in FORMATS {
+            let Some(kind) = ActQuant::of(Format::of(ty).unwrap().suffix()) else {
+                continue;
+            };
+            let cols = kind.block() * if kind == ActQuant::Q8K { 5 } else { 20 };
+            let w = random_weights(ty, rows, cols, &mut rng);
+            let dw = gpu.upload(&w).unwrap();
+            let weight = DevWeight::new(Format::of(ty).unwrap(), rows, cols, dw.slice(..));
+            let host = flea::backend::Weight {
+                ggml_type: ty,
+                rows,
+                cols,
+                data: &w,
+            };
+            let mut deq = vec![0.0f32; rows * cols];
+            for (r, d) in deq.chunks_exact_mut(cols).enumerate() {
+                dequantize_row(ty, &w[r * host.row_bytes()..(r + 1) * host.row_bytes()], d);
+            }
+            for n in 1..=8 {
+                let x = rng.floats(n * cols);
+                let dx = gpu.upload(&x).unwrap();
+                let mut dy = gpu.zeros::<f32>(n * rows).unwrap();
+                let mut input = QuantInput::new(dx.slice(..), n, &mut scratch);
+                gpu.matmul_quant(&weight, &mut input, &mut dy.slice_mut(..))
+                    .unwrap();
+                let got = gpu.download(&dy.slice(..)).unwrap();
+                let mut want = vec![0.0f32; n * rows];
+                cpu.matmul(host, &x, &mut want, n);
+                for p in 0..n {
+                    for r in 0..rows {
+                        let magnitude: f32 = deq[r * cols..(r + 1) * cols]
+                            .iter()
+                            .zip(&x[p * cols..(p + 1) * cols])
+                            .map(|(a, b)| (a * b).abs())
+                            .sum();
+                        let (g, c) = (got[p * rows + r], want[p * rows + r]);
+                        assert!(
+                            close(g, c, magnitude, 2e-6),
+                            "{ty} n {n} row {r} position {p}: GPU {g} vs CPU {c} (magnitude {magnitude})"
+                        );
+                    }
+                }
+            }
+            // Activations of another quantization or width are an error.
+            let (other, width) = match kind {
+                ActQuant::Q8K => (ActQuant::Q8_32, cols),
+                ActQuant::Q8_32 => (ActQuant::Q8_32, cols - 32),
+            };
+            let x = gpu.upload(&rng.floats(width)).unwrap();
+            gpu.quantize_activations(other, &x.slice(..), 1, width, &mut scratch)
+                .unwrap();
+            let mut dy = gpu.zeros::<f32>(rows).unwrap();
+            let err = gpu
+                .matvec_q8(&weight, &scratch, &mut dy.slice_mut(..), 1)
+                .expect_err("activations of another quantization or width");
+            assert_eq!(err.kind, ErrorKind::Config, "{}", err.message);
         }
     }
 

@@ -28,6 +28,7 @@
 #include "../embed.cu"
 #include "../matmul.cu"
 #include "../matvec.cu"
+#include "../matvec_q8.cu"
 #include "../norm.cu"
 #include "../rope.cu"
 
@@ -231,6 +232,111 @@ static void check_products(Rng& rng) {
             const std::vector<double> d = dequant_row(k, &w[tokens[p] * row_bytes], cols);
             for (int c = 0; c < cols; c++) {
                 expect_close((std::string("embed_") + f.name).c_str(), (long)(p * cols + c), out[p * cols + c], d[c], 0.0);
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ 8-bit activations
+
+// The CPU's activation quantization (src/quant/q8_k.rs, q8_32.rs), the
+// reference the device quantizers must equal bit for bit.
+static void quantize_reference(const std::vector<float>& x, int qk, bool f16_scale, std::vector<int8_t>& q,
+                               std::vector<float>& d) {
+    q.assign(x.size(), 0);
+    d.assign(x.size() / qk, 0.0f);
+    for (size_t b = 0; b < d.size(); b++) {
+        float amax = 0.0f;
+        for (int i = 0; i < qk; i++) amax = std::fmax(amax, std::fabs(x[b * qk + i]));
+        if (!(amax > 0.0f)) continue;
+        const float iscale = 127.0f / amax;
+        for (int i = 0; i < qk; i++) {
+            volatile float v = x[b * qk + i] * iscale;
+            q[b * qk + i] = (int8_t)std::fmin(std::fmax(std::nearbyint(v), -127.0f), 127.0f);
+        }
+        d[b] = f16_scale ? __half2float(__float2half_rn(amax / 127.0f)) : 1.0f / iscale;
+    }
+}
+
+using MatvecQ8Fn = void (*)(const uint8_t*, unsigned long long, int, int, const int*, const float*, const int*, float*);
+
+struct Q8Kernels {
+    const char* name;
+    MatvecQ8Fn matvec[8];
+};
+
+#define FLEA_Q8_KERNEL_TABLE(suffix, Dot)                                                                             \
+    {#suffix,                                                                                                         \
+     {matvec_q8_##suffix##_1, matvec_q8_##suffix##_2, matvec_q8_##suffix##_3, matvec_q8_##suffix##_4,                \
+      matvec_q8_##suffix##_5, matvec_q8_##suffix##_6, matvec_q8_##suffix##_7, matvec_q8_##suffix##_8}},
+
+static const Q8Kernels Q8_KERNELS[] = {FLEA_FOR_EACH_Q8_FORMAT(FLEA_Q8_KERNEL_TABLE)};
+
+// quantize_q8_32 / quantize_q8_k against the CPU's quantization (exact,
+// ties included), then every matvec_q8_<fmt>_<NC> against the dequantized
+// weights times the dequantized activations in double. The integer sums
+// are exact and each block's float steps round a few times, so the
+// tolerance is a few float ulps of the sum of magnitudes.
+static void check_q8_matvec(Rng& rng) {
+    const int rows = 9;  // a partial block of warps
+    for (const Q8Kernels& k : Q8_KERNELS) {
+        size_t fi = 0;
+        while (std::strcmp(FORMATS[fi].name, k.name) != 0) fi++;
+        const FormatInfo& f = FORMATS[fi];
+        const bool kquant = f.block_weights == 256;
+        // More blocks than one warp step covers (16 or 4), and a partial step.
+        const int cols = kquant ? 256 * 6 : 32 * 24;
+        const std::vector<uint8_t> w = random_weights(f, rows, cols, rng);
+        const size_t row_bytes = w.size() / rows;
+        for (int n = 1; n <= 8; n++) {
+            std::vector<float> x = rng.floats((size_t)n * cols);
+            // Block 0 scales by exactly 1, so x.5 values test the tie rule.
+            x[0] = 127.0f, x[1] = 2.5f, x[2] = -3.5f;
+            if (n > 1)  // an all-zero block
+                for (int i = 0; i < (kquant ? 256 : 32); i++) x[(size_t)cols + i] = 0.0f;
+            const int qk = kquant ? 256 : 32;
+            const int n_values = n * cols;
+            std::vector<int> xq(n_values / 4, 0x55555555), xs(n_values / 16, -1);
+            std::vector<float> xd(n_values / qk, NAN);
+            const unsigned grid = (unsigned)((n_values + 256 * FLEA_QUANTIZE_WARPS - 1) / (256 * FLEA_QUANTIZE_WARPS));
+            if (kquant)
+                simt::launch(quantize_q8_k, dim3{grid, 1, 1}, dim3{32, FLEA_QUANTIZE_WARPS, 1}, x.data(), xq.data(), xd.data(),
+                             xs.data(), n_values);
+            else
+                simt::launch(quantize_q8_32, dim3{grid, 1, 1}, dim3{32, FLEA_QUANTIZE_WARPS, 1}, x.data(), xq.data(), xd.data(),
+                             n_values);
+            std::vector<int8_t> rq;
+            std::vector<float> rd;
+            quantize_reference(x, qk, !kquant, rq, rd);
+            const int8_t* gq = reinterpret_cast<const int8_t*>(xq.data());
+            const std::string qname = kquant ? "quantize_q8_k" : "quantize_q8_32";
+            for (int i = 0; i < n_values; i++) expect_close(qname.c_str(), i, gq[i], rq[i], 0.0);
+            for (size_t b = 0; b < rd.size(); b++) expect_close((qname + " scale").c_str(), (long)b, xd[b], rd[b], 0.0);
+            if (kquant) {
+                for (int s = 0; s < n_values / 16; s++) {
+                    int sum = 0;
+                    for (int i = 0; i < 16; i++) sum += rq[16 * s + i];
+                    expect_close("quantize_q8_k sums", s, xs[s], sum, 0.0);
+                }
+            }
+
+            std::vector<float> y((size_t)n * rows, NAN);
+            simt::launch(k.matvec[n - 1], dim3{(rows + FLEA_MATVEC_ROWS_PER_BLOCK - 1) / FLEA_MATVEC_ROWS_PER_BLOCK, 1, 1},
+                         dim3{32, FLEA_MATVEC_ROWS_PER_BLOCK, 1}, w.data(), (unsigned long long)row_bytes, rows, cols,
+                         xq.data(), xd.data(), xs.data(), y.data());
+            const std::string what = std::string("matvec_q8_") + k.name + "_" + std::to_string(n);
+            for (int r = 0; r < rows; r++) {
+                const std::vector<double> dw = dequant_row(KERNELS[fi], &w[r * row_bytes], cols);
+                for (int p = 0; p < n; p++) {
+                    double s = 0, m = 0;
+                    for (int c = 0; c < cols; c++) {
+                        const size_t i = (size_t)p * cols + c;
+                        const double a = (double)rd[i / qk] * rq[i];
+                        s += dw[c] * a;
+                        m += std::fabs(dw[c] * a);
+                    }
+                    expect_close(what.c_str(), (long)p * rows + r, y[(size_t)p * rows + r], s, 2e-6 * m + 1e-9);
+                }
             }
         }
     }
@@ -535,6 +641,7 @@ int main(int argc, char** argv) {
     if (argc == 2 && std::strcmp(argv[1], "kernels") == 0) {
         Rng rng{0x9e3779b97f4a7c15ull};
         check_products(rng);
+        check_q8_matvec(rng);
         check_norms(rng);
         check_rope_and_cache(rng);
         check_attention(rng);

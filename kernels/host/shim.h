@@ -45,6 +45,9 @@ struct float4 {
 struct uint2 {
     unsigned int x, y;
 };
+struct uint4 {
+    unsigned int x, y, z, w;
+};
 
 struct __half {
     uint16_t bits;
@@ -94,6 +97,12 @@ inline __half __float2half_rn(float f) {
 
 inline unsigned short __half_as_ushort(__half h) { return h.bits; }
 
+// Four signed 8-bit products of the bytes of a and b, summed into c
+// (sm_61+ `dp4a.s32.s32`).
+inline int __dp4a(int a, int b, int c) {
+    for (int i = 0; i < 4; i++) c += (int)(int8_t)(a >> (8 * i)) * (int)(int8_t)(b >> (8 * i));
+    return c;
+}
 inline float __uint_as_float(unsigned int u) {
     float f;
     std::memcpy(&f, &u, sizeof f);

@@ -74,6 +74,7 @@
 #include "kernels/embed.cu"
 #include "kernels/matmul.cu"
 #include "kernels/matvec.cu"
+#include "kernels/matvec_q8.cu"
 #include "kernels/norm.cu"
 #include "kernels/rope.cu"
 
@@ -350,10 +351,16 @@ static std::unordered_map<std::string, Func>* g_funcs;
     REG(matvec_##suffix##_1) REG(matvec_##suffix##_2) REG(matvec_##suffix##_3) \
     REG(matvec_##suffix##_4) REG(matvec_##suffix##_5) REG(matvec_##suffix##_6) \
     REG(matvec_##suffix##_7) REG(matvec_##suffix##_8) REG(matmul_##suffix) REG(embed_##suffix)
+#define REG_Q8(suffix, Dot)                                                                 \
+    REG(matvec_q8_##suffix##_1) REG(matvec_q8_##suffix##_2) REG(matvec_q8_##suffix##_3) \
+    REG(matvec_q8_##suffix##_4) REG(matvec_q8_##suffix##_5) REG(matvec_q8_##suffix##_6) \
+    REG(matvec_q8_##suffix##_7) REG(matvec_q8_##suffix##_8)
 static void register_kernels() {
     if (g_funcs) return;
     g_funcs = new std::unordered_map<std::string, Func>;
     FLEA_FOR_EACH_FORMAT(REG_FMT)
+    FLEA_FOR_EACH_Q8_FORMAT(REG_Q8)
+    REG(quantize_q8_32) REG(quantize_q8_k)
     REG(rmsnorm) REG(rmsnorm_gather) REG(rmsnorm_heads) REG(rope) REG(kv_store)
     REG(kv_store_f16) REG(attention) REG(attention_f16) REG(swiglu) REG(add_in_place)
     REG(add_bias) REG(argmax_rows)

@@ -19,7 +19,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
-use super::geometry::{self, Dims, MatmulPlan, FORMAT_SUFFIXES, MATVEC_MAX_COLS};
+use super::geometry::{self, ActQuant, Dims, MatmulPlan, FORMAT_SUFFIXES, MATVEC_MAX_COLS};
 use crate::error::{Error, Result};
 use crate::model::RopeStyle;
 use crate::quant::GgmlType;
@@ -194,6 +194,10 @@ impl<'a> DevWeight<'a> {
 struct Kernels {
     /// `[format][cols - 1]`.
     matvec: Vec<[CudaFunction; MATVEC_MAX_COLS]>,
+    /// `[format][cols - 1]` of the integer mat-vec; `None` for floats.
+    matvec_q8: Vec<Option<[CudaFunction; MATVEC_MAX_COLS]>>,
+    quantize_q8_32: CudaFunction,
+    quantize_q8_k: CudaFunction,
     matmul: Vec<CudaFunction>,
     embed: Vec<CudaFunction>,
     rmsnorm: CudaFunction,
@@ -222,25 +226,36 @@ impl Kernels {
                 "kernel {name} missing from the loaded image"
             )))
         };
+        // The kernels of widths 1..=MATVEC_MAX_COLS, which always have a name.
+        let widths =
+            |name: &dyn Fn(usize) -> Option<String>| -> Result<[CudaFunction; MATVEC_MAX_COLS]> {
+                let mut row = Vec::with_capacity(MATVEC_MAX_COLS);
+                for c in 1..=MATVEC_MAX_COLS {
+                    row.push(f(&name(c).unwrap_or_default())?);
+                }
+                let Ok(row) = <[CudaFunction; MATVEC_MAX_COLS]>::try_from(row) else {
+                    unreachable!("one mat-vec kernel per width 1..={MATVEC_MAX_COLS}")
+                };
+                Ok(row)
+            };
         let mut matvec = Vec::new();
+        let mut matvec_q8 = Vec::new();
         let mut matmul = Vec::new();
         let mut embed = Vec::new();
         for suffix in FORMAT_SUFFIXES {
-            let mut row = Vec::with_capacity(MATVEC_MAX_COLS);
-            for c in 1..=MATVEC_MAX_COLS {
-                // 1..=MATVEC_MAX_COLS always has a name.
-                let name = geometry::matvec_name(suffix, c).unwrap_or_default();
-                row.push(f(&name)?);
-            }
-            let Ok(row) = <[CudaFunction; MATVEC_MAX_COLS]>::try_from(row) else {
-                unreachable!("one mat-vec kernel per width 1..={MATVEC_MAX_COLS}")
-            };
-            matvec.push(row);
+            matvec.push(widths(&|c| geometry::matvec_name(suffix, c))?);
+            matvec_q8.push(match ActQuant::of(suffix) {
+                Some(_) => Some(widths(&|c| geometry::matvec_q8_name(suffix, c))?),
+                None => None,
+            });
             matmul.push(f(&geometry::matmul_name(suffix))?);
             embed.push(f(&geometry::embed_name(suffix))?);
         }
         Ok(Kernels {
             matvec,
+            matvec_q8,
+            quantize_q8_32: f(ActQuant::Q8_32.kernel_name())?,
+            quantize_q8_k: f(ActQuant::Q8K.kernel_name())?,
             matmul,
             embed,
             rmsnorm: f("rmsnorm")?,
@@ -724,7 +739,206 @@ impl Gpu {
             .map(drop)
             .map_err(cuda_err("launch matmul"))
     }
+}
 
+/// 8-bit activations on the device for the integer mat-vec
+/// (`matvec_q8_<fmt>_<c>`, kernels/matvec_q8.cu), laid out as the
+/// quantizers write them (kernels/dot_q8.cuh): the int8 quants four to a
+/// word, one f32 scale per block of 32 or 256 activations, and for Q8_K
+/// one i32 sum per 16. Sized once for the widest input a pass quantizes.
+pub struct Q8Scratch {
+    qs: CudaSlice<i32>,
+    d: CudaSlice<f32>,
+    sums: CudaSlice<i32>,
+    max_values: usize,
+    /// What the buffers hold now: (quantization, rows, cols).
+    holds: Option<(ActQuant, usize, usize)>,
+}
+
+impl Q8Scratch {
+    /// Buffers for up to `max_values` activations (rows x cols).
+    pub fn new(gpu: &Gpu, max_values: usize) -> Result<Q8Scratch> {
+        let [qs, d, sums] = Self::lengths(max_values);
+        Ok(Q8Scratch {
+            qs: gpu.zeros(qs)?,
+            d: gpu.zeros(d)?,
+            sums: gpu.zeros(sums)?,
+            max_values,
+            holds: None,
+        })
+    }
+
+    /// Element counts (all 4-byte) of the quants, scales and sums: scales
+    /// for blocks of 32, the smaller of the two block sizes.
+    fn lengths(max_values: usize) -> [usize; 3] {
+        [
+            max_values.div_ceil(4),
+            max_values.div_ceil(32),
+            max_values.div_ceil(16),
+        ]
+    }
+
+    /// Device bytes [`Q8Scratch::new`] allocates.
+    pub fn bytes(max_values: usize) -> u64 {
+        Self::lengths(max_values)
+            .iter()
+            .map(|&n| 4 * n as u64)
+            .sum()
+    }
+}
+
+/// One activation matrix (`n` rows) that several weights multiply, with
+/// its 8-bit form: quantized by the first integer mat-vec that needs it
+/// and reused by the next ones of the same quantization and width (Q, K
+/// and V; gate and up). Borrowing `x` for its lifetime keeps the quants
+/// from outliving the values they were made from.
+pub struct QuantInput<'a> {
+    x: CudaView<'a, f32>,
+    n: usize,
+    scratch: &'a mut Q8Scratch,
+}
+
+impl<'a> QuantInput<'a> {
+    pub fn new(x: CudaView<'a, f32>, n: usize, scratch: &'a mut Q8Scratch) -> QuantInput<'a> {
+        scratch.holds = None;
+        QuantInput { x, n, scratch }
+    }
+}
+
+impl Gpu {
+    /// `y = x W^T` for the `n` rows of `input`: decode widths (`n <= 8`) of
+    /// quantized formats through the integer mat-vec on 8-bit activations
+    /// (the CPU backend's activation values), anything else as
+    /// [`Gpu::matmul`] does on the f32 activations.
+    pub fn matmul_quant(
+        &self,
+        w: &DevWeight<'_>,
+        input: &mut QuantInput<'_>,
+        y: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        let n = input.n;
+        let plan = geometry::matmul_plan(n).map_err(|e| Error::config(format!("CUDA: {e}")))?;
+        match (ActQuant::of(w.format.suffix()), plan) {
+            (Some(kind), MatmulPlan::Matvec(n)) => {
+                if input.scratch.holds != Some((kind, n, w.cols)) {
+                    self.quantize_activations(kind, &input.x, n, w.cols, input.scratch)?;
+                }
+                self.matvec_q8(w, input.scratch, y, n)
+            }
+            _ => self.matmul(w, &input.x, y, n),
+        }
+    }
+
+    /// Quantize `n` rows of `cols` activations of `x` into `out` as `kind`
+    /// (`quantize_q8_32` / `quantize_q8_k`).
+    pub fn quantize_activations(
+        &self,
+        kind: ActQuant,
+        x: &CudaView<'_, f32>,
+        n: usize,
+        cols: usize,
+        out: &mut Q8Scratch,
+    ) -> Result<()> {
+        out.holds = None;
+        let values = n.saturating_mul(cols);
+        ensure(values > 0 && cols.is_multiple_of(kind.block()), || {
+            format!(
+                "quantize: {n} rows of {cols} activations are not whole blocks of {}",
+                kind.block()
+            )
+        })?;
+        ensure(x.len() >= values, || {
+            format!("quantize: x holds {} < {n} x {cols}", x.len())
+        })?;
+        ensure(values <= out.max_values, || {
+            format!(
+                "quantize: {n} x {cols} activations exceed the scratch's {}",
+                out.max_values
+            )
+        })?;
+        // The quantizers read eight floats at a time as two float4.
+        let (ptr, _sync) = x.device_ptr(x.stream());
+        ensure(ptr % 16 == 0, || {
+            "quantize: activations must be 16-byte aligned (start a view at a row)".into()
+        })?;
+        let n_values = i32_of(values, "activations")?;
+        let mut b = match kind {
+            ActQuant::Q8_32 => self.stream.launch_builder(&self.kernels.quantize_q8_32),
+            ActQuant::Q8K => self.stream.launch_builder(&self.kernels.quantize_q8_k),
+        };
+        b.arg(x).arg(&mut out.qs).arg(&mut out.d);
+        if kind == ActQuant::Q8K {
+            b.arg(&mut out.sums);
+        }
+        b.arg(&n_values);
+        // SAFETY: the arguments match the kernel's signature
+        // (kernels/matvec_q8.cu); x holds `values` floats and the outputs
+        // were sized for at least as many (Q8Scratch::lengths).
+        unsafe { b.launch(dims(geometry::quantize(values))?) }
+            .map_err(cuda_err(format_args!("launch {}", kind.kernel_name())))?;
+        out.holds = Some((kind, n, cols));
+        Ok(())
+    }
+
+    /// The integer mat-vec, `1 <= n <= 8` rows: `y = x W^T` with `x` the
+    /// activations last quantized into `acts`, which must be `n` rows of
+    /// `w.cols` in the format's quantization.
+    pub fn matvec_q8(
+        &self,
+        w: &DevWeight<'_>,
+        acts: &Q8Scratch,
+        y: &mut CudaViewMut<'_, f32>,
+        n: usize,
+    ) -> Result<()> {
+        ensure((1..=MATVEC_MAX_COLS).contains(&n), || {
+            format!("matvec_q8 of {n} rows (the kernels take 1 to {MATVEC_MAX_COLS})")
+        })?;
+        w.check("matvec_q8")?;
+        let (Some(kind), Some(fs)) = (
+            ActQuant::of(w.format.suffix()),
+            self.kernels.matvec_q8[w.format.index].as_ref(),
+        ) else {
+            return Err(Error::config(format!(
+                "CUDA: matvec_q8: no integer mat-vec for {} weights",
+                w.format.ggml_type
+            )));
+        };
+        ensure(
+            matches!(acts.holds, Some((k, rows, cols)) if k == kind && rows >= n && cols == w.cols),
+            || {
+                format!(
+                    "matvec_q8: {} weights of {} columns need {n} rows quantized as {kind:?}, \
+                     the scratch holds {:?}",
+                    w.format.ggml_type, w.cols, acts.holds
+                )
+            },
+        )?;
+        ensure(y.len() >= n.saturating_mul(w.rows), || {
+            format!("matvec_q8: y holds {} < {n} x {}", y.len(), w.rows)
+        })?;
+        let row_bytes = w.row_bytes() as u64;
+        let rows = i32_of(w.rows, "rows")?;
+        let cols = i32_of(w.cols, "cols")?;
+        let mut b = self.stream.launch_builder(&fs[n - 1]);
+        b.arg(&w.ptr)
+            .arg(&row_bytes)
+            .arg(&rows)
+            .arg(&cols)
+            .arg(&acts.qs)
+            .arg(&acts.d)
+            .arg(&acts.sums)
+            .arg(y);
+        // SAFETY: the arguments match the kernel's signature
+        // (kernels/matvec_q8.cu); the weights were checked above and the
+        // activations hold at least n rows of w.cols in the format's
+        // quantization (`holds`, set only by a successful quantize).
+        unsafe { b.launch(dims(geometry::matvec(w.rows))?) }
+            .map(drop)
+            .map_err(cuda_err("launch matvec_q8"))
+    }
+}
+
+impl Gpu {
     /// `out` row p = row `tokens[p]` of `w`, dequantized; `out` is `(n, cols)`.
     pub fn embed(
         &self,

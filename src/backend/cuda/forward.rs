@@ -11,8 +11,8 @@
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaSlice, CudaView, CudaViewMut};
 
-use super::device::{cuda_err, AttentionShape, Gpu, KvElem};
-use super::geometry::{self, AttentionPlan};
+use super::device::{cuda_err, AttentionShape, Gpu, KvElem, Q8Scratch, QuantInput};
+use super::geometry::{self, AttentionPlan, MATVEC_MAX_COLS};
 use super::pinned;
 use super::slots::{device_slot_bytes, DevicePlan, HostRegion, LayerTimes};
 use super::weights::{LayerSource, WeightCache};
@@ -333,6 +333,8 @@ pub struct CudaForward {
     stream_slot_bytes: u64,
     profile: Option<Profile>,
     s: Scratch,
+    /// The 8-bit activations of decode-width products (integer mat-vec).
+    q8: Q8Scratch,
     /// `[layer][seq][position][kv_dim]`, as `KvCache` on the host.
     kv: DeviceKv,
     /// `(cos, sin)` per position and rotated pair: `[n_ctx][rope_dims / 2][2]`.
@@ -419,6 +421,7 @@ impl CudaForward {
         };
         Ok(CudaForward {
             s: Scratch::new(&gpu, hp, chunk)?,
+            q8: Q8Scratch::new(&gpu, quantized_values(hp, chunk))?,
             kv: match KvCache::effective_type(config.kv_type, hp.head_dim) {
                 KvType::F32 => DeviceKv::F32 {
                     k: gpu.zeros(cache_len)?,
@@ -460,9 +463,10 @@ impl CudaForward {
     }
 
     /// Device bytes this backend allocates for the given shape besides the
-    /// weights: KV cache (of `config.kv_type`, as on the CPU), activations, logits, RoPE
-    /// table, per-row indices, the flash-decoding scratch and every layer's
-    /// vectors (norms, biases; f32).
+    /// weights: KV cache (of `config.kv_type`, as on the CPU), activations
+    /// (f32, and 8-bit for the decode mat-vec), logits, RoPE table, per-row
+    /// indices, the flash-decoding scratch and every layer's vectors (norms,
+    /// biases; f32).
     /// Weights, the device slots and the staging buffer a resident layer
     /// past the cache budget is copied into are the planner's to charge
     /// ([`CudaForward::device_plan`]).
@@ -477,8 +481,9 @@ impl CudaForward {
             config.n_seq,
             config.n_ctx,
             hp.kv_dim(),
-            KvType::F32,
+            KvCache::effective_type(config.kv_type, hp.head_dim),
         ) + (f32s * 4 + rope + ints + norms + part) as u64
+            + Q8Scratch::bytes(quantized_values(hp, config.max_chunk))
     }
 
     /// Device memory a run allocates: this backend's own, the embeddings
@@ -688,6 +693,7 @@ impl Backend for CudaForward {
         let (n, dim, q_dim, kv_dim, ffn) = (self.n, hp.dim, hp.q_dim(), hp.kv_dim(), hp.ffn_dim);
         let gpu = &self.gpu;
         let s = &mut self.s;
+        let q8 = &mut self.q8;
         let rows = &self.rows;
         let (kv, rope_table) = (&mut self.kv, &self.rope_table);
         let (attn_part, attn_plan) = (&mut self.attn_part, self.attn_plan);
@@ -706,10 +712,10 @@ impl Backend for CudaForward {
                 dim,
                 hp.rms_eps,
             )?;
-            let xb = s.xb.slice(..n * dim);
-            gpu.matmul(&w.wq, &xb, &mut s.q.slice_mut(..n * q_dim), n)?;
-            gpu.matmul(&w.wk, &xb, &mut s.k.slice_mut(..n * kv_dim), n)?;
-            gpu.matmul(&w.wv, &xb, &mut s.v.slice_mut(..n * kv_dim), n)?;
+            let mut xb = QuantInput::new(s.xb.slice(..n * dim), n, q8);
+            gpu.matmul_quant(&w.wq, &mut xb, &mut s.q.slice_mut(..n * q_dim))?;
+            gpu.matmul_quant(&w.wk, &mut xb, &mut s.k.slice_mut(..n * kv_dim))?;
+            gpu.matmul_quant(&w.wv, &mut xb, &mut s.v.slice_mut(..n * kv_dim))?;
             // Qwen 2: biases on the projections.
             if let Some([bq, bk, bv]) = &w.qkv_bias {
                 gpu.add_bias(&mut s.q.slice_mut(..n * q_dim), bq, n * q_dim)?;
@@ -786,11 +792,10 @@ impl Backend for CudaForward {
             }
 
             // Output projection and residual: x += att_out Wo.
-            gpu.matmul(
+            gpu.matmul_quant(
                 &w.wo,
-                &s.att_out.slice(..n * q_dim),
+                &mut QuantInput::new(s.att_out.slice(..n * q_dim), n, q8),
                 &mut s.xb.slice_mut(..n * dim),
-                n,
             )?;
             gpu.add_in_place(
                 &mut s.x.slice_mut(..n * dim),
@@ -807,19 +812,18 @@ impl Backend for CudaForward {
                 dim,
                 hp.rms_eps,
             )?;
-            let xb = s.xb.slice(..n * dim);
-            gpu.matmul(&w.w_gate, &xb, &mut s.hb.slice_mut(..n * ffn), n)?;
-            gpu.matmul(&w.w_up, &xb, &mut s.hb2.slice_mut(..n * ffn), n)?;
+            let mut xb = QuantInput::new(s.xb.slice(..n * dim), n, q8);
+            gpu.matmul_quant(&w.w_gate, &mut xb, &mut s.hb.slice_mut(..n * ffn))?;
+            gpu.matmul_quant(&w.w_up, &mut xb, &mut s.hb2.slice_mut(..n * ffn))?;
             gpu.swiglu(
                 &mut s.hb.slice_mut(..n * ffn),
                 &s.hb2.slice(..n * ffn),
                 n * ffn,
             )?;
-            gpu.matmul(
+            gpu.matmul_quant(
                 &w.w_down,
-                &s.hb.slice(..n * ffn),
+                &mut QuantInput::new(s.hb.slice(..n * ffn), n, q8),
                 &mut s.xb.slice_mut(..n * dim),
-                n,
             )?;
             gpu.add_in_place(
                 &mut s.x.slice_mut(..n * dim),
@@ -863,11 +867,10 @@ impl Backend for CudaForward {
             self.hp.rms_eps,
         )?;
         let head = self.weights.global(gpu, &output)?;
-        gpu.matmul(
+        gpu.matmul_quant(
             &head,
-            &s.xb.slice(..m * dim),
+            &mut QuantInput::new(s.xb.slice(..m * dim), m, &mut self.q8),
             &mut s.logits.slice_mut(..m * vocab),
-            m,
         )?;
         gpu.download_into(
             &s.logits.slice(..m * vocab),
@@ -877,6 +880,14 @@ impl Backend for CudaForward {
         self.collect_profile()?;
         Ok(&self.logits_host[..m * vocab])
     }
+}
+
+/// The most activations one decode-width product quantizes: up to
+/// `MATVEC_MAX_COLS` rows (fewer if the chunk is smaller) of the widest
+/// input a weight multiplies (the model width, the attention output, or
+/// the feed-forward hidden layer).
+fn quantized_values(hp: &Hparams, max_chunk: usize) -> usize {
+    max_chunk.min(MATVEC_MAX_COLS) * hp.dim.max(hp.q_dim()).max(hp.ffn_dim)
 }
 
 /// RoPE rotations as on the CPU (`cpu::forward::rope_rotations`): pair `i` of a

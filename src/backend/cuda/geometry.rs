@@ -127,6 +127,24 @@ pub fn matvec(rows: usize) -> GeometryResult<Dims> {
     ))
 }
 
+/// `quantize_q8_32`, `quantize_q8_k`: blocks of 8 warps, each warp 256
+/// of the `n_values` activations.
+pub fn quantize(n_values: usize) -> GeometryResult<Dims> {
+    Ok(Dims::new(
+        (
+            blocks_for(
+                "quantize",
+                "activations",
+                n_values.max(1),
+                256 * QUANTIZE_WARPS,
+            )?,
+            1,
+            1,
+        ),
+        (32, block(QUANTIZE_WARPS), 1),
+    ))
+}
+
 /// `matmul_<fmt>`: 256 threads per 64 x 64 tile of (rows, positions).
 pub fn matmul(rows: usize, n: usize) -> GeometryResult<Dims> {
     Ok(Dims::new(
@@ -289,6 +307,53 @@ pub fn matvec_name(suffix: &str, cols: usize) -> Option<String> {
     (1..=MATVEC_MAX_COLS)
         .contains(&cols)
         .then(|| format!("matvec_{suffix}_{cols}"))
+}
+
+/// The 8-bit activations a weight format's integer mat-vec
+/// (`matvec_q8_<fmt>_<c>`, kernels/matvec_q8.cu) takes: the partner the
+/// CPU backend quantizes to for the same format. Float formats have none
+/// (they keep `matvec_<fmt>_<c>` on f32 activations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActQuant {
+    /// Blocks of 32 (`quantize_q8_32`): the 32-weight formats.
+    Q8_32,
+    /// Blocks of 256 with 16-value sums (`quantize_q8_k`): the K-quants.
+    Q8K,
+}
+
+impl ActQuant {
+    /// The activation quantization of a format suffix, if it has an
+    /// integer mat-vec.
+    pub fn of(suffix: &str) -> Option<ActQuant> {
+        match suffix {
+            "q4_0" | "q4_1" | "q5_0" | "q5_1" | "q8_0" | "iq4_nl" => Some(ActQuant::Q8_32),
+            "q3_k" | "q4_k" | "q5_k" | "q6_k" => Some(ActQuant::Q8K),
+            _ => None,
+        }
+    }
+
+    /// Activations per block (one scale each).
+    pub fn block(self) -> usize {
+        match self {
+            ActQuant::Q8_32 => 32,
+            ActQuant::Q8K => 256,
+        }
+    }
+
+    /// The quantizer kernel's name.
+    pub fn kernel_name(self) -> &'static str {
+        match self {
+            ActQuant::Q8_32 => "quantize_q8_32",
+            ActQuant::Q8K => "quantize_q8_k",
+        }
+    }
+}
+
+/// `matvec_q8_<fmt>_<cols>` for a format with an integer mat-vec and
+/// `cols` in `1..=MATVEC_MAX_COLS`; `None` otherwise.
+pub fn matvec_q8_name(suffix: &str, cols: usize) -> Option<String> {
+    ActQuant::of(suffix)?;
+    matvec_name(&format!("q8_{suffix}"), cols)
 }
 
 /// `matmul_<fmt>`.
@@ -530,6 +595,34 @@ mod tests {
         assert_eq!(matvec_name("q6_k", 3).as_deref(), Some("matvec_q6_k_3"));
         assert_eq!(matmul_name("f16"), "matmul_f16");
         assert_eq!(embed_name("q3_k"), "embed_q3_k");
+    }
+
+    #[test]
+    fn integer_matvec_names_and_activation_blocks() {
+        assert_eq!(
+            matvec_q8_name("q4_k", 8).as_deref(),
+            Some("matvec_q8_q4_k_8")
+        );
+        assert_eq!(
+            matvec_q8_name("iq4_nl", 1).as_deref(),
+            Some("matvec_q8_iq4_nl_1")
+        );
+        assert_eq!(matvec_q8_name("f16", 1), None);
+        assert_eq!(matvec_q8_name("q8_0", 9), None);
+        let quantized = FORMAT_SUFFIXES
+            .iter()
+            .filter(|s| ActQuant::of(s).is_some())
+            .count();
+        assert_eq!(quantized, 10);
+        for s in FORMAT_SUFFIXES {
+            if let Some(a) = ActQuant::of(s) {
+                // A whole row of weights is whole activation blocks.
+                assert!(supports_width(s, a.block()) && !supports_width(s, a.block() / 2));
+            }
+        }
+        let d = quantize(8 * 4096).unwrap();
+        assert_eq!(d.block, (32, QUANTIZE_WARPS as u32, 1));
+        assert!(d.grid.0 as usize * 256 * QUANTIZE_WARPS >= 8 * 4096);
     }
 
     #[test]

@@ -56,7 +56,8 @@ pub use slots::{DevicePlan, LayerTimes};
 pub use cudarc;
 #[cfg(feature = "cuda")]
 pub use device::{
-    AttentionShape, DevWeight, DeviceInfo, Format, Gpu, FATBIN_ARCHS, FATBIN_PTX_ARCH,
+    AttentionShape, DevWeight, DeviceInfo, Format, Gpu, Q8Scratch, QuantInput, FATBIN_ARCHS,
+    FATBIN_PTX_ARCH,
 };
 #[cfg(feature = "cuda")]
 pub use forward::{CudaForward, CudaForwardConfig};
