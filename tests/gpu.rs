@@ -1389,15 +1389,31 @@ mod gpu {
         // each pass. Same kernels on the same bytes: the same bits.
         let staged = gpu_logits(&file, &model, tokens, 16, 0);
         assert_eq!(cached, staged, "staged layers must give identical logits");
-        // Chunk 1 runs every product through the mat-vec kernel, chunk 16
-        // through the tiled one: equal within rounding.
+        // Chunk 1 runs every product through the integer mat-vec on 8-bit
+        // activations, the CPU's own activation values: the CPU at chunk 1
+        // agrees but for the order of float sums. Chunk 16 runs the tiled
+        // kernel on f32 activations: a different rounding of the same
+        // model, held to the llama.cpp reference's tolerance.
         let one = gpu_logits(&file, &model, tokens, 1, u64::MAX);
-        let max = one
-            .iter()
-            .zip(&cached)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
-        assert!(max <= 1e-3, "chunk 1 vs 16: max |diff| {max}");
+        let mut cpu = Engine::new(&model, &file, &engine_config(tokens.len(), 1, 1)).unwrap();
+        let mut cpu_one = Vec::new();
+        for (i, t) in tokens.iter().enumerate() {
+            cpu_one.extend_from_slice(cpu.forward(&[*t], i, Logits::All).unwrap());
+        }
+        let vocab = one.len() / tokens.len();
+        let vs_cpu = compare(&one, &cpu_one, vocab);
+        assert!(
+            vs_cpu.max_abs <= 1e-3,
+            "chunk 1 vs the CPU: max |diff| {}",
+            vs_cpu.max_abs
+        );
+        let vs_tiled = compare(&one, &cached, vocab);
+        assert!(
+            vs_tiled.mean_abs <= 0.1 && vs_tiled.max_abs <= 0.75,
+            "chunk 1 vs 16: mean |diff| {}, max |diff| {}",
+            vs_tiled.mean_abs,
+            vs_tiled.max_abs
+        );
     }
 
     /// Greedy decode: the prompt in one pass, then `steps` single tokens.
