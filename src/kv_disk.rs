@@ -24,11 +24,10 @@
 use crate::error::{Error, Result};
 use crate::kv_cache::{KvBlocks, KvCache, KvPart, KvRows, KvShape, KvType};
 use crate::residency::buffer::{align_down, align_up, AlignedBuf, IO_ALIGN};
-use crate::residency::loader::MAX_REQUEST;
+use crate::residency::loader::{drop_from_page_cache, MAX_REQUEST};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -328,17 +327,9 @@ impl DiskKv {
         Self::read_into(&self.file, buf, at).map_err(|e| self.io_err("read", at, e))?;
         self.bytes_read += len as u64;
         if !self.direct {
-            // Buffered: drop what was read from the page cache, as the
-            // weight loader does, so the cache does not grow with it.
-            // SAFETY: plain syscall on an open descriptor; advice only.
-            unsafe {
-                libc::posix_fadvise(
-                    self.file.as_raw_fd(),
-                    at as libc::off_t,
-                    len as libc::off_t,
-                    libc::POSIX_FADV_DONTNEED,
-                );
-            }
+            // Buffered: drop what was read, as the weight loader does, so
+            // the page cache does not grow with it.
+            drop_from_page_cache(&self.file, at, len);
         }
         Ok(())
     }

@@ -73,17 +73,24 @@ impl ReadAt for FileReader {
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let n = self.file.read_at(buf, offset)?;
         if !self.direct && n > 0 {
-            // SAFETY: plain syscall on an open descriptor; advice only.
-            unsafe {
-                libc::posix_fadvise(
-                    self.file.as_raw_fd(),
-                    offset as libc::off_t,
-                    n as libc::off_t,
-                    libc::POSIX_FADV_DONTNEED,
-                );
-            }
+            drop_from_page_cache(&self.file, offset, n);
         }
         Ok(n)
+    }
+}
+
+/// Drop `len` bytes at `offset` of `file` from the page cache: what a
+/// buffered read (where O_DIRECT was refused) leaves there would otherwise
+/// grow outside the budget. Advice only; a failure changes nothing.
+pub(crate) fn drop_from_page_cache(file: &File, offset: u64, len: usize) {
+    // SAFETY: plain syscall on an open descriptor; advice only.
+    unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            offset as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_DONTNEED,
+        );
     }
 }
 
