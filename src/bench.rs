@@ -143,6 +143,9 @@ pub struct BenchRun {
     /// KV cache bytes read from disk per decode step (`[memory]
     /// kv_offload`; 0 with the cache in RAM).
     pub kv_bytes_read_per_token: f64,
+    /// Of the KV blocks decode loaded, the fraction the reader thread had
+    /// read ahead (the rest were read in the compute thread).
+    pub kv_blocks_read_ahead_fraction: f64,
     pub effective_bytes_per_s: f64,
     /// max(io, compute) / wall: 1.0 means I/O fully hidden behind compute
     /// (or compute behind I/O).
@@ -212,7 +215,7 @@ pub fn run(
     let prefill_s = start.elapsed().as_secs_f64();
 
     engine.weights_mut().reset_stats();
-    let kv_read_before = engine.kv_bytes_read();
+    let kv_before = engine.kv_reads();
     let mut forward_time = Duration::ZERO;
     let start = Instant::now();
     for i in 0..opts.gen_tokens {
@@ -242,7 +245,10 @@ pub fn run(
         }
     }
     let decode_s = start.elapsed().as_secs_f64();
-    let kv_read = engine.kv_bytes_read() - kv_read_before;
+    let kv_after = engine.kv_reads();
+    let kv_read = kv_after.bytes - kv_before.bytes;
+    let kv_ahead = kv_after.blocks_read_ahead - kv_before.blocks_read_ahead;
+    let kv_in_place = kv_after.blocks_read_in_place - kv_before.blocks_read_in_place;
     let stats = engine.weights().stats().clone();
     let n = opts.gen_tokens.max(1) as f64;
     let stall = stats.stall_time.as_secs_f64();
@@ -270,6 +276,7 @@ pub fn run(
         io_ms_per_token: io * 1e3 / n,
         bytes_read_per_token: stats.streamed_bytes as f64 / n,
         kv_bytes_read_per_token: kv_read as f64 / n,
+        kv_blocks_read_ahead_fraction: kv_ahead as f64 / (kv_ahead + kv_in_place).max(1) as f64,
         effective_bytes_per_s: stats.streamed_bytes as f64 / wall.max(1e-9),
         overlap_efficiency: io.max(compute) / wall.max(1e-9),
         peak_rss_bytes: peak_rss_bytes().unwrap_or(0),
@@ -624,9 +631,10 @@ impl std::fmt::Display for Report {
             if r.kv_bytes_read_per_token > 0.0 {
                 writeln!(
                     f,
-                    "  kv cache read from disk: {:.1} MiB/token (beside {:.1} MiB/token of weights)",
+                    "  kv cache read from disk: {:.1} MiB/token (beside {:.1} MiB/token of weights), {:.0}% of its blocks read ahead",
                     r.kv_bytes_read_per_token / (1 << 20) as f64,
-                    r.bytes_read_per_token / (1 << 20) as f64
+                    r.bytes_read_per_token / (1 << 20) as f64,
+                    r.kv_blocks_read_ahead_fraction * 100.0
                 )?;
             }
             let budget = if r.budget_bytes == u64::MAX {

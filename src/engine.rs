@@ -242,9 +242,10 @@ impl<'a, W: WeightSource> Engine<'a, W> {
         self.max_chunk
     }
 
-    /// KV cache bytes read from disk so far (0 with the cache in memory).
-    pub fn kv_bytes_read(&self) -> u64 {
-        self.backend.kv_bytes_read()
+    /// What the KV cache read from disk so far (nothing with the cache in
+    /// memory).
+    pub fn kv_reads(&self) -> crate::kv_disk::KvReads {
+        self.backend.kv_reads()
     }
 
     pub fn weights(&self) -> &W {

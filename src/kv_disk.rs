@@ -12,6 +12,15 @@
 //! [`crate::backend::cpu::CpuBackend::attention_blocks`] computes from
 //! those blocks the same bits as attention over the in-RAM cache.
 //!
+//! The file's part of each block is read ahead by a reader thread
+//! ([`ReadAhead`]) into [`KV_READ_AHEAD`] more buffers of the same size:
+//! the forward pass announces each layer's passes ([`DiskKv::schedule`],
+//! in the order [`BlockPass`] gives, the order attention loads them)
+//! before that layer's attention, the next layer's as soon as this
+//! layer's attention is done, so the reads overlap the matmuls and the
+//! weight loader's reads. A load that was not announced (or one whose
+//! file part grew since) is read in the compute thread, as before.
+//!
 //! A pass's new rows are stored, rounded as
 //! [`crate::kv_cache::KvCache::store`] rounds them, in a RAM buffer of one
 //! chunk; at [`DiskKv::end`] they join the slot's RAM tail (the newest
@@ -21,16 +30,20 @@
 //! window's first block, with a sliding window) and writes about
 //! `KV_TAIL` bytes per slot every `KV_TAIL / row` tokens.
 
+use crate::backend::cpu::BlockPass;
 use crate::error::{Error, Result};
 use crate::kv_cache::{KvBlocks, KvCache, KvPart, KvRows, KvShape, KvType};
 use crate::residency::buffer::{align_down, align_up, AlignedBuf, IO_ALIGN};
 use crate::residency::loader::{drop_from_page_cache, MAX_REQUEST};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
+use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::thread::JoinHandle;
 
 /// Where the KV cache lives (`[memory] kv_offload`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -56,6 +69,129 @@ pub const KV_TAIL: usize = 16 << 10;
 /// budget. Short contexts get smaller blocks ([`DiskKv::block_bytes`]).
 pub const KV_BLOCK: usize = 256 << 10;
 
+/// Block buffers beyond the two attention reads from: the reads in flight
+/// ahead of it.
+pub const KV_READ_AHEAD: usize = 4;
+
+/// Reads from the KV file so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvReads {
+    pub bytes: u64,
+    /// Blocks attention loaded that the reader thread had read ahead.
+    pub blocks_read_ahead: u64,
+    /// Blocks it loaded in the compute thread (not announced, or the
+    /// announcement did not match).
+    pub blocks_read_in_place: u64,
+}
+
+/// Which block a read is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct BlockKey {
+    layer: usize,
+    seq: usize,
+    part: KvPart,
+    head: usize,
+    first: usize,
+    n: usize,
+}
+
+/// A read for the reader thread: `len` bytes (maybe none) at `at` into
+/// `buf`.
+struct BlockRead {
+    key: BlockKey,
+    at: u64,
+    len: usize,
+    buf: AlignedBuf,
+}
+
+/// A read done (or failed).
+struct BlockDone {
+    read: BlockRead,
+    result: std::io::Result<()>,
+}
+
+/// A pass announced but not all read yet.
+struct Scheduled {
+    layer: usize,
+    seq: usize,
+    pass: BlockPass,
+    /// Its next load to issue.
+    next: usize,
+}
+
+/// The reader thread and its buffers. Reads are served in order, so a
+/// pass's blocks come back in the order attention loads them.
+struct ReadAhead {
+    requests: Option<SyncSender<BlockRead>>,
+    done: Receiver<BlockDone>,
+    thread: Option<JoinHandle<()>>,
+    /// Buffers not in flight.
+    free: Vec<AlignedBuf>,
+    /// Reads issued and not yet taken.
+    in_flight: usize,
+    /// Passes announced, in load order; bounded by its capacity (two
+    /// layers of passes), so pushing never allocates.
+    scheduled: VecDeque<Scheduled>,
+    /// Loads served by a read ahead, and loads read in the compute thread
+    /// (none announced, or the announcement did not match).
+    hits: u64,
+    misses: u64,
+}
+
+impl ReadAhead {
+    fn start(file: &File, direct: bool, block: usize, n_seq: usize) -> std::io::Result<Self> {
+        let file = file.try_clone()?;
+        let (req_tx, req_rx) = mpsc::sync_channel::<BlockRead>(KV_READ_AHEAD);
+        let (done_tx, done_rx) = mpsc::sync_channel::<BlockDone>(KV_READ_AHEAD);
+        let thread = std::thread::Builder::new()
+            .name("flea-kv-reader".into())
+            .spawn(move || {
+                for mut read in req_rx {
+                    let result = DiskKv::read_into(&file, &mut read.buf[..read.len], read.at);
+                    if result.is_ok() && !direct && read.len > 0 {
+                        drop_from_page_cache(&file, read.at, read.len);
+                    }
+                    if done_tx.send(BlockDone { read, result }).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(ReadAhead {
+            requests: Some(req_tx),
+            done: done_rx,
+            thread: Some(thread),
+            free: (0..KV_READ_AHEAD).map(|_| AlignedBuf::new(block)).collect(),
+            in_flight: 0,
+            scheduled: VecDeque::with_capacity(2 * n_seq + 2),
+            hits: 0,
+            misses: 0,
+        })
+    }
+
+    /// Take every read in flight back and forget what was announced.
+    fn cancel(&mut self) {
+        while self.in_flight > 0 {
+            match self.done.recv() {
+                Ok(done) => self.free.push(done.read.buf),
+                Err(_) => break,
+            }
+            self.in_flight -= 1;
+        }
+        self.scheduled.clear();
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        // Closing the request channel ends the thread after its reads;
+        // `done` holds room for all of them, so it never blocks on a send.
+        self.requests = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A KV cache whose rows live in a file; see the module docs.
 pub struct DiskKv {
     file: File,
@@ -73,8 +209,10 @@ pub struct DiskKv {
     v_base: u64,
     /// Positions of one block (its bytes are a multiple of [`IO_ALIGN`]).
     block_positions: usize,
+    /// The blocks attention reads (also staging for writes).
     k_block: AlignedBuf,
     v_block: AlignedBuf,
+    ahead: ReadAhead,
     /// Positions in each block buffer.
     k_loaded: usize,
     v_loaded: usize,
@@ -130,10 +268,12 @@ impl DiskKv {
     }
 
     /// RAM the disk cache allocates for passes of up to `max_chunk`
-    /// positions: the two block buffers, the new rows and the tails.
+    /// positions: the block buffers (two, and [`KV_READ_AHEAD`] in
+    /// flight), the new rows and the tails.
     pub fn ram_bytes(shape: KvShape, kv_type: KvType, max_chunk: usize) -> u64 {
         let kv_type = KvCache::effective_type(kv_type, shape.head_dim);
-        let blocks = 2 * Self::block_bytes(&shape, kv_type, KV_BLOCK) as u64;
+        let blocks =
+            (2 + KV_READ_AHEAD as u64) * Self::block_bytes(&shape, kv_type, KV_BLOCK) as u64;
         let new_rows =
             (2 * max_chunk as u64).saturating_mul((shape.kv_dim() * kv_type.bytes()) as u64);
         let tails =
@@ -214,13 +354,19 @@ impl DiskKv {
         let slots = Self::slots(&shape) as usize;
         let tail = Self::tail_bytes(&shape, kv_type);
         let new_rows = shape.n_kv_heads * max_chunk * row_bytes;
+        let ahead = ReadAhead::start(&file, direct, block, shape.n_seq).map_err(|e| {
+            Error::io(format!(
+                "{}: cannot start the KV reader thread: {e}",
+                path.display()
+            ))
+        })?;
         log::info!(
             "KV cache on disk: {} ({} bytes, {} I/O; unlinked), blocks of {} bytes, {} bytes of buffers in RAM",
             path.display(),
             total,
             if direct { "O_DIRECT" } else { "buffered" },
             block,
-            2 * block + 2 * new_rows + 2 * slots * tail
+            (2 + KV_READ_AHEAD) * block + 2 * new_rows + 2 * slots * tail
         );
         Ok(DiskKv {
             file,
@@ -235,6 +381,7 @@ impl DiskKv {
             block_positions: block / row_bytes.max(1),
             k_block: AlignedBuf::new(block),
             v_block: AlignedBuf::new(block),
+            ahead,
             k_loaded: 0,
             v_loaded: 0,
             k_new: vec![0; new_rows],
@@ -265,6 +412,127 @@ impl DiskKv {
 
     pub fn bytes_written(&self) -> u64 {
         self.bytes_written
+    }
+
+    pub fn reads(&self) -> KvReads {
+        KvReads {
+            bytes: self.bytes_read,
+            blocks_read_ahead: self.ahead.hits,
+            blocks_read_in_place: self.ahead.misses,
+        }
+    }
+
+    /// Announce that attention over `(layer, seq)` will load `pass`'s
+    /// blocks next (after the passes announced before): the reader thread
+    /// starts on their file parts. Passes beyond two layers' worth are not
+    /// read ahead.
+    pub fn schedule(&mut self, layer: usize, seq: usize, pass: BlockPass) {
+        let q = &mut self.ahead.scheduled;
+        if pass.is_empty() || q.len() == q.capacity() {
+            return;
+        }
+        q.push_back(Scheduled {
+            layer,
+            seq,
+            pass,
+            next: 0,
+        });
+        self.issue();
+    }
+
+    /// File bytes of the block `first..first + n` of `part` of `slot`,
+    /// from its start (aligned), as the file holds them now: the rest
+    /// comes from the tail and the new rows.
+    fn file_part(&self, slot: usize, first: usize, n: usize) -> usize {
+        let row = self.row_bytes as u64;
+        let (lo, hi, c) = (
+            first as u64 * row,
+            (first + n) as u64 * row,
+            self.committed[slot],
+        );
+        if lo < c {
+            align_up(hi.min(c) - lo) as usize
+        } else {
+            0
+        }
+    }
+
+    /// Hand the reader thread the next announced reads, one per free
+    /// buffer.
+    fn issue(&mut self) {
+        while !self.ahead.free.is_empty() {
+            let Some(s) = self.ahead.scheduled.front_mut() else {
+                return;
+            };
+            let (part, head, first, n) = s.pass.load(s.next);
+            let key = BlockKey {
+                layer: s.layer,
+                seq: s.seq,
+                part,
+                head,
+                first,
+                n,
+            };
+            s.next += 1;
+            if s.next == s.pass.len() {
+                self.ahead.scheduled.pop_front();
+            }
+            let slot = self.slot(key.layer, key.seq, head);
+            let read = BlockRead {
+                key,
+                at: self.slot_offset(part, slot) + (first * self.row_bytes) as u64,
+                len: self.file_part(slot, first, n),
+                buf: self.ahead.free.pop().expect("a free buffer"),
+            };
+            let sent = self.ahead.requests.as_ref().map(|r| r.send(read));
+            match sent {
+                Some(Ok(())) => self.ahead.in_flight += 1,
+                // The thread is gone: no more reading ahead (loads read
+                // in the compute thread).
+                Some(Err(mpsc::SendError(read))) => {
+                    self.ahead.free.push(read.buf);
+                    self.ahead.requests = None;
+                    self.ahead.scheduled.clear();
+                }
+                None => unreachable!("requests are cleared with scheduled"),
+            }
+        }
+    }
+
+    /// The next read ahead, if it is the block `key` with every byte the
+    /// file now holds for it: its buffer becomes the part's block buffer.
+    /// Anything else cancels the reads ahead.
+    fn take_read_ahead(&mut self, key: BlockKey, slot: usize) -> Result<bool> {
+        if self.ahead.in_flight == 0 {
+            return Ok(false);
+        }
+        let done = self.ahead.done.recv().map_err(|_| {
+            Error::io(format!(
+                "{} (KV file): the reader thread stopped unexpectedly",
+                self.path.display()
+            ))
+        })?;
+        self.ahead.in_flight -= 1;
+        let BlockDone { read, result } = done;
+        if read.key != key || read.len < self.file_part(slot, key.first, key.n) {
+            self.ahead.free.push(read.buf);
+            self.ahead.cancel();
+            return Ok(false);
+        }
+        if let Err(e) = result {
+            let at = read.at;
+            self.ahead.free.push(read.buf);
+            self.ahead.cancel();
+            return Err(self.io_err("read", at, e));
+        }
+        self.bytes_read += read.len as u64;
+        let old = match key.part {
+            KvPart::Keys => std::mem::replace(&mut self.k_block, read.buf),
+            KvPart::Values => std::mem::replace(&mut self.v_block, read.buf),
+        };
+        self.ahead.free.push(old);
+        self.issue();
+        Ok(true)
     }
 
     fn io_err(&self, what: &str, at: u64, e: std::io::Error) -> Error {
@@ -485,9 +753,22 @@ impl KvBlocks for DiskKv {
         let (c, a) = (self.committed[slot], start as u64 * row);
         // From the file below `c`, the tail from `c` to `a`, the new rows
         // from `a` on. `lo` is aligned (a block boundary) and so is `c`.
-        if lo < c {
-            let len = align_up(hi.min(c) - lo) as usize;
-            self.read_block(part, slot, lo, len)?;
+        let key = BlockKey {
+            layer,
+            seq,
+            part,
+            head,
+            first,
+            n,
+        };
+        if self.take_read_ahead(key, slot)? {
+            self.ahead.hits += 1;
+        } else {
+            self.ahead.misses += 1;
+            if lo < c {
+                let len = align_up(hi.min(c) - lo) as usize;
+                self.read_block(part, slot, lo, len)?;
+            }
         }
         let t = slot * self.tail;
         let new = head * self.max_chunk * self.row_bytes;
@@ -593,11 +874,11 @@ impl KvStore {
         }
     }
 
-    /// Bytes read from disk so far (0 in RAM).
-    pub fn bytes_read(&self) -> u64 {
+    /// What was read from disk so far (nothing in RAM).
+    pub fn reads(&self) -> KvReads {
         match self {
-            KvStore::Ram(_) => 0,
-            KvStore::Disk(d) => d.bytes_read(),
+            KvStore::Ram(_) => KvReads::default(),
+            KvStore::Disk(d) => d.reads(),
         }
     }
 }

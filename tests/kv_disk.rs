@@ -11,7 +11,7 @@ mod common;
 use flea::engine::{Engine, EngineConfig, Logits, SeqChunk};
 use flea::gguf::GgufFile;
 use flea::kv_cache::KvType;
-use flea::kv_disk::KvOffload;
+use flea::kv_disk::{KvOffload, KvReads};
 use flea::model::Model;
 use std::path::{Path, PathBuf};
 
@@ -55,8 +55,13 @@ fn row_hashes(rows: &[f32], vocab: usize) -> impl Iterator<Item = u64> + '_ {
 
 /// Every logit of a chunked prefill of each sequence (prompts of different
 /// lengths, past two block boundaries; hashed per row) and of 40 decode
-/// steps of all of them together (whole).
-fn logits(model: &Model, file: &GgufFile, cfg: &EngineConfig, dir: &Path) -> (Vec<u64>, Vec<f32>) {
+/// steps of all of them together (whole); and what the cache read.
+fn logits(
+    model: &Model,
+    file: &GgufFile,
+    cfg: &EngineConfig,
+    dir: &Path,
+) -> (Vec<u64>, Vec<f32>, KvReads) {
     let vocab = model.hparams.vocab_size;
     let mut engine = Engine::new(model, file, cfg).unwrap();
     // The file was unlinked as soon as it was open.
@@ -89,7 +94,7 @@ fn logits(model: &Model, file: &GgufFile, cfg: &EngineConfig, dir: &Path) -> (Ve
             .collect();
         out.extend_from_slice(engine.forward_batch(&batch).unwrap());
     }
-    (prefill, out)
+    (prefill, out, engine.kv_reads())
 }
 
 #[test]
@@ -126,6 +131,16 @@ fn disk_logits_equal_ram_logits_bit_for_bit() {
                     same,
                     "{name} kv {kv_type} batch {n_seq}: decode logits differ"
                 );
+                // Every block attention loaded had been read ahead, in
+                // prefill chunks and decode steps alike: the forward
+                // pass announces exactly the loads attention makes.
+                let reads = disk.2;
+                assert!(reads.bytes > 0 && reads.blocks_read_ahead > 0, "{reads:?}");
+                assert_eq!(
+                    reads.blocks_read_in_place, 0,
+                    "{name} kv {kv_type} batch {n_seq}: {reads:?}"
+                );
+                assert_eq!(ram.2, KvReads::default());
                 assert!(is_empty(&dir), "KV file left in {}", dir.display());
                 std::fs::remove_dir(&dir).unwrap();
             }

@@ -138,9 +138,9 @@ pub trait Backend {
     /// Final norm and output head: logits rows, in batch order, for the
     /// positions that want them.
     fn finish(&mut self, output_norm: Weight<'_>, output: Weight<'_>) -> Result<&[f32]>;
-    /// KV cache bytes read from disk so far (`[memory] kv_offload`); 0 for
-    /// a cache in memory.
-    fn kv_bytes_read(&self) -> u64 {
-        0
+    /// What the KV cache read from disk so far (`[memory] kv_offload`);
+    /// nothing for a cache in memory.
+    fn kv_reads(&self) -> crate::kv_disk::KvReads {
+        Default::default()
     }
 }

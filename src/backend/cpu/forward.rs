@@ -2,10 +2,10 @@
 //! activations, the KV cache and the kernels, and reads top to bottom like
 //! the math.
 
-use super::CpuBackend;
+use super::{BlockPass, CpuBackend};
 use crate::backend::{Backend, Batch, FileBytes, Logits, Weight};
 use crate::error::Result;
-use crate::kv_cache::{KvCache, KvShape, KvType};
+use crate::kv_cache::{KvBlocks, KvCache, KvShape, KvType};
 use crate::kv_disk::{DiskKv, KvStore};
 use crate::model::{Hparams, LayerTensors, RopeStyle};
 use crate::quant;
@@ -88,6 +88,26 @@ struct Run {
     len: usize,
     start_pos: usize,
     logits: Logits,
+}
+
+/// Announce to the cache on disk the blocks attention will load in layer
+/// `l` for each run, so its reader thread reads them ahead.
+fn schedule_kv_reads(kv: &mut KvStore, runs: &[Run], hp: &Hparams, scores_len: usize, l: usize) {
+    let KvStore::Disk(disk) = kv else {
+        return;
+    };
+    for run in runs {
+        let pass = BlockPass::new(
+            run.start_pos,
+            run.len,
+            hp.n_heads,
+            hp.n_kv_heads,
+            hp.sliding_window,
+            scores_len,
+            disk.block_positions(),
+        );
+        disk.schedule(l, run.seq, pass);
+    }
 }
 
 /// Shape of a CPU forward pass, fixed at start.
@@ -207,6 +227,8 @@ impl Backend for CpuForward {
             row += e.len;
         }
         self.n = row;
+        // The cache on disk starts reading layer 0's blocks now.
+        schedule_kv_reads(&mut self.kv, &self.runs, &self.hp, self.s.scores.len(), 0);
         Ok(())
     }
 
@@ -319,6 +341,11 @@ impl Backend for CpuForward {
             self.kv
                 .end(l, run.seq, run.start_pos, run.start_pos + run.len)?;
         }
+        // The next layer's blocks are read during this layer's
+        // feed-forward and the next one's projections.
+        if l + 1 < hp.n_layers {
+            schedule_kv_reads(&mut self.kv, &self.runs, hp, s.scores.len(), l + 1);
+        }
 
         // Output projection and residual: x += att_out Wo.
         mm.matmul(
@@ -373,8 +400,8 @@ impl Backend for CpuForward {
         Ok(&self.s.logits[..m * vocab])
     }
 
-    fn kv_bytes_read(&self) -> u64 {
-        self.kv.bytes_read()
+    fn kv_reads(&self) -> crate::kv_disk::KvReads {
+        self.kv.reads()
     }
 }
 

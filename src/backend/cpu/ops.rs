@@ -340,6 +340,103 @@ impl Visible {
     }
 }
 
+/// The blocks one pass of [`CpuBackend::attention_blocks`] loads, in the
+/// order it loads them: what the cache on disk reads ahead
+/// ([`crate::kv_disk::DiskKv::schedule`]). `attention_blocks` takes its
+/// geometry from here too, so the two cannot disagree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockPass {
+    n_kv_heads: usize,
+    /// Positions per block.
+    block_positions: usize,
+    /// Positions the pass's keys span (`start_pos + n`).
+    n_ctx: usize,
+    /// Blocks `first_block..end_block` hold a visible position.
+    first_block: usize,
+    end_block: usize,
+    /// Every score of a kv head's rows fits the scratch: keys then values
+    /// once each. Otherwise keys twice, then keys and values together.
+    all_scores: bool,
+}
+
+impl BlockPass {
+    /// The pass of `n` queries from `start_pos` over blocks of
+    /// `block_positions`, with `scores_len` floats of score scratch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        start_pos: usize,
+        n: usize,
+        n_heads: usize,
+        n_kv_heads: usize,
+        window: Option<usize>,
+        scores_len: usize,
+        block_positions: usize,
+    ) -> BlockPass {
+        let group = n_heads / n_kv_heads.max(1);
+        let vis = Visible { start_pos, window };
+        let n_ctx = start_pos + n;
+        let row_len = n_ctx - vis.first(n.saturating_sub(1));
+        let bp = block_positions.max(1);
+        BlockPass {
+            n_kv_heads,
+            block_positions: bp,
+            n_ctx,
+            first_block: vis.first(0) / bp,
+            end_block: n_ctx.div_ceil(bp),
+            all_scores: n * group * row_len <= scores_len,
+        }
+    }
+
+    fn blocks(&self) -> usize {
+        self.end_block - self.first_block
+    }
+
+    /// `(first position, positions)` of block `b`.
+    fn block(&self, b: usize) -> (usize, usize) {
+        let first = b * self.block_positions;
+        (first, self.block_positions.min(self.n_ctx - first))
+    }
+
+    /// Loads per kv head.
+    fn per_head(&self) -> usize {
+        // All scores: keys, values. Otherwise: keys (max), keys (sum),
+        // keys and values (output).
+        self.blocks() * if self.all_scores { 2 } else { 4 }
+    }
+
+    /// Loads in the pass.
+    pub fn len(&self) -> usize {
+        self.n_kv_heads * self.per_head()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Load `i` (below [`BlockPass::len`]): `(part, kv head, first
+    /// position, positions)`, as [`KvBlocks::load`] takes them.
+    pub fn load(&self, i: usize) -> (KvPart, usize, usize, usize) {
+        let (head, j) = (i / self.per_head(), i % self.per_head());
+        let nb = self.blocks();
+        let (part, b) = if self.all_scores {
+            match j < nb {
+                true => (KvPart::Keys, j),
+                false => (KvPart::Values, j - nb),
+            }
+        } else if j < 2 * nb {
+            (KvPart::Keys, j % nb)
+        } else {
+            let k = j - 2 * nb;
+            match k % 2 {
+                0 => (KvPart::Keys, k / 2),
+                _ => (KvPart::Values, k / 2),
+            }
+        };
+        let (first, n) = self.block(self.first_block + b);
+        (part, head, first, n)
+    }
+}
+
 /// The query heads of kv head `kv` in a pass of `n` positions over a
 /// blocked cache: rows `p * group + g` (position `p`, head `kv * group +
 /// g`), as [`CpuBackend::attention_blocks`] walks them.
@@ -464,10 +561,18 @@ impl CpuBackend {
         let vis = Visible { start_pos, window };
         let n_ctx = start_pos + n;
         let row_len = n_ctx - vis.first(n - 1);
-        let all_scores = rows * row_len <= scores.len();
-        let bp = cache.block_positions();
-        let blocks = vis.first(0) / bp..n_ctx.div_ceil(bp);
-        let block = |b: usize| (b * bp, bp.min(n_ctx - b * bp));
+        let plan = BlockPass::new(
+            start_pos,
+            n,
+            n_heads,
+            n_kv_heads,
+            window,
+            scores.len(),
+            cache.block_positions(),
+        );
+        let all_scores = plan.all_scores;
+        let blocks = plan.first_block..plan.end_block;
+        let block = |b: usize| plan.block(b);
         let ops = FloatOps::new(self.isa);
         // Work items split a block's positions (keys: each score is
         // independent) or a group's heads (values: each output row sums in
@@ -754,6 +859,8 @@ mod tests {
         block: usize,
         loaded: [(Vec<f32>, Vec<half::f16>); 2],
         f16: bool,
+        /// Every load, in order.
+        log: Vec<(KvPart, usize, usize, usize)>,
     }
 
     impl KvBlocks for Blocks<'_> {
@@ -763,6 +870,7 @@ mod tests {
 
         fn load(&mut self, part: KvPart, head: usize, first: usize, n: usize) -> Result<()> {
             assert!(first.is_multiple_of(self.block) && n <= self.block);
+            self.log.push((part, head, first, n));
             let (rows, i) = match part {
                 KvPart::Keys => (self.k, 0),
                 KvPart::Values => (self.v, 1),
@@ -793,6 +901,8 @@ mod tests {
         }
     }
 
+    /// Bit for bit the in-RAM attention, in every mode, loading blocks in
+    /// the order [`BlockPass`] gives.
     #[test]
     fn blocked_attention_matches_batched_attention() {
         let (n_heads, n_kv, hd) = (8, 2, 20);
@@ -851,6 +961,7 @@ mod tests {
                                 block,
                                 loaded: Default::default(),
                                 f16,
+                                log: Vec::new(),
                             };
                             let len = if all_scores { n * group * n_ctx } else { 0 };
                             let len = len.max(2 * n * group);
@@ -879,6 +990,18 @@ mod tests {
                                 "{start}+{n} f16 {f16} window {window:?} {threads} threads, \
                                  block {block}, all scores {all_scores}"
                             );
+                            // The order the disk cache reads ahead in.
+                            let plan = BlockPass::new(
+                                start,
+                                n,
+                                n_heads,
+                                n_kv,
+                                window,
+                                scores.len(),
+                                block,
+                            );
+                            let planned: Vec<_> = (0..plan.len()).map(|i| plan.load(i)).collect();
+                            assert_eq!(cache.log, planned, "{start}+{n} block {block}");
                         }
                     }
                 }
