@@ -156,6 +156,12 @@ impl ReadAhead {
                     }
                 }
             })?;
+        // A thread's first blocking receive allocates the channel's wait
+        // context (once per thread): done here, on the thread that will
+        // run the forward pass, so the token loop allocates nothing
+        // (tests/no_alloc_kv_disk.rs). Nothing was sent, so this waits the
+        // millisecond out.
+        let _ = done_rx.recv_timeout(std::time::Duration::from_millis(1));
         Ok(ReadAhead {
             requests: Some(req_tx),
             done: done_rx,

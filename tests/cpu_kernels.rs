@@ -11,7 +11,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use flea::backend::cpu::{CpuBackend, Isa};
+use flea::backend::cpu::{AttnHeads, CpuBackend, Isa};
 use flea::backend::Weight;
 use flea::gguf::GgufFile;
 use flea::kv_cache::KvRows;
@@ -497,12 +497,13 @@ fn a_warm_backend_allocates_nothing_per_call() {
             &q,
             KvRows::F16(&k),
             KvRows::F16(&v),
-            n_ctx - 4,
-            4,
-            n_heads,
-            n_kv,
-            hd,
-            None,
+            AttnHeads {
+                n_heads,
+                n_kv_heads: n_kv,
+                head_dim: hd,
+                window: None,
+            }
+            .pass(n_ctx - 4, 4),
             scores,
         );
     };

@@ -2,7 +2,7 @@
 //! activations, the KV cache and the kernels, and reads top to bottom like
 //! the math.
 
-use super::{BlockPass, CpuBackend};
+use super::{AttnHeads, BlockPass, CpuBackend};
 use crate::backend::{Backend, Batch, FileBytes, Logits, Weight};
 use crate::error::Result;
 use crate::kv_cache::{KvBlocks, KvCache, KvShape, KvType};
@@ -97,16 +97,18 @@ fn schedule_kv_reads(kv: &mut KvStore, runs: &[Run], hp: &Hparams, scores_len: u
         return;
     };
     for run in runs {
-        let pass = BlockPass::new(
-            run.start_pos,
-            run.len,
-            hp.n_heads,
-            hp.n_kv_heads,
-            hp.sliding_window,
-            scores_len,
-            disk.block_positions(),
-        );
-        disk.schedule(l, run.seq, pass);
+        let pass = attn_heads(hp).pass(run.start_pos, run.len);
+        let blocks = BlockPass::new(pass, scores_len, disk.block_positions());
+        disk.schedule(l, run.seq, blocks);
+    }
+}
+
+fn attn_heads(hp: &Hparams) -> AttnHeads {
+    AttnHeads {
+        n_heads: hp.n_heads,
+        n_kv_heads: hp.n_kv_heads,
+        head_dim: hp.head_dim,
+        window: hp.sliding_window,
     }
 }
 
@@ -307,36 +309,15 @@ impl Backend for CpuForward {
             // 0..=pos (the last `sliding_window` of them, if set).
             let rows = run.row * q_dim..(run.row + run.len) * q_dim;
             let (out, q) = (&mut s.att_out[rows.clone()], &s.q[rows]);
-            let heads = (hp.n_heads, hp.n_kv_heads, hp.head_dim);
+            let pass = attn_heads(hp).pass(run.start_pos, run.len);
             match &mut self.kv {
                 KvStore::Ram(cache) => {
                     let (k_cache, v_cache) = cache.layer(l, run.seq, run.start_pos + run.len);
-                    mm.attention_batch(
-                        out,
-                        q,
-                        k_cache,
-                        v_cache,
-                        run.start_pos,
-                        run.len,
-                        heads.0,
-                        heads.1,
-                        heads.2,
-                        hp.sliding_window,
-                        &mut s.scores,
-                    );
+                    mm.attention_batch(out, q, k_cache, v_cache, pass, &mut s.scores);
                 }
-                KvStore::Disk(disk) => mm.attention_blocks(
-                    out,
-                    q,
-                    &mut **disk,
-                    run.start_pos,
-                    run.len,
-                    heads.0,
-                    heads.1,
-                    heads.2,
-                    hp.sliding_window,
-                    &mut s.scores,
-                )?,
+                KvStore::Disk(disk) => {
+                    mm.attention_blocks(out, q, &mut **disk, pass, &mut s.scores)?
+                }
             }
             self.kv
                 .end(l, run.seq, run.start_pos, run.start_pos + run.len)?;

@@ -44,7 +44,7 @@ pub use forward::{CpuForward, CpuForwardConfig};
 pub use isa::Isa;
 pub use ops::{
     add_bias, add_in_place, attention, dequantize_vector, rmsnorm, rmsnorm_heads, rope, rope_neox,
-    softmax, swiglu, BlockPass,
+    softmax, swiglu, AttnHeads, AttnPass, BlockPass,
 };
 
 use matmul::{ActScratch, TileClaims};

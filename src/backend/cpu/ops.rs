@@ -89,6 +89,38 @@ pub fn softmax(x: &mut [f32]) {
     }
 }
 
+/// A model's attention heads and sliding window: the same for every
+/// layer and pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnHeads {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// Cached positions a query sees at most, its own included (`None`:
+    /// all before it).
+    pub window: Option<usize>,
+}
+
+impl AttnHeads {
+    /// The pass of `n` queries at positions `start_pos..start_pos + n`.
+    pub fn pass(self, start_pos: usize, n: usize) -> AttnPass {
+        AttnPass {
+            heads: self,
+            start_pos,
+            n,
+        }
+    }
+}
+
+/// One attention pass of a sequence: `n` consecutive queries from
+/// `start_pos`, each seeing its sequence's cache up to itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnPass {
+    pub heads: AttnHeads,
+    pub start_pos: usize,
+    pub n: usize,
+}
+
 /// Where one query head reads the cache.
 #[derive(Clone, Copy)]
 struct HeadLayout {
@@ -235,21 +267,26 @@ impl CpuBackend {
     /// times less cache traffic at long contexts). Each output equals what
     /// [`attention`] computes for that position, whatever the thread count
     /// or scratch size.
-    #[allow(clippy::too_many_arguments)]
     pub fn attention_batch(
         &self,
         out: &mut [f32],
         q: &[f32],
         k_cache: KvRows<'_>,
         v_cache: KvRows<'_>,
-        start_pos: usize,
-        n: usize,
-        n_heads: usize,
-        n_kv_heads: usize,
-        head_dim: usize,
-        window: Option<usize>,
+        pass: AttnPass,
         scores: &mut [f32],
     ) {
+        let AttnPass {
+            heads:
+                AttnHeads {
+                    n_heads,
+                    n_kv_heads,
+                    head_dim,
+                    window,
+                },
+            start_pos,
+            n,
+        } = pass;
         let l = HeadLayout::new(n_heads, n_kv_heads, head_dim);
         let q_dim = n_heads * head_dim;
         let n_ctx = start_pos + n;
@@ -266,10 +303,10 @@ impl CpuBackend {
             scores.len(),
             self.threads
         );
-        // Work items are (position, kv head), each taking up to `pass`
+        // Work items are (position, kv head), each taking up to `per_item`
         // query heads of the group at a time, as many as the scratch holds.
         let n_kv = n_kv_heads;
-        let pass = (stride / n_ctx).clamp(1, l.group);
+        let per_item = (stride / n_ctx).clamp(1, l.group);
         let ops = FloatOps::new(self.isa);
         let items = n * n_kv;
         let next = AtomicUsize::new(0);
@@ -295,8 +332,8 @@ impl CpuBackend {
                     v_cache.from_position(first, l.kv_dim),
                 );
                 let n_seen = n_seen - first;
-                for h0 in (kv * l.group..(kv + 1) * l.group).step_by(pass) {
-                    let heads = pass.min((kv + 1) * l.group - h0);
+                for h0 in (kv * l.group..(kv + 1) * l.group).step_by(per_item) {
+                    let heads = per_item.min((kv + 1) * l.group - h0);
                     let at = p * q_dim + h0 * head_dim;
                     let len = heads * head_dim;
                     // SAFETY: `at + len <= n * q_dim = out.len()`, and these
@@ -360,19 +397,16 @@ pub struct BlockPass {
 }
 
 impl BlockPass {
-    /// The pass of `n` queries from `start_pos` over blocks of
-    /// `block_positions`, with `scores_len` floats of score scratch.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        start_pos: usize,
-        n: usize,
-        n_heads: usize,
-        n_kv_heads: usize,
-        window: Option<usize>,
-        scores_len: usize,
-        block_positions: usize,
-    ) -> BlockPass {
-        let group = n_heads / n_kv_heads.max(1);
+    /// `pass` over blocks of `block_positions`, with `scores_len` floats of
+    /// score scratch.
+    pub fn new(pass: AttnPass, scores_len: usize, block_positions: usize) -> BlockPass {
+        let AttnPass {
+            heads: h,
+            start_pos,
+            n,
+        } = pass;
+        let (n_kv_heads, window) = (h.n_kv_heads, h.window);
+        let group = h.n_heads / n_kv_heads.max(1);
         let vis = Visible { start_pos, window };
         let n_ctx = start_pos + n;
         let row_len = n_ctx - vis.first(n.saturating_sub(1));
@@ -534,20 +568,25 @@ impl CpuBackend {
     /// times: for the maximum, for the sum, and with the values for the
     /// output, each pass recomputing the same scores. `scores` must hold
     /// at least `2 * n * group` floats.
-    #[allow(clippy::too_many_arguments)]
     pub fn attention_blocks(
         &self,
         out: &mut [f32],
         q: &[f32],
         cache: &mut dyn KvBlocks,
-        start_pos: usize,
-        n: usize,
-        n_heads: usize,
-        n_kv_heads: usize,
-        head_dim: usize,
-        window: Option<usize>,
+        pass: AttnPass,
         scores: &mut [f32],
     ) -> Result<()> {
+        let AttnPass {
+            heads:
+                AttnHeads {
+                    n_heads,
+                    n_kv_heads,
+                    head_dim,
+                    window,
+                },
+            start_pos,
+            n,
+        } = pass;
         let l = HeadLayout::new(n_heads, n_kv_heads, head_dim);
         let q_dim = n_heads * head_dim;
         assert_eq!(q.len(), n * q_dim, "attention_blocks: query length");
@@ -561,15 +600,7 @@ impl CpuBackend {
         let vis = Visible { start_pos, window };
         let n_ctx = start_pos + n;
         let row_len = n_ctx - vis.first(n - 1);
-        let plan = BlockPass::new(
-            start_pos,
-            n,
-            n_heads,
-            n_kv_heads,
-            window,
-            scores.len(),
-            cache.block_positions(),
-        );
+        let plan = BlockPass::new(pass, scores.len(), cache.block_positions());
         let all_scores = plan.all_scores;
         let blocks = plan.first_block..plan.end_block;
         let block = |b: usize| plan.block(b);
@@ -653,8 +684,8 @@ impl CpuBackend {
                         unsafe { grp.stats(p, g) }.copy_from_slice(&[f32::NEG_INFINITY, 0.0]);
                     }
                 }
-                for pass in [StatsPass::Max, StatsPass::Sum, StatsPass::Output] {
-                    if pass == StatsPass::Output {
+                for stats in [StatsPass::Max, StatsPass::Sum, StatsPass::Output] {
+                    if stats == StatsPass::Output {
                         for p in 0..n {
                             for g in 0..l.group {
                                 // SAFETY: single-threaded here.
@@ -666,7 +697,7 @@ impl CpuBackend {
                     for b in blocks.clone() {
                         let (b0, len) = block(b);
                         cache.load(KvPart::Keys, kv, b0, len)?;
-                        if pass == StatsPass::Output {
+                        if stats == StatsPass::Output {
                             cache.load(KvPart::Values, kv, b0, len)?;
                         }
                         let keys = cache.loaded(KvPart::Keys);
@@ -677,7 +708,7 @@ impl CpuBackend {
                             let mut v_row = [0.0f32; F16_MAX_HEAD_DIM];
                             for t in vis.clip(p, b0, b0 + len) {
                                 let k = keys.values((t - b0) * head_dim, head_dim, &mut k_row);
-                                let v = if pass == StatsPass::Output {
+                                let v = if stats == StatsPass::Output {
                                     values.values((t - b0) * head_dim, head_dim, &mut v_row)
                                 } else {
                                     &[]
@@ -687,7 +718,7 @@ impl CpuBackend {
                                     // SAFETY: item (p, part) alone owns
                                     // these rows' stats and outputs.
                                     let st = unsafe { grp.stats(p, g) };
-                                    match pass {
+                                    match stats {
                                         // As `softmax`: fold(-inf, f32::max).
                                         StatsPass::Max => st[0] = f32::max(st[0], s),
                                         StatsPass::Sum => st[1] += (s - st[0]).exp(),
@@ -790,12 +821,13 @@ mod tests {
                     &q,
                     KvRows::F32(&k),
                     KvRows::F32(&v),
-                    start,
-                    n,
-                    n_heads,
-                    n_kv,
-                    hd,
-                    None,
+                    AttnHeads {
+                        n_heads,
+                        n_kv_heads: n_kv,
+                        head_dim: hd,
+                        window: None,
+                    }
+                    .pass(start, n),
                     &mut scores,
                 );
                 assert_eq!(got, want, "{threads} threads, {heads} heads, {isa}");
@@ -822,12 +854,13 @@ mod tests {
             &q,
             KvRows::F32(&k),
             KvRows::F32(&v),
-            start,
-            n,
-            n_heads,
-            n_kv,
-            hd,
-            Some(w),
+            AttnHeads {
+                n_heads,
+                n_kv_heads: n_kv,
+                head_dim: hd,
+                window: Some(w),
+            }
+            .pass(start, n),
             &mut scores,
         );
         let q_dim = n_heads * hd;
@@ -934,22 +967,17 @@ mod tests {
                     (KvRows::F32(&k), KvRows::F32(&v))
                 };
                 for window in [None, Some(6)] {
+                    let pass = AttnHeads {
+                        n_heads,
+                        n_kv_heads: n_kv,
+                        head_dim: hd,
+                        window,
+                    }
+                    .pass(start, n);
                     let ram = CpuBackend::with_isa(2, Isa::best());
                     let mut want = vec![0.0; q.len()];
                     let mut scores = vec![0.0; 2 * group * n_ctx];
-                    ram.attention_batch(
-                        &mut want,
-                        &q,
-                        kr,
-                        vr,
-                        start,
-                        n,
-                        n_heads,
-                        n_kv,
-                        hd,
-                        window,
-                        &mut scores,
-                    );
+                    ram.attention_batch(&mut want, &q, kr, vr, pass, &mut scores);
                     for (threads, block) in [(1, 1), (2, 7), (3, 64), (2, 512)] {
                         for all_scores in [true, false] {
                             let backend = CpuBackend::with_isa(threads, Isa::best());
@@ -968,18 +996,7 @@ mod tests {
                             let mut scores = vec![0.0; len];
                             let mut got = vec![f32::NAN; q.len()];
                             backend
-                                .attention_blocks(
-                                    &mut got,
-                                    &q,
-                                    &mut cache,
-                                    start,
-                                    n,
-                                    n_heads,
-                                    n_kv,
-                                    hd,
-                                    window,
-                                    &mut scores,
-                                )
+                                .attention_blocks(&mut got, &q, &mut cache, pass, &mut scores)
                                 .unwrap();
                             let same = got
                                 .iter()
@@ -991,15 +1008,7 @@ mod tests {
                                  block {block}, all scores {all_scores}"
                             );
                             // The order the disk cache reads ahead in.
-                            let plan = BlockPass::new(
-                                start,
-                                n,
-                                n_heads,
-                                n_kv,
-                                window,
-                                scores.len(),
-                                block,
-                            );
+                            let plan = BlockPass::new(pass, scores.len(), block);
                             let planned: Vec<_> = (0..plan.len()).map(|i| plan.load(i)).collect();
                             assert_eq!(cache.log, planned, "{start}+{n} block {block}");
                         }
