@@ -701,7 +701,8 @@ mod emulated {
     /// and the up-front check passes on a device with room for everything
     /// else only. The logits equal, bit for bit, those of the same plan on
     /// a discrete GPU (uploaded weights). One layer resident, the others
-    /// streamed through the mapped slots, as the Orin configs run.
+    /// streamed through the mapped slots, as the Orin configs run; the
+    /// default `buffer = "device"` gets the mapped slots too.
     #[test]
     fn integrated_gpu_holds_resident_weights_once() {
         const TEST: &str = "emulated::integrated_gpu_holds_resident_weights_once";
@@ -734,6 +735,11 @@ mod emulated {
             .collect();
         if is_child(TEST) {
             let out = std::env::var("FLEA_EMU_OUT").unwrap();
+            let feed = match std::env::var("FLEA_EMU_FEED").as_deref() {
+                Ok("device") => Feed::Device,
+                _ => Feed::Mapped,
+            };
+            let cfg = CudaForwardConfig::for_plan(&engine, &plan, feed);
             let probe = cuda::open(0).unwrap();
             let (free0, _) = probe.mem_info().unwrap();
             let source = flea::residency::Residency::open(
@@ -759,12 +765,15 @@ mod emulated {
             std::fs::write(out, bytes).unwrap();
             return;
         }
-        let run = |integrated: &str, mem_mb: Option<u64>| {
-            let out = std::env::temp_dir()
-                .join(format!("flea-emu-int-{}-{integrated}", std::process::id()));
+        let run = |integrated: &str, mem_mb: Option<u64>, feed: &str| {
+            let out = std::env::temp_dir().join(format!(
+                "flea-emu-int-{}-{integrated}-{feed}",
+                std::process::id()
+            ));
             let mut env = vec![
                 ("FAKE_CUDA_INTEGRATED", integrated.to_string()),
                 ("FLEA_EMU_OUT", out.display().to_string()),
+                ("FLEA_EMU_FEED", feed.to_string()),
             ];
             if let Some(mb) = mem_mb {
                 env.push(("FAKE_CUDA_MEM_MB", mb.to_string()));
@@ -788,12 +797,24 @@ mod emulated {
             (mib << 20) < own + weights,
             "fixture too small: {mib} MiB would hold the weights"
         );
-        let (used_int, logits_int) = run("1", Some(mib));
-        let (used_dis, logits_dis) = run("0", None);
+        let (used_int, logits_int) = run("1", Some(mib), "mapped");
+        let (used_dis, logits_dis) = run("0", None, "mapped");
         assert!(!logits_int.is_empty());
         assert!(
             logits_int == logits_dis,
             "integrated and discrete logits differ"
+        );
+        // `[device] buffer = "device"` on an integrated GPU reads the
+        // mapped host slots too: no device double buffer (two more copies
+        // of a layer in the same RAM, outside the budget), the same bits.
+        let (used_int_dev, logits_int_dev) = run("1", Some(mib), "device");
+        assert_eq!(
+            used_int_dev, used_int,
+            "integrated with buffer = device allocated other device memory than mapped"
+        );
+        assert!(
+            logits_int_dev == logits_int,
+            "integrated device-feed logits differ"
         );
         say(&format!(
             "integrated: device memory {used_int} bytes, discrete {used_dis}; resident \

@@ -387,6 +387,7 @@ impl CudaForward {
                 "context size, chunk size and batch size must be at least 1",
             ));
         }
+        let config = Self::feed_for(&gpu, config);
         let slots = match config.buffer {
             Feed::Device => 2 * device_slot_bytes(config.stream_slot_bytes),
             Feed::Mapped => 0,
@@ -460,6 +461,27 @@ impl CudaForward {
             m: 0,
             gpu,
         })
+    }
+
+    /// On an integrated GPU (device memory is the host's RAM) the device
+    /// double buffer would hold two more copies of the largest layer in the
+    /// same RAM, which the plan does not charge (the budget pays for the
+    /// host slots only): feed streamed layers from the mapped host slots
+    /// instead, which read them in place, and say so.
+    fn feed_for(gpu: &Gpu, config: CudaForwardConfig) -> CudaForwardConfig {
+        if gpu.info().integrated && config.buffer == Feed::Device && config.stream_slot_bytes > 0 {
+            log::warn!(
+                "CUDA: integrated GPU: [device] buffer = \"device\" would copy each streamed \
+                 layer into two more slots of the same RAM, outside the budget; reading the \
+                 page-locked host slots in place instead (buffer = \"mapped\", as the Orin \
+                 configs set)"
+            );
+            return CudaForwardConfig {
+                buffer: Feed::Mapped,
+                ..config
+            };
+        }
+        config
     }
 
     /// Device bytes this backend allocates for the given shape besides the
