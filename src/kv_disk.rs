@@ -446,9 +446,10 @@ impl DiskKv {
         self.issue();
     }
 
-    /// File bytes of the block `first..first + n` of `part` of `slot`,
-    /// from its start (aligned), as the file holds them now: the rest
-    /// comes from the tail and the new rows.
+    /// Bytes to read from the file for positions `first..first + n` of
+    /// `slot` (keys and values alike), from the block's start (aligned),
+    /// as the file holds them now: the rest comes from the tail and the
+    /// new rows.
     fn file_part(&self, slot: usize, first: usize, n: usize) -> usize {
         let row = self.row_bytes as u64;
         let (lo, hi, c) = (
@@ -757,8 +758,9 @@ impl KvBlocks for DiskKv {
         let row = self.row_bytes as u64;
         let (lo, hi) = (first as u64 * row, (first + n) as u64 * row);
         let (c, a) = (self.committed[slot], start as u64 * row);
-        // From the file below `c`, the tail from `c` to `a`, the new rows
-        // from `a` on. `lo` is aligned (a block boundary) and so is `c`.
+        // From the file below `c` (`file_part`), the tail from `c` to `a`,
+        // the new rows from `a` on. `lo` is aligned (a block boundary) and
+        // so is `c`.
         let key = BlockKey {
             layer,
             seq,
@@ -771,8 +773,8 @@ impl KvBlocks for DiskKv {
             self.ahead.hits += 1;
         } else {
             self.ahead.misses += 1;
-            if lo < c {
-                let len = align_up(hi.min(c) - lo) as usize;
+            let len = self.file_part(slot, first, n);
+            if len > 0 {
                 self.read_block(part, slot, lo, len)?;
             }
         }
