@@ -391,6 +391,9 @@ pub struct BlockPass {
     /// Blocks `first_block..end_block` hold a visible position.
     first_block: usize,
     end_block: usize,
+    /// Scores of the row that sees the most positions (the last query's,
+    /// or the window).
+    row_len: usize,
     /// Every score of a kv head's rows fits the scratch: keys then values
     /// once each. Otherwise keys twice, then keys and values together.
     all_scores: bool,
@@ -417,6 +420,7 @@ impl BlockPass {
             n_ctx,
             first_block: vis.first(0) / bp,
             end_block: n_ctx.div_ceil(bp),
+            row_len,
             all_scores: n * group * row_len <= scores_len,
         }
     }
@@ -598,10 +602,8 @@ impl CpuBackend {
             scores.len()
         );
         let vis = Visible { start_pos, window };
-        let n_ctx = start_pos + n;
-        let row_len = n_ctx - vis.first(n - 1);
         let plan = BlockPass::new(pass, scores.len(), cache.block_positions());
-        let all_scores = plan.all_scores;
+        let (row_len, all_scores) = (plan.row_len, plan.all_scores);
         let blocks = plan.first_block..plan.end_block;
         let block = |b: usize| plan.block(b);
         let ops = FloatOps::new(self.isa);
